@@ -1,0 +1,564 @@
+"""Bank files (YAML) -> a validated, frozen :class:`KernelBank`.
+
+A bank is data only. It is read with ruamel.yaml's round-trip loader, which keeps line
+numbers, follows YAML 1.2 (``1e-3`` is a float, ``no`` is a string), rejects duplicate keys
+and never constructs Python objects; any explicit tag is refused here as well. Every problem
+in a file is collected and reported at once, each with file, line, filter and field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import generators, geometry
+from .errors import BankError, Problem, UsageError
+
+FORMAT_VERSION = 1
+MAX_KERNEL_SIDE = generators.MAX_GENERATED_SIZE
+MAX_KERNEL_CHANNELS = 64
+MAX_FILTERS = 4096
+MAX_WEIGHTS = 1 << 22  # numbers in one filter's weights
+
+BORDERS = ("zero", "reflect", "replicate", "wrap")
+ACTIVATIONS = ("relu", "none", "abs")
+INPUT_MODES = ("gray", "rgb", "depthwise")
+SCALES = ("auto", "global", "clip", "symmetric")
+# Channels a filter must have in each input mode (rgb: dense over R, G, B).
+MODE_CHANNELS = {"gray": 1, "rgb": 3, "depthwise": 1}
+
+GEOMETRY_KEYS = ("stride", "padding", "dilation", "border", "activation")
+DEFAULT_KEYS = GEOMETRY_KEYS + ("input", "scale")
+TOP_KEYS = ("convcli", "name", "description", "defaults", "filters", "provenance")
+FILTER_KEYS = ("name", "description", "source", "weights", "generator", "bias", "divisor",
+               "scale") + GEOMETRY_KEYS
+
+PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")}
+
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    "stride": (1, 1),
+    "padding": "same",
+    "dilation": (1, 1),
+    "border": "zero",
+    "activation": "relu",
+    "input": "gray",
+    "scale": "auto",
+}
+
+
+# --- the frozen model ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one filter is applied: everything that must match for filters to share a pass."""
+
+    stride: tuple[int, int]
+    padding: str | tuple[int, int, int, int]  # "same", "valid" or (top, bottom, left, right)
+    dilation: tuple[int, int]
+    border: str
+    activation: str
+
+
+@dataclass(frozen=True)
+class Filter:
+    name: str
+    weights: np.ndarray  # float32 (C, KH, KW), read-only
+    bias: float
+    geometry: Geometry
+    scale: str
+    description: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class KernelBank:
+    name: str
+    input: str  # one of INPUT_MODES
+    filters: tuple[Filter, ...]
+    description: str = ""
+    origin: str = ""  # the file it came from
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return MODE_CHANNELS[self.input]
+
+    def select(self, names: Iterable[str]) -> "KernelBank":
+        """Keep only the named filters, in the order given."""
+        by_name = {f.name: f for f in self.filters}
+        chosen = []
+        for n in names:
+            if n not in by_name:
+                raise UsageError(f"bank {self.name!r} has no filter {n!r}{_hint(n, by_name)}; "
+                                 f"see 'convcli bank show {self.name}'")
+            chosen.append(by_name[n])
+        return replace(self, filters=tuple(chosen))
+
+    def override(self, **settings: Any) -> "KernelBank":
+        """Apply command-line settings (already parsed, None = keep) to every filter."""
+        geo = {k: v for k, v in settings.items() if k in GEOMETRY_KEYS and v is not None}
+        scale = settings.get("scale")
+        filters = tuple(
+            replace(f, geometry=replace(f.geometry, **geo), scale=scale or f.scale)
+            for f in self.filters
+        )
+        return replace(self, filters=filters)
+
+
+# --- setting values: shared by bank files and the command line ------------------------------
+
+def _one_of(allowed: tuple[str, ...], what: str):
+    def check(value: Any) -> str:
+        if isinstance(value, str) and value in allowed:
+            return value
+        raise ValueError(f"{what} must be one of {', '.join(allowed)}; got {_show(value)}"
+                         + (_hint(value, allowed) if isinstance(value, str) else ""))
+    return check
+
+
+SETTING_PARSERS = {
+    "stride": lambda v: geometry.pair(v, "stride"),
+    "dilation": lambda v: geometry.pair(v, "dilation"),
+    "padding": geometry.padding,
+    "border": _one_of(BORDERS, "border"),
+    "activation": _one_of(ACTIVATIONS, "activation"),
+    "input": _one_of(INPUT_MODES, "input"),
+    "scale": _one_of(SCALES, "scale"),
+}
+
+
+def parse_setting(key: str, value: Any) -> Any:
+    """Validate one setting; raises ValueError with a message that names the setting."""
+    return SETTING_PARSERS[key](value)
+
+
+def parse_cli_setting(key: str, text: str | None) -> Any:
+    """A setting typed on the command line: '2', '2,1', 'same', '1,1,2,2'."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    values: list[Any] = [int(p) if re.fullmatch(r"[+-]?\d+", p) else p for p in parts]
+    try:
+        return parse_setting(key, values[0] if len(values) == 1 else values)
+    except ValueError as e:
+        raise UsageError(f"--{key}: {e}") from None
+
+
+# --- locating banks -----------------------------------------------------------------------
+
+def kernels_dir() -> Path:
+    """Built-in banks: inside the installed package, or the checkout's top-level kernels/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "kernels", here.parent / "kernels"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("the built-in kernels/ folder is missing from this installation")
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in kernels_dir().glob("*.yaml"))
+
+
+def resolve(ref: str) -> Path:
+    """A bank reference (built-in name or path to a YAML file) -> the file to read."""
+    looks_like_path = any(s in ref for s in ("/", "\\")) or ref.endswith((".yaml", ".yml"))
+    if looks_like_path or Path(ref).is_file():
+        path = Path(ref)
+        if not path.is_file():
+            raise UsageError(f"bank file {ref} not found")
+        return path
+    names = builtin_names()
+    if ref not in names:
+        raise UsageError(f"no built-in bank {ref!r}{_hint(ref, names)}; built-in banks: "
+                         f"{', '.join(names)} (or give a path to a .yaml file)")
+    return kernels_dir() / f"{ref}.yaml"
+
+
+def load(ref: str) -> KernelBank:
+    """Load a bank by built-in name or path; raises BankError listing every problem."""
+    path = resolve(ref)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BankError([Problem(str(path), None, None, None, f"cannot read: {_reason(e)}")])
+    return parse(text, source=str(path))
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+def parse(text: str, source: str = "<bank>") -> KernelBank:
+    """Parse bank YAML text; ``source`` names the file in error messages."""
+    return _Parser(source).parse(text)
+
+
+class _Parser:
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def problem(self, line: int | None, filt: str | None, fld: str | None, msg: str) -> None:
+        self.problems.append(Problem(self.source, line, filt, fld, msg))
+
+    def parse(self, text: str) -> KernelBank:
+        doc = self._load_yaml(text)
+        if self.problems:
+            raise BankError(self.problems)
+        if not isinstance(doc, dict):
+            self.problem(1, None, None, "a bank must be a mapping with 'name' and 'filters'")
+            raise BankError(self.problems)
+        self._refuse_tags(doc, None)
+        self._unknown_keys(doc, TOP_KEYS, None, None)
+
+        version = doc.get("convcli", FORMAT_VERSION)
+        if not (geometry.is_int(version) and version == FORMAT_VERSION):
+            self.problem(_line(doc, "convcli"), None, "convcli",
+                         f"unsupported format version {_show(version)}; this convcli reads "
+                         f"version {FORMAT_VERSION}")
+        name = self._text(doc, "name", None, required=True)
+        description = self._text(doc, "description", None)
+        defaults = self._defaults(doc)
+        filters = self._filters(doc, defaults)
+        provenance = doc.get("provenance", {})
+        if not isinstance(provenance, dict):
+            self.problem(_line(doc, "provenance"), None, "provenance", "must be a mapping")
+        if self.problems:
+            raise BankError(self.problems)
+        return KernelBank(name=name, input=defaults["input"], filters=tuple(filters),
+                          description=description, origin=self.source,
+                          provenance=_plain(provenance) if isinstance(provenance, dict) else {})
+
+    def _load_yaml(self, text: str) -> Any:
+        from ruamel.yaml import YAML
+        from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+        yaml = YAML(typ="rt")  # keeps line numbers; constructs plain data only
+        yaml.allow_duplicate_keys = False
+        try:
+            return yaml.load(text)
+        except MarkedYAMLError as e:
+            mark = e.problem_mark or e.context_mark
+            line = mark.line + 1 if mark is not None else None
+            what = " ".join(str(x) for x in (e.context, e.problem) if x)
+            self.problem(line, None, None, f"not valid YAML: {_one_line(what)}")
+        except (YAMLError, RecursionError, ValueError) as e:
+            self.problem(None, None, None, f"not valid YAML: {_one_line(str(e))}")
+        return None
+
+    def _refuse_tags(self, node: Any, filt: str | None, seen: set[int] | None = None) -> None:
+        """Refuse explicit tags (e.g. !!python/object): a bank is data, not code.
+
+        Each node is visited once, so aliases that share one list many times cost nothing.
+        """
+        seen = set() if seen is None else seen
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        tag = getattr(getattr(node, "tag", None), "value", None)
+        if tag is not None and tag not in PLAIN_TAGS:
+            self.problem(_node_line(node), filt, None, f"tag {tag} is not allowed in a bank")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)) or hasattr(child, "tag"):
+                self._refuse_tags(child, filt, seen)
+
+    def _unknown_keys(self, mapping: dict, allowed: Iterable[str], filt: str | None,
+                      where: str | None) -> None:
+        allowed = tuple(allowed)
+        for key in mapping:
+            if key not in allowed:
+                shown = f"{where}.{key}" if where else str(key)
+                self.problem(_line(mapping, key), filt, shown,
+                             f"unknown key{_hint(str(key), allowed)}; allowed: {', '.join(allowed)}")
+
+    def _text(self, mapping: dict, key: str, filt: str | None, required: bool = False) -> str:
+        if key not in mapping:
+            if required:
+                self.problem(_node_line(mapping), filt, key, "missing (a non-empty string)")
+            return ""
+        value = mapping[key]
+        if not isinstance(value, str) or (required and not value.strip()):
+            self.problem(_line(mapping, key), filt, key, f"must be a non-empty string, got {_show(value)}")
+            return ""
+        return str(value)
+
+    def _defaults(self, doc: dict) -> dict[str, Any]:
+        merged = dict(BUILTIN_DEFAULTS)
+        given = doc.get("defaults", {})
+        if not isinstance(given, dict):
+            self.problem(_line(doc, "defaults"), None, "defaults", "must be a mapping")
+            return merged
+        self._unknown_keys(given, DEFAULT_KEYS, None, "defaults")
+        for key in DEFAULT_KEYS:
+            if key in given:
+                try:
+                    merged[key] = parse_setting(key, given[key])
+                except ValueError as e:
+                    self.problem(_line(given, key), None, f"defaults.{key}", str(e))
+        return merged
+
+    def _filters(self, doc: dict, defaults: dict[str, Any]) -> list[Filter]:
+        items = doc.get("filters")
+        if not isinstance(items, list) or not items:
+            self.problem(_line(doc, "filters") if "filters" in doc else 1, None, "filters",
+                         "must be a non-empty list of filters")
+            return []
+        if len(items) > MAX_FILTERS:
+            self.problem(_line(doc, "filters"), None, "filters",
+                         f"{len(items)} filters; at most {MAX_FILTERS} are allowed")
+            return []
+        out: list[Filter] = []
+        seen: dict[str, int] = {}
+        for index, item in enumerate(items):
+            line = _item_line(items, index)
+            if not isinstance(item, dict):
+                self.problem(line, f"#{index + 1}", None, "a filter must be a mapping")
+                continue
+            raw_name = item.get("name")
+            label = raw_name if isinstance(raw_name, str) and raw_name.strip() else f"#{index + 1}"
+            name = self._text(item, "name", label, required=True)
+            if name in seen:
+                self.problem(_line(item, "name"), name, "name",
+                             f"duplicate filter name (first used on line {seen[name]})")
+            elif name:
+                seen[name] = _line(item, "name") or 0
+            built = self._filter(item, label, defaults)
+            if built is not None and name:
+                out.append(replace(built, name=name))
+        return out
+
+    def _filter(self, item: dict, label: str, defaults: dict[str, Any]) -> Filter | None:
+        self._unknown_keys(item, FILTER_KEYS, label, None)
+        n_before = len(self.problems)
+        weights = self._weights(item, label)
+        settings = dict(defaults)
+        for key in GEOMETRY_KEYS + ("scale",):
+            if key in item:
+                try:
+                    settings[key] = parse_setting(key, item[key])
+                except ValueError as e:
+                    self.problem(_line(item, key), label, key, str(e))
+        bias = self._number(item, "bias", label, 0.0)
+        divisor = self._number(item, "divisor", label, 1.0)
+        if divisor == 0:
+            self.problem(_line(item, "divisor"), label, "divisor", "must not be zero")
+        if weights is not None:
+            want = MODE_CHANNELS[defaults["input"]]
+            if weights.shape[0] != want:
+                kind = "2-D (KH x KW) weights" if want == 1 else f"{want} x KH x KW weights"
+                self.problem(_line(item, "weights") or _line(item, "generator"), label, "weights",
+                             f"has {weights.shape[0]} channels but the bank's input mode "
+                             f"{defaults['input']!r} needs {kind}")
+        if weights is None or len(self.problems) > n_before:
+            return None
+        w = (weights / divisor).astype(np.float32)
+        w.flags.writeable = False
+        geometry = Geometry(**{k: settings[k] for k in GEOMETRY_KEYS})
+        return Filter(name=label, weights=w, bias=float(bias), geometry=geometry,
+                      scale=settings["scale"], description=self._text(item, "description", label),
+                      source=self._text(item, "source", label))
+
+    def _number(self, item: dict, key: str, label: str, default: float) -> float:
+        if key not in item:
+            return default
+        value = item[key]
+        if not _is_number(value) or not math.isfinite(float(value)):
+            self.problem(_line(item, key), label, key, f"must be a finite number, got {_show(value)}")
+            return default
+        return float(value)
+
+    def _weights(self, item: dict, label: str) -> np.ndarray | None:
+        has_w, has_g = "weights" in item, "generator" in item
+        if has_w == has_g:
+            self.problem(_node_line(item), label, "weights",
+                         "give exactly one of 'weights' or 'generator'")
+            return None
+        if has_g:
+            return self._generated(item, label)
+        raw, line = item["weights"], _line(item, "weights")
+        shape = _nested_shape(raw)
+        if isinstance(shape, str):
+            self.problem(line, label, "weights", shape)
+            return None
+        if len(shape) not in (2, 3):
+            self.problem(line, label, "weights",
+                         "must be a KH x KW matrix or a C x KH x KW list of matrices")
+            return None
+        sizes = shape[-2:]
+        if max(sizes) > MAX_KERNEL_SIDE or (len(shape) == 3 and shape[0] > MAX_KERNEL_CHANNELS):
+            self.problem(line, label, "weights",
+                         f"kernel of shape {' x '.join(map(str, shape))} is too large (at most "
+                         f"{MAX_KERNEL_CHANNELS} channels of {MAX_KERNEL_SIDE} x {MAX_KERNEL_SIDE})")
+            return None
+        flat = list(_flatten(raw))
+        bad = next((v for v in flat if not _is_number(v)), None)
+        if bad is not None:
+            self.problem(_value_line(raw, bad) or line, label, "weights",
+                         f"must hold numbers only, found {_show(bad)}")
+            return None
+        arr = np.array([float(v) for v in flat], dtype=np.float64).reshape(shape)
+        if not np.isfinite(arr).all():
+            self.problem(line, label, "weights", "must be finite (no .nan or .inf)")
+            return None
+        return arr if arr.ndim == 3 else arr[None]
+
+    def _generated(self, item: dict, label: str) -> np.ndarray | None:
+        spec, line = item["generator"], _line(item, "generator")
+        if not isinstance(spec, dict) or "type" not in spec:
+            self.problem(line, label, "generator", "must be a mapping with a 'type', e.g. "
+                         "{type: gaussian, sigma: 2}")
+            return None
+        kind = spec["type"]
+        func = generators.GENERATORS.get(kind) if isinstance(kind, str) else None
+        if func is None:
+            self.problem(_line(spec, "type"), label, "generator.type",
+                         f"unknown generator {_show(kind)}"
+                         f"{_hint(str(kind), generators.GENERATORS)}; known: "
+                         f"{', '.join(generators.GENERATORS)}")
+            return None
+        params = {k: v for k, v in spec.items() if k != "type"}
+        accepted = list(inspect.signature(func).parameters)
+        unknown = [k for k in params if k not in accepted]
+        for k in unknown:
+            self.problem(_line(spec, k), label, f"generator.{k}",
+                         f"unknown parameter for {kind}{_hint(str(k), accepted)}; "
+                         f"accepted: {', '.join(accepted) or 'none'}")
+        if unknown:
+            return None
+        try:
+            k2d = func(**_plain(params))
+        except generators.ParameterError as e:
+            self.problem(_line(spec, e.param) or line, label, f"generator.{e.param}", str(e))
+            return None
+        except (TypeError, ValueError) as e:
+            self.problem(line, label, "generator", f"bad parameters for {kind}: {_one_line(str(e))}")
+            return None
+        return np.asarray(k2d, dtype=np.float64)[None]
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and not _is_yaml_bool(v)
+
+
+def _is_yaml_bool(v: Any) -> bool:
+    return type(v).__name__ == "ScalarBoolean"
+
+
+def _show(v: Any) -> str:
+    text = repr(_plain(v))
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _reason(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e)
+
+
+def _hint(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _plain(v: Any) -> Any:
+    """ruamel's commented containers and scalar subclasses -> plain Python values."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, bool) or _is_yaml_bool(v):
+        return bool(v)
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, str):
+        return str(v)
+    return v
+
+
+def _nested_shape(raw: Any, depth: int = 0) -> tuple[int, ...] | str:
+    """Shape of a nested list of equal-length lists, or a message saying what is wrong.
+
+    Sizes are checked before children are visited, so a file that builds a huge list out of
+    YAML aliases is refused without walking it.
+    """
+    if not isinstance(raw, list) or not raw:
+        return "every row must be a non-empty list"
+    if len(raw) > max(MAX_KERNEL_SIDE, MAX_KERNEL_CHANNELS):
+        return f"has {len(raw)} entries along one axis; at most {MAX_KERNEL_SIDE} are allowed"
+    kinds = {isinstance(v, list) for v in raw}
+    if kinds == {False}:
+        return (len(raw),)
+    if kinds != {True} or depth >= 2:
+        return "must be a KH x KW matrix or a C x KH x KW list of matrices" + _at(raw, 0)
+    first = _nested_shape(raw[0], depth + 1)
+    if isinstance(first, str):
+        return first
+    if len(raw) * math.prod(first) > MAX_WEIGHTS:
+        return f"has more than {MAX_WEIGHTS} numbers"
+    for i, row in enumerate(raw[1:], start=2):
+        shape = _nested_shape(row, depth + 1)
+        if shape != first:
+            got = "x".join(map(str, shape)) if isinstance(shape, tuple) else "not the same depth"
+            return (f"ragged: row {i} has shape {got}, row 1 has {'x'.join(map(str, first))}"
+                    + _at(raw, i - 1))
+    return (len(raw),) + first
+
+
+def _at(seq: list, index: int) -> str:
+    line = _item_line(seq, index)
+    return f" (line {line})" if line else ""
+
+
+def _flatten(raw: Any) -> Iterable[Any]:
+    for v in raw:
+        if isinstance(v, list):
+            yield from _flatten(v)
+        else:
+            yield v
+
+
+def _line(mapping: Any, key: Any) -> int | None:
+    try:
+        return mapping.lc.key(key)[0] + 1
+    except Exception:
+        return None
+
+
+def _item_line(seq: Any, index: int) -> int | None:
+    try:
+        return seq.lc.item(index)[0] + 1
+    except Exception:
+        return None
+
+
+def _node_line(node: Any) -> int | None:
+    try:
+        return node.lc.line + 1
+    except Exception:
+        return None
+
+
+def _value_line(raw: Any, target: Any) -> int | None:
+    """Line of the first scalar in a nested list that is ``target`` (for error messages)."""
+    if not isinstance(raw, list):
+        return None
+    for i, v in enumerate(raw):
+        if isinstance(v, list):
+            found = _value_line(v, target)
+            if found:
+                return found
+        elif v is target:
+            return _item_line(raw, i)
+    return None

@@ -1,0 +1,185 @@
+"""The convolution engine: all numba code lives here.
+
+Public wrappers validate, cast to float32 C-contiguous arrays (one signature, one compile),
+pad the input by the border mode and allocate the output; the private jitted kernel only
+loops. Semantics are those of ``torch.nn.functional.conv2d`` (cross-correlation, no flip):
+
+    out[f, y, x] = act(bias[f] + sum_c sum_i sum_j w[f, c, i, j] * in[c, y*sy + i*dy - pt, x*sx + j*dx - pl])
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from . import geometry
+from .errors import InputError, UsageError
+from .jitcache import usable_cache_dir
+
+# The cache folder must be known before numba is imported (numba reads it at import).
+_CACHE_DIR, CACHE_STATUS = usable_cache_dir()
+if _CACHE_DIR is not None:
+    os.environ["NUMBA_CACHE_DIR"] = str(_CACHE_DIR)
+
+import numba  # noqa: E402  (after the cache folder is set)
+
+if _CACHE_DIR is not None:
+    numba.config.CACHE_DIR = str(_CACHE_DIR)  # in case numba was imported before us
+
+# Decorator options in one place. No eager signatures: the wrappers always pass the same
+# types, so exactly one specialisation is compiled (and cached).
+_JIT = dict(nogil=True, cache=_CACHE_DIR is not None, error_model="numpy",
+            boundscheck=False)
+
+BORDER_MODES = {"zero": "constant", "reflect": "reflect", "replicate": "edge", "wrap": "wrap"}
+ACTIVATIONS = {"none": 0, "relu": 1, "abs": 2}
+
+
+@numba.njit(parallel=True, **_JIT)
+def _correlate(x, w, b, sy, sx, dy, dx, act, skip_zeros, out):
+    """Valid cross-correlation of padded ``x`` (G*Cw, Hp, Wp) with ``w`` (F, Cw, KH, KW).
+
+    Channel group g reads input channels [g*Cw, (g+1)*Cw) and writes out[g] (F, Ho, Wo):
+    G = 1 is a dense conv layer, Cw = 1 with G = C is depthwise. Parallel over (group, output
+    row); each iteration writes only its own rows out[g, :, y, :], so writes are disjoint.
+    The innermost loop runs along an output row with unit stride when sx == 1 so that LLVM
+    vectorises it.
+    """
+    G, F, Ho, Wo = out.shape
+    Cw, KH, KW = w.shape[1], w.shape[2], w.shape[3]
+    for gy in numba.prange(G * Ho):
+        g = gy // Ho
+        y = gy - g * Ho
+        for f in range(F):
+            row = out[g, f, y]
+            bf = b[f]
+            for xo in range(Wo):
+                row[xo] = bf
+            for c in range(Cw):
+                plane = x[g * Cw + c]
+                for i in range(KH):
+                    src = plane[y * sy + i * dy]
+                    for j in range(KW):
+                        wv = w[f, c, i, j]
+                        if skip_zeros and wv == 0.0:
+                            continue
+                        off = j * dx
+                        if sx == 1:
+                            for xo in range(Wo):
+                                row[xo] += wv * src[off + xo]
+                        else:
+                            for xo in range(Wo):
+                                row[xo] += wv * src[off + xo * sx]
+            if act == 1:
+                for xo in range(Wo):
+                    if row[xo] < 0.0:
+                        row[xo] = 0.0
+            elif act == 2:
+                for xo in range(Wo):
+                    row[xo] = abs(row[xo])
+
+
+def conv2d(image: Any, weights: Any, bias: Any = None, *, stride: Any = 1, padding: Any = 0,
+           dilation: Any = 1, border: str = "zero", activation: str = "relu") -> np.ndarray:
+    """Apply a bank of F filters to one image, as one CNN conv layer.
+
+    image (C, H, W) or (H, W); weights (F, C, KH, KW) or (KH, KW); bias (F,) or None.
+    stride, dilation: int or (y, x). padding: int, (y, x), (top, bottom, left, right),
+    "same" (TensorFlow-style, output = ceil(input / stride)) or "valid".
+    border: zero | reflect | replicate | wrap. activation: relu | none | abs.
+    Returns float32 (F, H', W').
+    """
+    x = _image(image)
+    w = _weights(weights)
+    if w.shape[1] != x.shape[0]:
+        raise InputError(f"the kernels have {w.shape[1]} channels but the image has "
+                         f"{x.shape[0]}; they must match")
+    return _run(x, w, bias, stride, padding, dilation, border, activation)[0]
+
+
+def conv2d_depthwise(image: Any, weights: Any, bias: Any = None, *, stride: Any = 1,
+                     padding: Any = 0, dilation: Any = 1, border: str = "zero",
+                     activation: str = "relu") -> np.ndarray:
+    """Filter every channel of ``image`` (C, H, W) on its own with each 2-D kernel of
+    ``weights`` (F, KH, KW) or (F, 1, KH, KW). Returns float32 (F, C, H', W')."""
+    x = _image(image)
+    w = np.asarray(weights)
+    if w.ndim == 3:
+        w = w[:, None]
+    w = _weights(w)
+    if w.shape[1] != 1:
+        raise InputError(f"depthwise kernels must be 2-D, got {w.shape[1]} channels")
+    out = _run(x, w, bias, stride, padding, dilation, border, activation)
+    return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
+
+
+def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dilation: Any,
+         border: str, activation: str) -> np.ndarray:
+    """Shared by both wrappers: validate settings, pad, allocate (G, F, Ho, Wo), run."""
+    try:
+        s = geometry.pair(stride, "stride")
+        d = geometry.pair(dilation, "dilation")
+        spec = geometry.padding(padding)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if border not in BORDER_MODES:
+        raise UsageError(f"border must be one of {', '.join(BORDER_MODES)}, got {border!r}")
+    if activation not in ACTIVATIONS:
+        raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    F, Cw, KH, KW = w.shape
+    b = np.zeros(F, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
+    if b.shape != (F,):
+        raise UsageError(f"bias must hold one value per filter ({F}), got {b.size}")
+
+    hw = (x.shape[1], x.shape[2])
+    pads = geometry.resolve_pads(spec, hw, (KH, KW), s, d)
+    ho, wo = geometry.output_hw(hw, (KH, KW), s, d, pads)
+    if ho < 1 or wo < 1:
+        foot = ((KH - 1) * d[0] + 1, (KW - 1) * d[1] + 1)
+        raise InputError(f"the image ({hw[0]}x{hw[1]}) is smaller than the kernel's footprint "
+                         f"({foot[0]}x{foot[1]}) with padding {padding!r}; use padding 'same' "
+                         "or a smaller kernel")
+    xp = _pad(x, pads, border)
+    groups = x.shape[0] // Cw
+    out = np.empty((groups, F, ho, wo), np.float32)
+    # Skipping zero taps is exact only when 0 * x == 0 for every pixel, i.e. x is finite.
+    skip_zeros = bool(np.isfinite(xp).all())
+    _correlate(xp, w, b, s[0], s[1], d[0], d[1], ACTIVATIONS[activation], skip_zeros, out)
+    return out
+
+
+def _image(image: Any) -> np.ndarray:
+    x = np.asarray(image)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3 or 0 in x.shape:
+        raise InputError(f"image must be (C, H, W) or (H, W) and non-empty, got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _weights(weights: Any) -> np.ndarray:
+    w = np.asarray(weights)
+    if w.ndim == 2:
+        w = w[None, None]
+    if w.ndim != 4 or 0 in w.shape:
+        raise InputError(f"weights must be (F, C, KH, KW) or (KH, KW), got shape {w.shape}")
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _pad(x: np.ndarray, pads: geometry.Pads, border: str) -> np.ndarray:
+    t, b, l, r = pads
+    if not any(pads):
+        return x
+    return np.pad(x, ((0, 0), (t, b), (l, r)), mode=BORDER_MODES[border])
+
+
+def set_threads(n: int) -> None:
+    """Limit the engine's threads (e.g. when several worker processes share a machine)."""
+    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+
+
+def warm() -> None:
+    """Compile (or load from the cache) every kernel, so later calls start at full speed."""
+    conv2d(np.zeros((1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32), padding="same")

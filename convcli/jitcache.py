@@ -1,0 +1,41 @@
+"""Where numba's on-disk cache of compiled kernels lives (no numba import here).
+
+The cache must never be written into the installed package, which may be read-only. It goes
+to a per-user cache folder: $CONVCLI_CACHE_DIR if set, else $XDG_CACHE_HOME/convcli/numba,
+~/Library/Caches/convcli/numba on macOS, %LOCALAPPDATA%\\convcli\\numba on Windows. If no such
+folder can be written, compiled kernels are simply not cached.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("CONVCLI_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "convcli" / "numba"
+
+
+def usable_cache_dir() -> tuple[Path | None, str]:
+    """The cache folder if it can be created and written, with a line saying why not."""
+    path = cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe-"):
+            pass
+    except OSError as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        return None, (f"JIT cache folder {path} is not writable ({reason}); kernels are compiled "
+                      "in memory on every run (set CONVCLI_CACHE_DIR to a writable folder)")
+    return path, f"JIT cache: {path}"
