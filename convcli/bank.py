@@ -26,6 +26,7 @@ MAX_KERNEL_SIDE = generators.MAX_GENERATED_SIZE
 MAX_KERNEL_CHANNELS = 64
 MAX_FILTERS = 4096
 MAX_WEIGHTS = 1 << 22  # numbers in one filter's weights
+MAX_NODES = 1 << 23  # values in a whole document, counting every alias expansion
 
 BORDERS = ("zero", "reflect", "replicate", "wrap")
 ACTIVATIONS = ("relu", "none", "abs")
@@ -213,7 +214,8 @@ class _Parser:
         if not isinstance(doc, dict):
             self.problem(1, None, None, "a bank must be a mapping with 'name' and 'filters'")
             raise BankError(self.problems)
-        self._refuse_tags(doc, None)
+        if not self._screen(doc):
+            raise BankError(self.problems)
         self._unknown_keys(doc, TOP_KEYS, None, None)
 
         version = doc.get("convcli", FORMAT_VERSION)
@@ -251,22 +253,33 @@ class _Parser:
             self.problem(None, None, None, f"not valid YAML: {_one_line(str(e))}")
         return None
 
-    def _refuse_tags(self, node: Any, filt: str | None, seen: set[int] | None = None) -> None:
-        """Refuse explicit tags (e.g. !!python/object): a bank is data, not code.
+    def _screen(self, doc: Any) -> bool:
+        """Refuse explicit tags (e.g. !!python/object: a bank is data, not code) and documents
+        that YAML aliases blow up (a "billion laughs"). Returns False if walking on is unsafe.
 
-        Each node is visited once, so aliases that share one list many times cost nothing.
+        Each distinct node is visited once and its expanded size memoised, so this is linear
+        in the file even when aliases repeat one list many times.
         """
-        seen = set() if seen is None else seen
-        if id(node) in seen:
-            return
-        seen.add(id(node))
-        tag = getattr(getattr(node, "tag", None), "value", None)
-        if tag is not None and tag not in PLAIN_TAGS:
-            self.problem(_node_line(node), filt, None, f"tag {tag} is not allowed in a bank")
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        for child in children:
-            if isinstance(child, (dict, list)) or hasattr(child, "tag"):
-                self._refuse_tags(child, filt, seen)
+        sizes: dict[int, int] = {}
+
+        def visit(node: Any) -> int:
+            if id(node) in sizes:
+                return sizes[id(node)]
+            sizes[id(node)] = 1  # provisional, also stops self-referencing aliases
+            tag = getattr(getattr(node, "tag", None), "value", None)
+            if tag is not None and tag not in PLAIN_TAGS:
+                self.problem(_node_line(node), None, None, f"tag {tag} is not allowed in a bank")
+            children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+            size = 1 + sum(visit(c) for c in children)
+            sizes[id(node)] = size
+            return size
+
+        total = visit(doc)
+        if total > MAX_NODES:
+            self.problem(None, None, None, f"the document expands to {total:,} values through "
+                         f"aliases; at most {MAX_NODES:,} are allowed")
+            return False
+        return True
 
     def _unknown_keys(self, mapping: dict, allowed: Iterable[str], filt: str | None,
                       where: str | None) -> None:

@@ -99,7 +99,7 @@ def apply(
     scale: Optional[str] = typer.Option(None, help="Override: auto, global, clip, symmetric."),
     bits: int = typer.Option(8, help="Bits per sample of the PNGs: 8 or 16."),
     fmt: str = typer.Option("png", "--format", help="png (maps + stack) or npy (float32 array)."),
-    compression: int = typer.Option(6, help="PNG zlib level, 0 (fastest) to 9 (smallest)."),
+    compression: int = typer.Option(1, help="PNG zlib level, 0 (fastest) to 9 (smallest)."),
     max_pixels: int = typer.Option(100_000_000, help="Refuse images with more pixels than this."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail on stderr."),

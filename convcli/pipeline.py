@@ -51,7 +51,7 @@ class Options:
     out: str  # an output folder, or "-" for one result on stdout
     format: str = "png"  # png | npy
     bits: int = 8
-    compression: int = 6  # zlib level for PNGs
+    compression: int = 1  # zlib level for PNGs: 1 is ~4x faster than 6 for ~10% more bytes
     max_pixels: int = images.DEFAULT_MAX_PIXELS
 
 
