@@ -42,15 +42,18 @@ def read_image(source: str | Path | bytes, label: str | None = None,
     Raises InputError with one line naming ``label`` (default: the path) on any failure.
     """
     import imageio.v3 as iio
+    from imageio.core.request import InitializationError
 
     label = label or ("<stdin>" if isinstance(source, bytes) else str(source))
     try:
         head = source[:64] if isinstance(source, bytes) else _head(Path(source))
+        if not head:
+            raise InputError(f"{label}: is empty (0 bytes)")
         if _is_png16_colour(head):
             raw = source if isinstance(source, bytes) else Path(source).read_bytes()
             arr, frames, extra = _decode_png16(raw, max_pixels, label), 1, []
         else:
-            arr, frames, extra = _read_with_imageio(iio, source, max_pixels, label)
+            arr, frames, extra = _read_with_imageio(iio, source, head, max_pixels, label)
     except InputError:
         raise
     except MemoryError:
@@ -61,6 +64,9 @@ def read_image(source: str | Path | bytes, label: str | None = None,
         if isinstance(e, (FileNotFoundError, PermissionError)):
             raise InputError(f"{label}: cannot open: {e.strerror}") from None
         raise InputError(f"{label}: cannot read image: {_one_line(e)}") from None
+    except InitializationError:  # imageio: the plugin does not recognise the bytes
+        raise InputError(f"{label}: not a recognised image (unknown format or damaged file)"
+                         ) from None
     except Exception as e:  # decoders raise many types (SyntaxError, ValueError, ...)
         raise InputError(f"{label}: not a readable image ({_one_line(e)})") from None
     image = _normalise(arr, label)
@@ -71,13 +77,19 @@ def read_image(source: str | Path | bytes, label: str | None = None,
     return image
 
 
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders
+
+
 def _head(path: Path) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(64)
 
 
-def _read_with_imageio(iio, source, max_pixels: int, label: str):
-    with iio.imopen(source, "r") as f:
+def _read_with_imageio(iio, source, head: bytes, max_pixels: int, label: str):
+    # Choose the plugin from the magic bytes rather than letting imageio try every plugin it
+    # knows (some legacy ones guess at arbitrary bytes).
+    plugin = "tifffile" if head[:4] in _TIFF_MAGIC else "pillow"
+    with iio.imopen(source, "r", plugin=plugin) as f:
         props = f.properties(index=0)
         _check_size(props.shape, max_pixels, label)
         frames = max(1, int(f.properties(index=...).n_images or 1))
