@@ -63,10 +63,10 @@ def read_image(source: str | Path | bytes, label: str | None = None,
     except OSError as e:
         if isinstance(e, (FileNotFoundError, PermissionError)):
             raise InputError(f"{label}: cannot open: {e.strerror}") from None
+        if isinstance(e.__cause__, InitializationError):  # the plugin does not know the bytes
+            raise InputError(f"{label}: not a recognised image (unknown format or damaged "
+                             "file)") from None
         raise InputError(f"{label}: cannot read image: {_one_line(e)}") from None
-    except InitializationError:  # imageio: the plugin does not recognise the bytes
-        raise InputError(f"{label}: not a recognised image (unknown format or damaged file)"
-                         ) from None
     except Exception as e:  # decoders raise many types (SyntaxError, ValueError, ...)
         raise InputError(f"{label}: not a readable image ({_one_line(e)})") from None
     image = _normalise(arr, label)
