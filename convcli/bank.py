@@ -479,8 +479,14 @@ def _reason(e: BaseException) -> str:
 
 
 def _hint(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """' (did you mean ...?)' naming the closest choices, all of them when several tie."""
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(word), choices, n=3)
+    if not close:
+        return ""
+    ratio = lambda c: difflib.SequenceMatcher(None, str(word), c).ratio()  # noqa: E731
+    best = sorted(c for c in close if ratio(c) == ratio(close[0]))
+    return " (did you mean " + " or ".join(repr(c) for c in best) + "?)"
 
 
 def _plain(v: Any) -> Any:

@@ -45,6 +45,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Apply banks of convolution filters (one CNN conv layer) to images.",
+    epilog="Exit codes: 0 success, 1 error, 2 usage error, 3 some inputs failed, "
+           "130 interrupted.",
 )
 bank_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Inspect and check kernel banks.")
 app.add_typer(bank_app, name="bank")
@@ -76,10 +78,7 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
-    """Apply banks of convolution filters (one CNN conv layer) to images.
-
-    Exit codes: 0 success, 1 error, 2 usage error, 3 some inputs failed, 130 interrupted.
-    """
+    """Apply banks of convolution filters (one CNN conv layer) to images."""
 
 
 @app.command()
