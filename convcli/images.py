@@ -10,6 +10,7 @@ chosen zlib level, and it is where a batch spends most of its time.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -268,6 +269,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".part")
     try:
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; outputs get the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
@@ -279,6 +281,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         if isinstance(e, OSError):
             raise OutputError(f"{path}: cannot write: {e.strerror or e}") from None
         raise
+
+
+@functools.lru_cache(maxsize=1)
+def _file_mode() -> int:
+    """0666 less the process umask: what open() would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,6 +1,7 @@
 """Reading every supported kind of image into float32 (C, H, W), and writing PNG/npy."""
 
 import io
+import os
 import struct
 import zlib
 
@@ -182,6 +183,9 @@ def test_write_atomic_leaves_only_the_complete_file(tmp_path):
     images.write_atomic(target, b"world!")
     assert target.read_bytes() == b"world!"
     assert [p.name for p in target.parent.iterdir()] == ["a.png"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_write_atomic_failure_leaves_nothing(tmp_path, monkeypatch):

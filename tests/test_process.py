@@ -1,0 +1,106 @@
+"""Real processes with real pipes: what a shell user sees."""
+
+import io
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from convcli import bank, conv2d, images
+
+SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "chelsea.png"
+
+
+def convcli(*args, stdin=None, env=None, stdout=subprocess.PIPE):
+    return subprocess.run([sys.executable, "-m", "convcli", *map(str, args)], input=stdin,
+                          stdout=stdout, stderr=subprocess.PIPE, env=env, timeout=120)
+
+
+def test_cat_into_blur_into_png():
+    # cat img.png | convcli apply - --bank blur -o - > out.png
+    cat = subprocess.Popen(["cat", str(SAMPLE)], stdout=subprocess.PIPE)
+    p = subprocess.run([sys.executable, "-m", "convcli", "apply", "-", "--bank", "blur", "-o", "-"],
+                       stdin=cat.stdout, capture_output=True, timeout=120)
+    cat.stdout.close()
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == b""
+    stack = Image.open(io.BytesIO(p.stdout))
+    stack.load()
+    meta = json.loads(stack.text["convcli"])
+    assert stack.mode == "RGB" and meta["input"] == "<stdin>" and meta["bank"] == "blur"
+    assert [t["name"] for t in meta["tiles"]] == [f.name for f in bank.load("blur").filters]
+
+
+def test_npy_on_stdout_matches_the_python_api():
+    p = convcli("apply", "-", "--bank", "edge", "--format", "npy", "-o", "-",
+                stdin=SAMPLE.read_bytes())
+    assert p.returncode == 0, p.stderr
+    got = np.load(io.BytesIO(p.stdout))
+    edge = bank.load("edge")
+    gray = images.as_channels(images.read_image(SAMPLE).pixels, "gray")
+    assert got.shape == (len(edge.filters),) + gray.shape[1:]
+    for k, f in enumerate(edge.filters):
+        g = f.geometry
+        want = conv2d(gray, f.weights[None], f.bias, stride=g.stride, padding=g.padding,
+                      dilation=g.dilation, border=g.border, activation=g.activation)[0]
+        np.testing.assert_allclose(got[k], want, rtol=1e-6, atol=1e-6)
+
+
+def test_refuses_to_write_binary_to_a_terminal(tmp_path):
+    main, follower = pty.openpty()
+    try:
+        p = convcli("apply", SAMPLE, "-o", "-", stdout=follower)
+    finally:
+        os.close(follower)
+        os.close(main)
+    assert p.returncode == 2
+    assert p.stderr == (b"convcli: error: refusing to write binary image data to a terminal; "
+                        b"redirect stdout (> file.png) or give an output folder with -o\n")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["banks"], ["bank", "show", "blur"],
+                                  ["apply", "--help"]])
+def test_light_commands_never_import_numba(args):
+    code = ("import sys\nfrom convcli.cli import main\nsys.argv = ['convcli'] + %r\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('NUMBA' if 'numba' in sys.modules else 'CLEAN', file=sys.stderr)" % args)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert p.stderr.decode().strip().splitlines()[-1] == "CLEAN"
+
+
+def test_unwritable_cache_folder_still_runs_and_says_so_once(tmp_path):
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    env = dict(os.environ, CONVCLI_CACHE_DIR=str(blocked / "numba"))
+    p = convcli("apply", SAMPLE, "-f", "sobel_x", "-o", tmp_path / "out", "--verbose", env=env)
+    assert p.returncode == 0, p.stderr
+    lines = p.stderr.decode().splitlines()
+    notes = [l for l in lines if "JIT cache folder" in l]
+    assert notes == [f"JIT cache folder {blocked / 'numba'} is not writable (Not a directory); "
+                     "kernels are compiled in memory on every run (set CONVCLI_CACHE_DIR to a "
+                     "writable folder)"]
+    assert (tmp_path / "out" / "chelsea" / "sobel_x.png").is_file()
+    q = convcli("apply", SAMPLE, "-f", "sobel_x", "-o", tmp_path / "out", env=env)
+    assert q.returncode == 0 and b"JIT cache" not in q.stderr
+
+
+def test_cache_goes_to_the_user_cache_folder(tmp_path):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    env.pop("CONVCLI_CACHE_DIR", None)
+    p = convcli("apply", SAMPLE, "-f", "sobel_x", "-o", tmp_path / "out", "-v", env=env)
+    assert p.returncode == 0, p.stderr
+    cache = tmp_path / "xdg" / "convcli" / "numba"
+    assert f"JIT cache: {cache}" in p.stderr.decode()
+    assert any(cache.rglob("*.nbi")), "numba wrote no cache index"
+
+
+def test_head_closing_the_pipe_is_quiet():
+    p = subprocess.run(f"{sys.executable} -m convcli apply {SAMPLE} -o - | head -c 10 > /dev/null",
+                       shell=True, capture_output=True, timeout=120)
+    assert p.returncode == 0 and p.stderr == b""
