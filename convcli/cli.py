@@ -6,6 +6,7 @@ Errors are ConvcliError subclasses, caught in one place (``_Group.invoke``).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -16,9 +17,6 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ConvcliError, UsageError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-
 
 class _Group(TyperGroup):
     """The one exit point: library errors become a message on stderr and an exit code."""
@@ -83,8 +81,9 @@ def _root(
 
 @app.command()
 def apply(
-    inputs: List[str] = typer.Argument(..., metavar="INPUT...",
-                                       help="Image files or folders; - reads one image from stdin."),
+    inputs: Optional[List[str]] = typer.Argument(
+        None, metavar="INPUT...",
+        help="Image files, folders, quoted globs ('photos/**/*.jpg'); - reads one image from stdin."),
     output: str = typer.Option(..., "--output", "-o",
                                help="Output folder, or - to write one result to stdout."),
     bank: str = typer.Option("edge", "--bank", "-b", help="Built-in bank name or a .yaml file."),
@@ -99,16 +98,34 @@ def apply(
     bits: int = typer.Option(8, help="Bits per sample of the PNGs: 8 or 16."),
     fmt: str = typer.Option("png", "--format", help="png (maps + stack) or npy (float32 array)."),
     compression: int = typer.Option(1, help="PNG zlib level, 0 (fastest) to 9 (smallest)."),
+    stack: bool = typer.Option(True, "--stack/--no-stack", help="Write each input's stack.png."),
+    stack_by: Optional[str] = typer.Option(
+        None, "--stack-by", help="filter: also write OUT/by-filter/<filter>.png, one sheet of "
+                                 "that filter's maps across all inputs."),
     max_pixels: int = typer.Option(100_000_000, help="Refuse images with more pixels than this."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
+    files_from: Optional[str] = typer.Option(
+        None, "--files-from", help="Read input paths from FILE (- for stdin), one per line."),
+    null: bool = typer.Option(False, "--null", "-0", help="--files-from is NUL-separated."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j",
+                                       help="Worker processes [default: all cores]."),
+    resume: bool = typer.Option(False, help="Skip inputs whose outputs are all present."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed input."),
+    json_report: bool = typer.Option(False, "--json",
+                                     help="One JSON object per input on stdout (JSON Lines)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail on stderr."),
 ) -> None:
     """Run every filter of a bank over every input; write one PNG per filter and a stack."""
     from . import bank as banks
-    from . import pipeline
+    from . import batch, pipeline
 
+    if stack_by not in (None, "filter"):
+        raise UsageError(f"--stack-by takes 'filter', got {stack_by!r}")
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
     options = pipeline.Options(out=output, format=fmt, bits=bits, compression=compression,
-                               max_pixels=max_pixels)
+                               max_pixels=max_pixels, stack=stack, resume=resume)
     pipeline.check_options(options)
     settings = {key: banks.parse_cli_setting(key, value) for key, value in (
         ("stride", stride), ("padding", padding), ("dilation", dilation), ("border", border),
@@ -116,8 +133,18 @@ def apply(
     kernel_bank = banks.load(bank).override(**settings)
     if filters:
         kernel_bank = kernel_bank.select(filters)
-    sources = _sources(inputs, pipeline)
-    if output == pipeline.STDOUT:
+    to_stdout = output == pipeline.STDOUT
+    if to_stdout and (json_report or stack_by):
+        raise UsageError("-o - puts image data on stdout; it cannot be combined with --json "
+                         "or --stack-by")
+    if not inputs and files_from is None:
+        raise UsageError("give at least one INPUT (a file, folder, glob or -) or --files-from")
+    found = _expand_inputs(inputs or [], files_from, null, recursive, output)
+    sources = found.sources
+    if not sources:
+        raise UsageError("no images to process: " + (found.warnings[0] if found.warnings
+                                                    else "the inputs are empty"))
+    if to_stdout:
         if len(sources) != 1:
             raise UsageError(f"-o - writes one result, but {len(sources)} inputs were given; "
                              "give one input or an output folder")
@@ -125,58 +152,143 @@ def apply(
             raise UsageError("refusing to write binary image data to a terminal; redirect "
                              "stdout (> file.png) or give an output folder with -o")
     pipeline.check_output_folder(output)
+
+    report = _Report(len(sources), quiet=quiet, verbose=verbose, json_lines=json_report)
+    for warning in found.warnings:
+        report.warn(warning)
     if verbose:
         from . import engine
 
-        _say(engine.CACHE_STATUS)
-
-    failed = 0
-    last_code = EXIT_ERROR
-    for source in sources:
-        result = pipeline.process(source, kernel_bank, options)
-        for note in result.notes:
-            if not quiet:
-                _say(f"convcli: warning: {note}")
-        if result.status != "ok":
-            failed += 1
-            last_code = result.exit_code
-            _say(f"convcli: error: {result.error}")
-            continue
-        if result.payload is not None:
-            sys.stdout.buffer.write(result.payload)
-            sys.stdout.buffer.flush()
-        elif verbose:
-            _say(f"{result.input}: {len(result.outputs)} files in "
-                 f"{Path(result.outputs[0]).parent} ({result.seconds:.2f} s)")
-    if failed and failed == len(sources):
-        raise typer.Exit(last_code)
-    if failed:
-        _say(f"convcli: {failed} of {len(sources)} inputs failed")
-        raise typer.Exit(EXIT_PARTIAL)
-    if not quiet and output != pipeline.STDOUT and not verbose:
-        _say(f"convcli: {len(sources)} image{'s' if len(sources) != 1 else ''}, "
-             f"{len(kernel_bank.filters)} filters -> {output}")
+        report.say(engine.CACHE_STATUS)
+    results = []
+    with report:
+        try:
+            for result in batch.run(sources, kernel_bank, options, jobs, fail_fast):
+                results.append(result)
+                if result.payload is not None:
+                    sys.stdout.buffer.write(result.payload)
+                    sys.stdout.buffer.flush()
+                report.add(result)
+        except KeyboardInterrupt:
+            report.summary(output, interrupted=True)
+            raise typer.Exit(EXIT_INTERRUPTED)
+    if stack_by == "filter":
+        for path in batch.write_filter_sheets(results, sources, kernel_bank, options):
+            report.detail(f"contact sheet: {path}")
+    report.summary(output)
+    raise typer.Exit(report.exit_code(fail_fast))
 
 
-def _sources(inputs: list[str], pipeline) -> list:
-    sources = []
-    if inputs.count("-") > 1:
-        raise UsageError("- (stdin) can be given only once")
-    for item in inputs:
-        if item == "-":
-            if sys.stdin.isatty():
-                raise UsageError("- reads an image from stdin, but stdin is a terminal; "
-                                 "pipe an image in (cat photo.png | convcli apply - ...)")
-            sources.append(pipeline.Source.from_bytes(sys.stdin.buffer.read()))
-        elif Path(item).is_dir():
-            found = sorted(p for p in Path(item).iterdir()
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise UsageError(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            sources.extend(pipeline.Source.from_path(p) for p in found)
+def _expand_inputs(args: list[str], files_from: str | None, null: bool, recursive: bool,
+                   output: str):
+    from . import inputs
+
+    def read_stdin() -> bytes:
+        if sys.stdin.isatty():
+            raise UsageError("stdin is a terminal; pipe an image or a list of paths into convcli")
+        return sys.stdin.buffer.read()
+
+    exclude = None if output == inputs.STDIN else Path(output)
+    return inputs.expand(args, files_from=files_from, null_separated=null, recursive=recursive,
+                         exclude=exclude, read_stdin=read_stdin)
+
+
+class _Report:
+    """Everything `apply` tells people (stderr) and scripts (--json on stdout): messages,
+    a progress bar when stderr is a terminal, one JSON line per input, the summary."""
+
+    def __init__(self, total: int, quiet: bool, verbose: bool, json_lines: bool):
+        import time
+
+        self.total, self.quiet, self.verbose, self.json_lines = total, quiet, verbose, json_lines
+        self.counts = {"ok": 0, "error": 0, "skipped": 0}
+        self.codes: set[int] = set()
+        self.start = time.perf_counter()
+        self.progress = None
+        if total > 1 and not quiet and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeRemainingColumn)
+
+            self.progress = Progress(
+                TextColumn("convcli"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]:.1f} images/s"), TimeRemainingColumn(),
+                TextColumn("{task.fields[failed]}"), console=Console(stderr=True), transient=True)
+            self.task = self.progress.add_task("apply", total=total, rate=0.0, failed="")
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+
+    def say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, markup=False, highlight=False)
         else:
-            sources.append(pipeline.Source.from_path(item))
-    return sources
+            _say(text)
+
+    def warn(self, text: str) -> None:
+        if not self.quiet:
+            self.say(f"convcli: warning: {text}")
+
+    def detail(self, text: str) -> None:
+        if self.verbose:
+            self.say(text)
+
+    def add(self, result) -> None:
+        import time
+
+        self.counts[result.status] += 1
+        for note in result.notes:
+            self.warn(note)
+        if result.status == "error":
+            self.codes.add(result.exit_code)
+            self.say(f"convcli: error: {result.error}")
+        elif result.outputs:
+            self.detail(f"{result.input}: {result.status}, {len(result.outputs)} files in "
+                        f"{Path(result.outputs[0]).parent} ({result.seconds:.2f} s)")
+        if self.json_lines:
+            record = {"input": result.input, "status": result.status, "outputs": result.outputs,
+                      "shape": list(result.shape) if result.shape else None,
+                      "seconds": round(result.seconds, 4), "error": result.error,
+                      "warnings": result.notes}
+            sys.stdout.write(json.dumps(record) + "\n")
+            sys.stdout.flush()
+        if self.progress is not None:
+            elapsed = max(time.perf_counter() - self.start, 1e-9)
+            done = sum(self.counts.values())
+            failed = self.counts["error"]
+            self.progress.update(self.task, completed=done, rate=done / elapsed,
+                                 failed=f"[red]{failed} failed[/red]" if failed else "")
+
+    def summary(self, output: str, interrupted: bool = False) -> None:
+        import time
+
+        done = sum(self.counts.values())
+        if self.quiet or output == "-":
+            return
+        seconds = time.perf_counter() - self.start
+        parts = [f"{self.counts['ok']} done"]
+        if self.counts["skipped"]:
+            parts.append(f"{self.counts['skipped']} skipped (--resume)")
+        if self.counts["error"]:
+            parts.append(f"{self.counts['error']} failed")
+        head = "interrupted after" if interrupted else "finished"
+        _say(f"convcli: {head} {done} of {self.total} input{'s' if self.total != 1 else ''}: "
+             f"{', '.join(parts)} in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} images/s) "
+             f"-> {output}")
+
+    def exit_code(self, fail_fast: bool) -> int:
+        failed = self.counts["error"]
+        if not failed:
+            return EXIT_OK
+        if failed == sum(self.counts.values()) or fail_fast:
+            return max(self.codes) if len(self.codes) == 1 else EXIT_ERROR
+        return EXIT_PARTIAL
 
 
 @app.command("banks")

@@ -27,6 +27,10 @@ import numba  # noqa: E402  (after the cache folder is set)
 
 if _CACHE_DIR is not None:
     numba.config.CACHE_DIR = str(_CACHE_DIR)  # in case numba was imported before us
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # Batches fork worker processes after compiling here; GNU OpenMP cannot survive a fork,
+    # so take a fork-safe layer (non-GNU OpenMP, or numba's own workqueue).
+    numba.config.THREADING_LAYER = "forksafe"
 
 # Decorator options in one place. No eager signatures: the wrappers always pass the same
 # types, so exactly one specialisation is compiled (and cached).
@@ -180,6 +184,10 @@ def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
 
-def warm() -> None:
-    """Compile (or load from the cache) every kernel, so later calls start at full speed."""
-    conv2d(np.zeros((1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32), padding="same")
+def prepare() -> None:
+    """Compile (or load from the cache) every kernel without running it, so no engine
+    threads start: safe right before forking worker processes."""
+    x = np.zeros((1, 3, 3), np.float32)
+    w = np.zeros((1, 1, 1, 1), np.float32)
+    example = (x, w, np.zeros(1, np.float32), 1, 1, 1, 1, 0, True, np.zeros((1, 1, 3, 3), np.float32))
+    _correlate.compile(tuple(numba.typeof(a) for a in example))

@@ -1,11 +1,11 @@
-"""Inputs -> read -> engine -> render -> write, one Result per input. Never prints.
+"""Read -> engine -> render -> write for one input, giving one Result. Never prints.
 
-Layout of the outputs of one input (stem = the input's file name without extension):
+Layout of the outputs of one input (REL = its output folder, see convcli.inputs):
 
-  OUT/<stem>/<filter>.png   one map per filter (name made safe, unique)
-  OUT/<stem>/stack.png      all maps tiled, each under its name
-  OUT/<stem>/maps.npy       with --format npy: float32 (F, H', W') (depthwise: (F, C, H', W'))
-  OUT/<stem>/maps.json      with --format npy: filter names, bank and settings
+  OUT/REL/<filter>.png   one map per filter (name made safe, unique)
+  OUT/REL/stack.png      all maps tiled, each under its name (unless Options.stack is off)
+  OUT/REL/maps.npy       with --format npy: float32 (F, H', W') (depthwise: (F, C, H', W'))
+  OUT/REL/maps.json      with --format npy: filter names, bank and settings
 """
 
 from __future__ import annotations
@@ -22,28 +22,10 @@ import numpy as np
 from . import __version__, images, render
 from .bank import KernelBank
 from .errors import ConvcliError, InputError, OutputError, UsageError
+from .inputs import Source
 
 STDOUT = "-"
 RESERVED_NAMES = ("stack", "maps")  # names of the per-input files that are not filter maps
-
-
-@dataclass(frozen=True)
-class Source:
-    """One input: a path, or bytes read from stdin."""
-
-    label: str  # how messages name it
-    stem: str  # the name its outputs are filed under
-    path: Path | None = None
-    data: bytes | None = None
-
-    @classmethod
-    def from_path(cls, path: str | Path) -> "Source":
-        p = Path(path)
-        return cls(label=str(path), stem=p.stem or p.name or "image", path=p)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, label: str = "<stdin>") -> "Source":
-        return cls(label=label, stem="stdin", data=data)
 
 
 @dataclass(frozen=True)
@@ -53,6 +35,8 @@ class Options:
     bits: int = 8
     compression: int = 1  # zlib level for PNGs: 1 is ~4x faster than 6 for ~10% more bytes
     max_pixels: int = images.DEFAULT_MAX_PIXELS
+    stack: bool = True  # write OUT/REL/stack.png
+    resume: bool = False  # skip inputs whose outputs are all present
 
 
 @dataclass
@@ -65,7 +49,7 @@ class FeatureMap:
 @dataclass
 class Result:
     input: str
-    status: str = "ok"  # ok | error
+    status: str = "ok"  # ok | error | skipped (--resume found its outputs)
     outputs: list[str] = field(default_factory=list)
     shape: tuple[int, ...] | None = None  # of all maps stacked, e.g. (F, H', W')
     seconds: float = 0.0
@@ -129,11 +113,31 @@ def safe_names(names: list[str]) -> list[str]:
     return out
 
 
+def output_names(bank: KernelBank, options: Options) -> list[str]:
+    """The files each input gets, in the order they are written."""
+    if options.format == "npy":
+        return ["maps.npy", "maps.json"]
+    names = [f"{n}.png" for n in safe_names([f.name for f in bank.filters])]
+    return names + (["stack.png"] if options.stack else [])
+
+
+def output_folder(source: Source, options: Options) -> Path:
+    return Path(options.out) / source.rel
+
+
 def process(source: Source, bank: KernelBank, options: Options) -> Result:
     """Read, convolve, render and write one input. Errors become a failed Result."""
     start = time.perf_counter()
     result = Result(input=source.label)
+    folder = output_folder(source, options)
+    if options.resume and options.out != STDOUT:
+        planned = [folder / name for name in output_names(bank, options)]
+        if all(p.is_file() for p in planned):
+            result.status, result.outputs = "skipped", [str(p) for p in planned]
+            return result
     try:
+        if source.problem is not None:
+            raise InputError(source.problem)
         image = images.read_image(source.data if source.data is not None else source.path,
                                   label=source.label, max_pixels=options.max_pixels)
         result.notes.extend(image.notes)
@@ -143,7 +147,6 @@ def process(source: Source, bank: KernelBank, options: Options) -> Result:
         if options.out == STDOUT:
             result.payload = _stdout_payload(files, maps, options)
         else:
-            folder = Path(options.out) / source.stem
             for name, data in files.items():
                 images.write_atomic(folder / name, data)
                 result.outputs.append(str(folder / name))
@@ -181,12 +184,13 @@ def _encode(maps: list[FeatureMap], bank: KernelBank, source: Source, options: O
                     value="lo + pixel / (2**bits - 1) * (hi - lo)")
         files[f"{safe}.png"] = images.encode_png(r.pixels, {"convcli": json.dumps(meta)},
                                                  options.compression)
-    pixels, boxes = render.stack([(m.name, r.pixels) for m, r in zip(maps, rendered)])
-    for box, m, r in zip(boxes, maps, rendered):
-        box.update(scale=m.scale, range=[r.lo, r.hi])
-    meta = dict(about, bits=options.bits, tiles=boxes)
-    files["stack.png"] = images.encode_png(pixels, {"convcli": json.dumps(meta)},
-                                           options.compression)
+    if options.stack or (options.out == STDOUT and len(maps) > 1):
+        pixels, boxes = render.stack([(m.name, r.pixels) for m, r in zip(maps, rendered)])
+        for box, m, r in zip(boxes, maps, rendered):
+            box.update(scale=m.scale, range=[r.lo, r.hi])
+        meta = dict(about, bits=options.bits, tiles=boxes)
+        files["stack.png"] = images.encode_png(pixels, {"convcli": json.dumps(meta)},
+                                               options.compression)
     return files
 
 
@@ -194,7 +198,7 @@ def _stdout_payload(files: dict[str, bytes], maps: list[FeatureMap], options: Op
     if options.format == "npy":
         return files["maps.npy"]
     if len(maps) == 1:
-        return next(data for name, data in files.items() if name != "stack.png")
+        return next(iter(files.values()))  # the one map comes first
     return files["stack.png"]
 
 

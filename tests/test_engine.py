@@ -59,9 +59,16 @@ def test_matches_oracle(layer):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@given(layers())
-def test_too_small_image_is_an_error_not_garbage(layer):
-    assume(not _fits(layer))
+@given(layers(), st.integers(0, 2))
+def test_too_small_image_is_an_error_not_garbage(layer, short):
+    # Make the kernel's dilated footprint larger than the padded image along one axis.
+    layer["padding"] = "valid"
+    _, h, w = layer["image"].shape
+    d = layer["dilation"][0]
+    kh = (h + short) // d + 2  # footprint (kh - 1) * d + 1 > h
+    layer["weights"] = np.ones((1, layer["image"].shape[0], kh, 1), np.float32)
+    layer["bias"] = None
+    assert not _fits(layer)
     with pytest.raises(InputError, match="smaller than the kernel's footprint"):
         conv2d(**layer)
 

@@ -1,0 +1,188 @@
+"""What to process: command-line inputs -> Sources, each with the output folder it owns.
+
+Inputs are files, folders (scanned; ``recursive`` descends), glob patterns expanded here
+(``photos/**/*.jpg``), ``-`` (one image on stdin) and lists of paths (``--files-from``).
+Files found by a folder scan or a glob that are not images (by extension) are skipped with a
+warning; a file named explicitly is always tried, so a non-image there is an error.
+
+Outputs mirror the inputs below their deepest common folder, where a folder named on the
+command line counts as holding its contents: ``photos/a/x.jpg`` found by scanning ``photos/``
+writes to ``OUT/a/x/``. Two inputs never share an output folder: when names collide (``x.png``
+and ``x.jpg``, or names equal but for case) each colliding input keeps its extension in the
+name (``x_png``, ``x_jpg``), then ``-2``, ``-3``, ... in path order if still needed.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
+
+from .errors import UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+STDIN = "-"
+SHEETS_FOLDER = "by-filter"  # OUT/by-filter/<filter>.png: the --stack-by filter sheets
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input: a path, or bytes read from stdin."""
+
+    label: str  # how messages and reports name it
+    rel: str = ""  # its output folder, relative to OUT (POSIX separators)
+    path: Path | None = None
+    data: bytes | None = None
+    problem: str | None = None  # known to fail before reading (e.g. a glob matching nothing)
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> "Source":
+        return cls(label=str(path), path=Path(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, label: str = "<stdin>") -> "Source":
+        return cls(label=label, data=data, rel="stdin")
+
+
+@dataclass
+class Expansion:
+    sources: list[Source]
+    warnings: list[str]
+
+
+def expand(args: Iterable[str], *, files_from: str | None = None, null_separated: bool = False,
+           recursive: bool = False, exclude: Path | None = None,
+           read_stdin: Callable[[], bytes] | None = None) -> Expansion:
+    """Turn command-line inputs into Sources with unique output folders."""
+    args = list(args)
+    uses_stdin = args.count(STDIN) + (files_from == STDIN)
+    if uses_stdin > 1:
+        raise UsageError("stdin can feed only one of: an image (-) or --files-from -")
+    if null_separated and files_from is None:
+        raise UsageError("-0 applies to --files-from; give --files-from FILE too")
+    found: list[tuple[Source, Path | None]] = []  # source and the folder that holds it
+    warnings: list[str] = []
+    excluded = exclude.resolve() if exclude is not None else None
+
+    def scan(folder: Path) -> None:
+        for path in _walk(folder, recursive, excluded):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append((Source.from_path(path), folder))
+            else:
+                warnings.append(f"{path}: skipped, not an image file (by its extension)")
+
+    for arg in args + (_read_list(files_from, null_separated, read_stdin) if files_from else []):
+        if arg == STDIN:
+            if read_stdin is None:
+                raise UsageError("- (an image on stdin) is not available here")
+            found.append((Source.from_bytes(read_stdin()), None))
+        elif Path(arg).is_dir():
+            scan(Path(arg))
+        elif not os.path.lexists(arg) and glob.has_magic(arg):
+            matches = sorted(glob.glob(arg, recursive=True))
+            if not matches:
+                found.append((Source(label=arg, problem=f"{arg}: no files match this pattern"), None))
+            for m in matches:
+                if Path(m).is_dir():
+                    scan(Path(m))
+                elif Path(m).suffix.lower() in IMAGE_SUFFIXES:
+                    found.append((Source.from_path(m), _glob_root(arg)))
+                else:
+                    warnings.append(f"{m}: skipped, not an image file (by its extension)")
+        else:
+            found.append((Source.from_path(arg), None))
+    return Expansion(_name_outputs(_unique_paths(found)), warnings)
+
+
+def _read_list(files_from: str, null_separated: bool, read_stdin) -> list[str]:
+    if files_from == STDIN:
+        if read_stdin is None:
+            raise UsageError("--files-from - is not available here")
+        raw = read_stdin()
+    else:
+        try:
+            raw = Path(files_from).read_bytes()
+        except OSError as e:
+            raise UsageError(f"--files-from {files_from}: cannot read: {e.strerror or e}") from None
+    text = os.fsdecode(raw) if isinstance(raw, bytes) else raw
+    items = text.split("\0") if null_separated else text.splitlines()
+    return [item for item in items if item]
+
+
+def _walk(folder: Path, recursive: bool, excluded: Path | None) -> list[Path]:
+    """Files in a folder (sorted; hidden names and the output folder left out)."""
+    out = []
+    for root, dirs, files in os.walk(folder):
+        rootp = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and (excluded is None or (rootp / d).resolve() != excluded))
+        out.extend(rootp / f for f in sorted(files) if not f.startswith("."))
+        if not recursive:
+            break
+    return out
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a pattern before its first wildcard: the folder it scans."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _unique_paths(found: list[tuple[Source, Path | None]]) -> list[tuple[Source, Path | None]]:
+    """Drop a file named twice (e.g. by a folder scan and by name); first mention wins."""
+    seen: set[str] = set()
+    out = []
+    for source, holder in found:
+        if source.path is not None:
+            key = os.path.normcase(os.path.abspath(source.path))
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append((source, holder))
+    return out
+
+
+def _name_outputs(found: list[tuple[Source, Path | None]]) -> list[Source]:
+    """Give each source its output folder, mirrored below the deepest common folder."""
+    holders = [Path(os.path.abspath(h)) if h is not None else Path(os.path.abspath(s.path)).parent
+               for s, h in found if s.path is not None]
+    base = Path(os.path.commonpath(holders)) if holders else None
+    named = []
+    for source, _ in found:
+        if source.path is None:
+            named.append(source if source.rel else replace(source, rel="input"))
+            continue
+        absolute = Path(os.path.abspath(source.path))
+        rel = PurePosixPath(*absolute.relative_to(base).parts) if base else PurePosixPath(absolute.name)
+        named.append(replace(source, rel=str(rel.with_suffix("")) if rel.suffix else str(rel)))
+    return _dedupe(named)
+
+
+def _dedupe(sources: list[Source]) -> list[Source]:
+    def key(rel: str) -> str:
+        return rel.casefold()
+
+    counts: dict[str, int] = {}
+    for s in sources:
+        counts[key(s.rel)] = counts.get(key(s.rel), 0) + 1
+    reserved = {SHEETS_FOLDER}
+    out = []
+    taken: set[str] = set(reserved)
+    for s in sources:
+        rel = s.rel
+        if (counts[key(rel)] > 1 or key(rel) in reserved) and s.path is not None and s.path.suffix:
+            rel = f"{rel}_{s.path.suffix.lstrip('.').lower()}"
+        candidate, n = rel, 1
+        while key(candidate) in taken:
+            n += 1
+            candidate = f"{rel}-{n}"
+        taken.add(key(candidate))
+        out.append(replace(s, rel=candidate))
+    return out
