@@ -42,40 +42,62 @@ ACTIVATIONS = {"none": 0, "relu": 1, "abs": 2}
 
 
 @numba.njit(parallel=True, **_JIT)
-def _correlate(x, w, b, sy, sx, dy, dx, act, skip_zeros, out):
-    """Valid cross-correlation of padded ``x`` (G*Cw, Hp, Wp) with ``w`` (F, Cw, KH, KW).
+def _correlate(x, tap_c, tap_i, tap_j, tap_w, ntaps, b, sy, sx, dy, dx, act, out):
+    """Valid cross-correlation of padded ``x`` (G*Cw, Hp, Wp) with filters given as tap
+    lists: filter f has ntaps[f] taps, tap t weighing tap_w[f, t] at channel tap_c[f, t],
+    kernel row tap_i[f, t] and column tap_j[f, t].
 
     Channel group g reads input channels [g*Cw, (g+1)*Cw) and writes out[g] (F, Ho, Wo):
     G = 1 is a dense conv layer, Cw = 1 with G = C is depthwise. Parallel over (group, output
     row); each iteration writes only its own rows out[g, :, y, :], so writes are disjoint.
-    The innermost loop runs along an output row with unit stride when sx == 1 so that LLVM
-    vectorises it.
+    Taps are applied four at a time, so each pass along an output row does four multiply-adds
+    per load and store of the row; the innermost loops have unit stride when sx == 1, which
+    LLVM vectorises.
     """
     G, F, Ho, Wo = out.shape
-    Cw, KH, KW = w.shape[1], w.shape[2], w.shape[3]
+    Cw = x.shape[0] // G
     for gy in numba.prange(G * Ho):
         g = gy // Ho
         y = gy - g * Ho
+        c0 = g * Cw
         for f in range(F):
             row = out[g, f, y]
             bf = b[f]
             for xo in range(Wo):
                 row[xo] = bf
-            for c in range(Cw):
-                plane = x[g * Cw + c]
-                for i in range(KH):
-                    src = plane[y * sy + i * dy]
-                    for j in range(KW):
-                        wv = w[f, c, i, j]
-                        if skip_zeros and wv == 0.0:
-                            continue
-                        off = j * dx
-                        if sx == 1:
-                            for xo in range(Wo):
-                                row[xo] += wv * src[off + xo]
-                        else:
-                            for xo in range(Wo):
-                                row[xo] += wv * src[off + xo * sx]
+            n = ntaps[f]
+            t = 0
+            r = y * sy
+            while t + 4 <= n:
+                # Slicing first matters: indexing a[o + xo] with a signed offset makes numba
+                # check for negative indices on every access, which blocks vectorisation;
+                # a slice without a step keeps the view contiguous.
+                p0, p1 = x[c0 + tap_c[f, t], r + tap_i[f, t] * dy], x[c0 + tap_c[f, t + 1], r + tap_i[f, t + 1] * dy]
+                p2, p3 = x[c0 + tap_c[f, t + 2], r + tap_i[f, t + 2] * dy], x[c0 + tap_c[f, t + 3], r + tap_i[f, t + 3] * dy]
+                o0, o1, o2, o3 = tap_j[f, t] * dx, tap_j[f, t + 1] * dx, tap_j[f, t + 2] * dx, tap_j[f, t + 3] * dx
+                w0, w1, w2, w3 = tap_w[f, t], tap_w[f, t + 1], tap_w[f, t + 2], tap_w[f, t + 3]
+                if sx == 1:
+                    a0, a1, a2, a3 = p0[o0:o0 + Wo], p1[o1:o1 + Wo], p2[o2:o2 + Wo], p3[o3:o3 + Wo]
+                    for xo in range(Wo):
+                        row[xo] += w0 * a0[xo] + w1 * a1[xo] + w2 * a2[xo] + w3 * a3[xo]
+                else:
+                    b0, b1, b2, b3 = p0[o0::sx], p1[o1::sx], p2[o2::sx], p3[o3::sx]
+                    for xo in range(Wo):
+                        row[xo] += w0 * b0[xo] + w1 * b1[xo] + w2 * b2[xo] + w3 * b3[xo]
+                t += 4
+            while t < n:
+                p0 = x[c0 + tap_c[f, t], r + tap_i[f, t] * dy]
+                o0 = tap_j[f, t] * dx
+                w0 = tap_w[f, t]
+                if sx == 1:
+                    a0 = p0[o0:o0 + Wo]
+                    for xo in range(Wo):
+                        row[xo] += w0 * a0[xo]
+                else:
+                    b0 = p0[o0::sx]
+                    for xo in range(Wo):
+                        row[xo] += w0 * b0[xo]
+                t += 1
             if act == 1:
                 for xo in range(Wo):
                     if row[xo] < 0.0:
@@ -83,6 +105,26 @@ def _correlate(x, w, b, sy, sx, dy, dx, act, skip_zeros, out):
             elif act == 2:
                 for xo in range(Wo):
                     row[xo] = abs(row[xo])
+
+
+def _taps(w: np.ndarray, skip_zeros: bool):
+    """Per-filter tap lists (channel, row, column, weight) for the kernel; zero weights are
+    left out when that is exact (see the caller)."""
+    F = w.shape[0]
+    flat = w.reshape(F, -1)
+    keep = (flat != 0) if skip_zeros else np.ones(flat.shape, bool)
+    ntaps = keep.sum(axis=1).astype(np.int64)
+    T = max(1, int(ntaps.max()))
+    c, i, j = np.unravel_index(np.arange(flat.shape[1]), w.shape[1:])
+    tap_c = np.zeros((F, T), np.int64)
+    tap_i = np.zeros((F, T), np.int64)
+    tap_j = np.zeros((F, T), np.int64)
+    tap_w = np.zeros((F, T), np.float32)
+    for f in range(F):
+        idx = np.flatnonzero(keep[f])
+        n = len(idx)
+        tap_c[f, :n], tap_i[f, :n], tap_j[f, :n], tap_w[f, :n] = c[idx], i[idx], j[idx], flat[f, idx]
+    return tap_c, tap_i, tap_j, tap_w, ntaps
 
 
 def conv2d(image: Any, weights: Any, bias: Any = None, *, stride: Any = 1, padding: Any = 0,
@@ -149,8 +191,8 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
     groups = x.shape[0] // Cw
     out = np.empty((groups, F, ho, wo), np.float32)
     # Skipping zero taps is exact only when 0 * x == 0 for every pixel, i.e. x is finite.
-    skip_zeros = bool(np.isfinite(xp).all())
-    _correlate(xp, w, b, s[0], s[1], d[0], d[1], ACTIVATIONS[activation], skip_zeros, out)
+    taps = _taps(w, skip_zeros=bool(np.isfinite(xp).all()))
+    _correlate(xp, *taps, b, s[0], s[1], d[0], d[1], ACTIVATIONS[activation], out)
     return out
 
 
@@ -188,6 +230,6 @@ def prepare() -> None:
     """Compile (or load from the cache) every kernel without running it, so no engine
     threads start: safe right before forking worker processes."""
     x = np.zeros((1, 3, 3), np.float32)
-    w = np.zeros((1, 1, 1, 1), np.float32)
-    example = (x, w, np.zeros(1, np.float32), 1, 1, 1, 1, 0, True, np.zeros((1, 1, 3, 3), np.float32))
+    taps = _taps(np.ones((1, 1, 1, 1), np.float32), skip_zeros=True)
+    example = (x, *taps, np.zeros(1, np.float32), 1, 1, 1, 1, 0, np.zeros((1, 1, 3, 3), np.float32))
     _correlate.compile(tuple(numba.typeof(a) for a in example))

@@ -166,6 +166,12 @@ def test_encode_png_round_trips_through_pillow(pixels):
     np.testing.assert_array_equal(np.asarray(pil), pixels)
 
 
+@pytest.mark.parametrize("level", range(10))
+def test_every_compression_level_decodes(level):
+    a = RNG.integers(0, 256, (33, 17, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(images.encode_png(a, level=level)))), a)
+
+
 def test_encode_png_16_bit_rgb_round_trips():
     a = RNG.integers(0, 65536, (5, 8, 3), dtype=np.uint16)
     img = images.read_image(images.encode_png(a), label="x")

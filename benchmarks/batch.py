@@ -1,0 +1,232 @@
+"""Batch benchmark: convcli against a hand-written imageio + OpenCV loop and ImageMagick.
+
+Same run, same 50 RGB 512x512 photos (crops of the shipped samples), whole-process wall
+seconds, medians of --repeat runs:
+
+  A. the edge bank, one PNG per filter (no stack):
+     convcli apply DIR --bank edge --no-stack  vs  a Python loop: imageio.imread, cv2.cvtColor,
+     cv2.filter2D per filter (same kernels, same border, ReLU, min-max to 8 bits), cv2.imwrite
+  B. one Sobel filter:
+     convcli apply DIR -f sobel_x --no-stack  vs  mogrify -colorspace gray -morphology Convolve Sobel
+
+Before that it shows where convcli's time goes for one image, and what each PNG encoder setting
+costs, so the default is chosen on numbers. A peer that is not installed is skipped with a note.
+
+    python benchmarks/batch.py [--images 50] [--repeat 3] [--jobs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+
+def make_photos(folder: Path, n: int, size: int = 512) -> list[Path]:
+    """n RGB size x size photos: random crops (and flips) of the shipped samples, upscaled
+    where a sample is smaller. Deterministic."""
+    from PIL import Image
+
+    rng = np.random.default_rng(2026)
+    sources = sorted(SAMPLES.glob("*.png"))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        with Image.open(sources[i % len(sources)]) as im:
+            im = im.convert("RGB")
+            scale = max(1.0, size / min(im.size)) * rng.uniform(1.0, 1.4)
+            im = im.resize((int(im.width * scale) + 1, int(im.height * scale) + 1))
+            x = rng.integers(0, im.width - size + 1)
+            y = rng.integers(0, im.height - size + 1)
+            im = im.crop((x, y, x + size, y + size))
+            if rng.random() < 0.5:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+            path = folder / f"photo{i:03d}.png"
+            im.save(path)
+            paths.append(path)
+    return paths
+
+
+# --- the peer: a hand-written loop ----------------------------------------------------------
+
+def peer_loop(src: Path, out: Path) -> None:
+    """What a user would write by hand with imageio and OpenCV for the edge bank."""
+    import cv2
+    import imageio.v3 as iio
+
+    from convcli import bank
+
+    kernels = [(f.name, f.weights[0]) for f in bank.load("edge").filters]
+    for path in sorted(src.glob("*.png")):
+        rgb = iio.imread(path)
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+        folder = out / path.stem
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, k in kernels:
+            # anchor at ((k-1)//2): the same split of 'same' padding as convcli (and TensorFlow)
+            anchor = ((k.shape[1] - 1) // 2, (k.shape[0] - 1) // 2)
+            m = cv2.filter2D(gray, cv2.CV_32F, k, anchor=anchor, borderType=cv2.BORDER_REPLICATE)
+            np.maximum(m, 0, out=m)
+            lo, hi = float(m.min()), float(m.max())
+            px = np.zeros(m.shape, np.uint8) if hi <= lo else \
+                np.rint((m - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+            cv2.imwrite(str(folder / f"{name}.png"), px)
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+def wall(cmd: list[str], repeat: int, out: Path, make_out: bool = False) -> float | None:
+    """Median whole-process seconds; the output folder is emptied before each run."""
+    times = []
+    for _ in range(repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        if make_out:  # mogrify -path wants the folder to exist
+            out.mkdir(parents=True)
+        t = time.perf_counter()
+        p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        times.append(time.perf_counter() - t)
+        if p.returncode != 0:
+            print(f"    failed: {' '.join(cmd)}\n    {p.stderr.decode()[-400:]}")
+            return None
+    return statistics.median(times)
+
+
+def stage_breakdown(photo: Path) -> None:
+    """Where one image's time goes inside convcli (one thread, in process)."""
+    from convcli import bank, engine, images, pipeline, render
+
+    engine.set_threads(1)
+    edge = bank.load("edge")
+    stages = {"read": [], "convolve": [], "render": [], "encode": []}
+    for _ in range(7):
+        t0 = time.perf_counter()
+        img = images.read_image(photo)
+        t1 = time.perf_counter()
+        maps = pipeline.compute_maps(img.pixels, edge)
+        t2 = time.perf_counter()
+        pix = [render.to_pixels(m.data, m.scale, 8).pixels for m in maps]
+        t3 = time.perf_counter()
+        for p in pix:
+            images.encode_png(p, level=1)
+        t4 = time.perf_counter()
+        for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            stages[k].append(v)
+    med = {k: statistics.median(v[1:]) for k, v in stages.items()}
+    total = sum(med.values())
+    print(f"\n1. Where the time goes: one 512x512 photo, edge bank ({len(edge.filters)} maps), "
+          "one thread, median of 6")
+    for k, v in med.items():
+        print(f"   {k:9s} {v * 1000:7.1f} ms  {100 * v / total:4.0f}%")
+
+    print("\n2. PNG encoders on those maps (same Up-filtered bytes)")
+    raw = []
+    for p in pix:
+        f = np.empty((p.shape[0], p.shape[1] + 1), np.uint8)
+        f[:, 0] = 2
+        f[0, 1:] = p[0]
+        np.subtract(p[1:], p[:-1], out=f[1:, 1:])
+        raw.append(f.tobytes())
+    rows = [("zlib", lvl, lambda d, l=lvl: zlib.compress(d, l)) for lvl in (1, 3, 6, 9)]
+    try:
+        from isal import isal_zlib
+        rows[1:1] = [("ISA-L", lvl, lambda d, l=lvl: isal_zlib.compress(d, l)) for lvl in (1, 2, 3)]
+    except ImportError:
+        print("   (isal not installed: ISA-L rows skipped)")
+    for name, lvl, fn in rows:
+        t = time.perf_counter()
+        size = sum(len(fn(d)) for d in raw)
+        dt = time.perf_counter() - t
+        print(f"   {name:6s} level {lvl}: {dt * 1000:7.1f} ms for {len(raw)} maps, "
+              f"{size / 2**20:5.2f} MiB")
+    try:
+        import cv2
+        t = time.perf_counter()
+        size = sum(len(cv2.imencode(".png", p)[1]) for p in pix)
+        print(f"   OpenCV imencode (default, level 1): {(time.perf_counter() - t) * 1000:7.1f} ms, "
+              f"{size / 2**20:5.2f} MiB")
+    except ImportError:
+        pass
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {n} cores, Python {platform.python_version()}, {platform.system()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=50)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=None)
+    ap.add_argument("--peer-loop", nargs=2, metavar=("SRC", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.peer_loop:
+        peer_loop(Path(args.peer_loop[0]), Path(args.peer_loop[1]))
+        return
+
+    print(f"machine: {machine()}")
+    work = Path(tempfile.mkdtemp(prefix="convcli-bench-"))
+    try:
+        photos = make_photos(work / "photos", args.images)
+        print(f"data: {len(photos)} RGB 512x512 PNG photos (crops of samples/)")
+        stage_breakdown(photos[0])
+        convcli = [sys.executable, "-m", "convcli", "apply", str(work / "photos"), "--no-stack",
+                   "-q"] + (["-j", str(args.jobs)] if args.jobs else [])
+        subprocess.run(convcli + ["-o", str(work / "warm")], check=True)  # compile once
+        print(f"\n3. Whole process, {len(photos)} photos, median of {args.repeat} runs")
+        results = {}
+        results["convcli edge"] = wall(convcli + ["--bank", "edge", "-o", str(work / "o")],
+                                       args.repeat, work / "o")
+        try:
+            import cv2  # noqa: F401
+            results["loop edge"] = wall([sys.executable, __file__, "--peer-loop",
+                                         str(work / "photos"), str(work / "p")],
+                                        args.repeat, work / "p")
+        except ImportError:
+            print("   imageio + OpenCV loop skipped: opencv-python-headless is not installed")
+        results["convcli sobel"] = wall(convcli + ["-f", "sobel_x", "-o", str(work / "s")],
+                                        args.repeat, work / "s")
+        mogrify = shutil.which("mogrify")
+        if mogrify:
+            out = work / "m"
+            results["mogrify sobel"] = wall(
+                [mogrify, "-path", str(out), "-colorspace", "gray", "-morphology", "Convolve",
+                 "Sobel", *map(str, photos)], args.repeat, out, make_out=True)
+        else:
+            print("   ImageMagick mogrify skipped: not installed (apt-get install imagemagick)")
+        for name, t in results.items():
+            if t is not None:
+                print(f"   {name:14s} {t:7.2f} s  {len(photos) / t:6.1f} images/s")
+        print("\n4. Ratios (peer time / convcli time; > 1 means convcli is faster)")
+        for peer, mine, goal in (("loop edge", "convcli edge", 1.5), ("mogrify sobel", "convcli sobel", 3.0)):
+            if results.get(peer) and results.get(mine):
+                ratio = results[peer] / results[mine]
+                print(f"   {peer} / {mine}: {ratio:5.2f}x  (goal {goal}x: "
+                      f"{'met' if ratio >= goal else 'NOT met'})")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
