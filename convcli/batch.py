@@ -38,13 +38,31 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def run(sources: list[Source], bank: KernelBank, options: Options, jobs: int | None = None,
-        fail_fast: bool = False) -> Iterator[Result]:
-    """Process every source; yield each Result as it completes. With ``fail_fast``, stop
-    handing out work after the first failure. Closing the iterator (or Ctrl-C) stops the
-    batch cleanly: no new inputs start, running ones finish their writes."""
+def plan_engine(sources: list[Source], bank: KernelBank, method: str = "auto") -> str:
+    """Choose the engine's path for the whole batch, from the first image's size (read from
+    its header) times the number of inputs. Returns "jit" or "numpy"."""
     from . import engine
 
+    if method != "auto":
+        return engine.plan(method=method)
+    size = (512, 512)  # a guess when the first input cannot be measured
+    for source in sources[:1]:
+        try:
+            size = images.image_size(source.data if source.data is not None else source.path)
+        except Exception:  # the input's own error is reported when it is processed
+            pass
+    return engine.plan(pipeline.work_per_image(bank, *size) * len(sources))
+
+
+def run(sources: list[Source], bank: KernelBank, options: Options, jobs: int | None = None,
+        fail_fast: bool = False, path: str | None = None) -> Iterator[Result]:
+    """Process every source; yield each Result as it completes. With ``fail_fast``, stop
+    handing out work after the first failure. Closing the iterator (or Ctrl-C) stops the
+    batch cleanly: no new inputs start, running ones finish their writes. ``path`` is what
+    plan_engine chose (planned here when not given)."""
+    from . import engine
+
+    path = path or plan_engine(sources, bank)
     workers = max(1, min(jobs or cpu_count(), len(sources)))
     if workers == 1:
         engine.set_threads(cpu_count())
@@ -54,7 +72,8 @@ def run(sources: list[Source], bank: KernelBank, options: Options, jobs: int | N
             if fail_fast and result.status == "error":
                 return
         return
-    engine.prepare()  # compile or load once, before any worker exists
+    if path == "jit":
+        engine.prepare()  # compile or load once, before any worker exists
     yield from _pool(sources, bank, options, workers, fail_fast)
 
 

@@ -113,6 +113,8 @@ def apply(
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed input."),
     json_report: bool = typer.Option(False, "--json",
                                      help="One JSON object per input on stdout (JSON Lines)."),
+    engine: str = typer.Option("auto", "--engine",
+                               help="auto, jit (numba) or numpy: same results, different speed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail on stderr."),
 ) -> None:
@@ -156,14 +158,16 @@ def apply(
     report = _Report(len(sources), quiet=quiet, verbose=verbose, json_lines=json_report)
     for warning in found.warnings:
         report.warn(warning)
+    path = batch.plan_engine(sources, kernel_bank, engine)
     if verbose:
-        from . import engine
+        from . import engine as engines
 
-        report.say(engine.CACHE_STATUS)
+        report.say(f"engine: {path}" + (f"; {engines.cache_status()}" if path == "jit" else
+                                        " (a small job: numba is not started)"))
     results = []
     with report:
         try:
-            for result in batch.run(sources, kernel_bank, options, jobs, fail_fast):
+            for result in batch.run(sources, kernel_bank, options, jobs, fail_fast, path):
                 results.append(result)
                 if result.payload is not None:
                     sys.stdout.buffer.write(result.payload)

@@ -1,110 +1,110 @@
-"""The convolution engine: all numba code lives here.
+"""The convolution engine: public wrappers, and the choice between its two paths.
 
 Public wrappers validate, cast to float32 C-contiguous arrays (one signature, one compile),
-pad the input by the border mode and allocate the output; the private jitted kernel only
-loops. Semantics are those of ``torch.nn.functional.conv2d`` (cross-correlation, no flip):
+pad the input by the border mode, turn the kernels into tap lists and allocate the output.
+Semantics are those of ``torch.nn.functional.conv2d`` (cross-correlation, no flip):
 
     out[f, y, x] = act(bias[f] + sum_c sum_i sum_j w[f, c, i, j] * in[c, y*sy + i*dy - pt, x*sx + j*dx - pl])
+
+Two paths compute exactly the same thing, in the same order of float32 operations:
+``jit`` (the numba kernel in convcli.jit: parallel, vectorised) and ``numpy`` (whole-plane
+NumPy operations, one tap group at a time). Importing and starting numba costs about half a
+second per process, so small jobs take the NumPy path: ``auto`` picks it when the whole
+job (see ``plan``) is under LEAN_MAX_WORK multiply-adds and numba is not loaded yet.
 """
 
 from __future__ import annotations
 
-import os
+import sys
 from typing import Any
 
 import numpy as np
 
 from . import geometry
 from .errors import InputError, UsageError
-from .jitcache import usable_cache_dir
-
-# The cache folder must be known before numba is imported (numba reads it at import).
-_CACHE_DIR, CACHE_STATUS = usable_cache_dir()
-if _CACHE_DIR is not None:
-    os.environ["NUMBA_CACHE_DIR"] = str(_CACHE_DIR)
-
-import numba  # noqa: E402  (after the cache folder is set)
-
-if _CACHE_DIR is not None:
-    numba.config.CACHE_DIR = str(_CACHE_DIR)  # in case numba was imported before us
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    # Batches fork worker processes after compiling here; GNU OpenMP cannot survive a fork,
-    # so take a fork-safe layer (non-GNU OpenMP, or numba's own workqueue).
-    numba.config.THREADING_LAYER = "forksafe"
-
-# Decorator options in one place. No eager signatures: the wrappers always pass the same
-# types, so exactly one specialisation is compiled (and cached).
-_JIT = dict(nogil=True, cache=_CACHE_DIR is not None, error_model="numpy",
-            boundscheck=False)
 
 BORDER_MODES = {"zero": "constant", "reflect": "reflect", "replicate": "edge", "wrap": "wrap"}
 ACTIVATIONS = {"none": 0, "relu": 1, "abs": 2}
 
 
-@numba.njit(parallel=True, **_JIT)
-def _correlate(x, tap_c, tap_i, tap_j, tap_w, ntaps, b, sy, sx, dy, dx, act, out):
-    """Valid cross-correlation of padded ``x`` (G*Cw, Hp, Wp) with filters given as tap
-    lists: filter f has ntaps[f] taps, tap t weighing tap_w[f, t] at channel tap_c[f, t],
-    kernel row tap_i[f, t] and column tap_j[f, t].
+METHODS = ("auto", "jit", "numpy")
+# Below this many multiply-adds for a whole job, NumPy finishes before numba has started.
+# NumPy runs a tap over a 512x512 plane in ~0.3 ms (~1 per ns); numba costs ~0.6 s to load.
+LEAN_MAX_WORK = 3e8
+_plan = {"method": "auto", "work": None, "threads": None}
 
-    Channel group g reads input channels [g*Cw, (g+1)*Cw) and writes out[g] (F, Ho, Wo):
-    G = 1 is a dense conv layer, Cw = 1 with G = C is depthwise. Parallel over (group, output
-    row); each iteration writes only its own rows out[g, :, y, :], so writes are disjoint.
-    Taps are applied four at a time, so each pass along an output row does four multiply-adds
-    per load and store of the row; the innermost loops have unit stride when sx == 1, which
-    LLVM vectorises.
+
+def plan(total_work: float | None = None, method: str = "auto", threads: int | None = None
+         ) -> str:
+    """Decide, for this process and the workers it forks, which path ``auto`` takes.
+
+    total_work: multiply-adds the whole job will need (None: decide per call). Returns the
+    path chosen for a job of that size.
     """
+    if method not in METHODS:
+        raise UsageError(f"engine must be one of {', '.join(METHODS)}, got {method!r}")
+    _plan.update(method=method, work=total_work)
+    if threads is not None:
+        _plan["threads"] = threads
+    return _choose(total_work or 0.0)
+
+
+def _choose(work: float) -> str:
+    method = _plan["method"]
+    if method != "auto":
+        return method
+    if "convcli.jit" in sys.modules:  # already paid for
+        return "jit"
+    total = _plan["work"] if _plan["work"] is not None else work
+    return "numpy" if total < LEAN_MAX_WORK else "jit"
+
+
+def _jit():
+    from . import jit
+
+    if _plan["threads"] is not None:
+        jit.set_threads(_plan["threads"])
+    return jit
+
+
+def cache_status() -> str:
+    """Where the JIT cache is (or why there is none); loads numba."""
+    return _jit().CACHE_STATUS
+
+
+def _correlate_numpy(x, tap_c, tap_i, tap_j, tap_w, ntaps, b, sy, sx, dy, dx, act, out):
+    """The jit kernel's arithmetic with whole-plane NumPy operations, in the same order:
+    out = bias, then for each group of four taps out += ((w0*a0 + w1*a1) + w2*a2) + w3*a3,
+    then single taps, then the activation. Float32 throughout, so results are identical."""
     G, F, Ho, Wo = out.shape
     Cw = x.shape[0] // G
-    for gy in numba.prange(G * Ho):
-        g = gy // Ho
-        y = gy - g * Ho
-        c0 = g * Cw
+    tmp = np.empty((Ho, Wo), np.float32)
+    prod = np.empty((Ho, Wo), np.float32)
+
+    def plane(g, f, t):
+        i, j = tap_i[f, t] * dy, tap_j[f, t] * dx
+        return x[g * Cw + tap_c[f, t], i:i + (Ho - 1) * sy + 1:sy, j:j + (Wo - 1) * sx + 1:sx]
+
+    for g in range(G):
         for f in range(F):
-            row = out[g, f, y]
-            bf = b[f]
-            for xo in range(Wo):
-                row[xo] = bf
-            n = ntaps[f]
-            t = 0
-            r = y * sy
+            acc = out[g, f]
+            acc[...] = b[f]
+            n, t = ntaps[f], 0
             while t + 4 <= n:
-                # Slicing first matters: indexing a[o + xo] with a signed offset makes numba
-                # check for negative indices on every access, which blocks vectorisation;
-                # a slice without a step keeps the view contiguous.
-                p0, p1 = x[c0 + tap_c[f, t], r + tap_i[f, t] * dy], x[c0 + tap_c[f, t + 1], r + tap_i[f, t + 1] * dy]
-                p2, p3 = x[c0 + tap_c[f, t + 2], r + tap_i[f, t + 2] * dy], x[c0 + tap_c[f, t + 3], r + tap_i[f, t + 3] * dy]
-                o0, o1, o2, o3 = tap_j[f, t] * dx, tap_j[f, t + 1] * dx, tap_j[f, t + 2] * dx, tap_j[f, t + 3] * dx
-                w0, w1, w2, w3 = tap_w[f, t], tap_w[f, t + 1], tap_w[f, t + 2], tap_w[f, t + 3]
-                if sx == 1:
-                    a0, a1, a2, a3 = p0[o0:o0 + Wo], p1[o1:o1 + Wo], p2[o2:o2 + Wo], p3[o3:o3 + Wo]
-                    for xo in range(Wo):
-                        row[xo] += w0 * a0[xo] + w1 * a1[xo] + w2 * a2[xo] + w3 * a3[xo]
-                else:
-                    b0, b1, b2, b3 = p0[o0::sx], p1[o1::sx], p2[o2::sx], p3[o3::sx]
-                    for xo in range(Wo):
-                        row[xo] += w0 * b0[xo] + w1 * b1[xo] + w2 * b2[xo] + w3 * b3[xo]
+                np.multiply(plane(g, f, t), tap_w[f, t], out=tmp)
+                for k in (1, 2, 3):
+                    np.multiply(plane(g, f, t + k), tap_w[f, t + k], out=prod)
+                    tmp += prod
+                acc += tmp
                 t += 4
             while t < n:
-                p0 = x[c0 + tap_c[f, t], r + tap_i[f, t] * dy]
-                o0 = tap_j[f, t] * dx
-                w0 = tap_w[f, t]
-                if sx == 1:
-                    a0 = p0[o0:o0 + Wo]
-                    for xo in range(Wo):
-                        row[xo] += w0 * a0[xo]
-                else:
-                    b0 = p0[o0::sx]
-                    for xo in range(Wo):
-                        row[xo] += w0 * b0[xo]
+                np.multiply(plane(g, f, t), tap_w[f, t], out=tmp)
+                acc += tmp
                 t += 1
-            if act == 1:
-                for xo in range(Wo):
-                    if row[xo] < 0.0:
-                        row[xo] = 0.0
-            elif act == 2:
-                for xo in range(Wo):
-                    row[xo] = abs(row[xo])
+    if act == 1:
+        np.maximum(out, 0.0, out=out)
+    elif act == 2:
+        np.abs(out, out=out)
 
 
 def _taps(w: np.ndarray, skip_zeros: bool):
@@ -128,13 +128,15 @@ def _taps(w: np.ndarray, skip_zeros: bool):
 
 
 def conv2d(image: Any, weights: Any, bias: Any = None, *, stride: Any = 1, padding: Any = 0,
-           dilation: Any = 1, border: str = "zero", activation: str = "relu") -> np.ndarray:
+           dilation: Any = 1, border: str = "zero", activation: str = "relu",
+           method: str = "auto") -> np.ndarray:
     """Apply a bank of F filters to one image, as one CNN conv layer.
 
     image (C, H, W) or (H, W); weights (F, C, KH, KW) or (KH, KW); bias (F,) or None.
     stride, dilation: int or (y, x). padding: int, (y, x), (top, bottom, left, right),
     "same" (TensorFlow-style, output = ceil(input / stride)) or "valid".
     border: zero | reflect | replicate | wrap. activation: relu | none | abs.
+    method: auto | jit | numpy (the same results; see the module's docstring).
     Returns float32 (F, H', W').
     """
     x = _image(image)
@@ -142,12 +144,12 @@ def conv2d(image: Any, weights: Any, bias: Any = None, *, stride: Any = 1, paddi
     if w.shape[1] != x.shape[0]:
         raise InputError(f"the kernels have {w.shape[1]} channels but the image has "
                          f"{x.shape[0]}; they must match")
-    return _run(x, w, bias, stride, padding, dilation, border, activation)[0]
+    return _run(x, w, bias, stride, padding, dilation, border, activation, method)[0]
 
 
 def conv2d_depthwise(image: Any, weights: Any, bias: Any = None, *, stride: Any = 1,
                      padding: Any = 0, dilation: Any = 1, border: str = "zero",
-                     activation: str = "relu") -> np.ndarray:
+                     activation: str = "relu", method: str = "auto") -> np.ndarray:
     """Filter every channel of ``image`` (C, H, W) on its own with each 2-D kernel of
     ``weights`` (F, KH, KW) or (F, 1, KH, KW). Returns float32 (F, C, H', W')."""
     x = _image(image)
@@ -157,12 +159,12 @@ def conv2d_depthwise(image: Any, weights: Any, bias: Any = None, *, stride: Any 
     w = _weights(w)
     if w.shape[1] != 1:
         raise InputError(f"depthwise kernels must be 2-D, got {w.shape[1]} channels")
-    out = _run(x, w, bias, stride, padding, dilation, border, activation)
+    out = _run(x, w, bias, stride, padding, dilation, border, activation, method)
     return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
 
 
 def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dilation: Any,
-         border: str, activation: str) -> np.ndarray:
+         border: str, activation: str, method: str = "auto") -> np.ndarray:
     """Shared by both wrappers: validate settings, pad, allocate (G, F, Ho, Wo), run."""
     try:
         s = geometry.pair(stride, "stride")
@@ -174,6 +176,8 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
         raise UsageError(f"border must be one of {', '.join(BORDER_MODES)}, got {border!r}")
     if activation not in ACTIVATIONS:
         raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    if method not in METHODS:
+        raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     F, Cw, KH, KW = w.shape
     b = np.zeros(F, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
     if b.shape != (F,):
@@ -192,7 +196,13 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
     out = np.empty((groups, F, ho, wo), np.float32)
     # Skipping zero taps is exact only when 0 * x == 0 for every pixel, i.e. x is finite.
     taps = _taps(w, skip_zeros=bool(np.isfinite(xp).all()))
-    _correlate(xp, *taps, b, s[0], s[1], d[0], d[1], ACTIVATIONS[activation], out)
+    args = (xp, *taps, b, s[0], s[1], d[0], d[1], ACTIVATIONS[activation], out)
+    if method == "auto":
+        method = _choose(float(taps[4].sum()) * groups * ho * wo)
+    if method == "jit":
+        _jit().correlate(*args)
+    else:
+        _correlate_numpy(*args)
     return out
 
 
@@ -222,14 +232,17 @@ def _pad(x: np.ndarray, pads: geometry.Pads, border: str) -> np.ndarray:
 
 
 def set_threads(n: int) -> None:
-    """Limit the engine's threads (e.g. when several worker processes share a machine)."""
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    """Limit the compiled path's threads (e.g. when several worker processes share a machine);
+    applies now if numba is loaded, else when it is."""
+    _plan["threads"] = int(n)
+    if "convcli.jit" in sys.modules:
+        _jit()
 
 
 def prepare() -> None:
-    """Compile (or load from the cache) every kernel without running it, so no engine
-    threads start: safe right before forking worker processes."""
+    """Compile (or load from the cache) the jit kernel without running it, so no threads
+    start: safe right before forking worker processes."""
     x = np.zeros((1, 3, 3), np.float32)
     taps = _taps(np.ones((1, 1, 1, 1), np.float32), skip_zeros=True)
-    example = (x, *taps, np.zeros(1, np.float32), 1, 1, 1, 1, 0, np.zeros((1, 1, 3, 3), np.float32))
-    _correlate.compile(tuple(numba.typeof(a) for a in example))
+    _jit().prepare((x, *taps, np.zeros(1, np.float32), 1, 1, 1, 1, 0,
+                    np.zeros((1, 1, 3, 3), np.float32)))

@@ -81,6 +81,19 @@ def read_image(source: str | Path | bytes, label: str | None = None,
 _TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders
 
 
+def image_size(source: str | Path | bytes) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    import imageio.v3 as iio
+
+    head = source[:64] if isinstance(source, bytes) else _head(Path(source))
+    if _is_png16_colour(head):
+        return struct.unpack(">II", head[16:24])[::-1]
+    plugin = "tifffile" if head[:4] in _TIFF_MAGIC else "pillow"
+    with iio.imopen(source, "r", plugin=plugin) as f:
+        shape = f.properties(index=0).shape
+    return int(shape[0]), int(shape[1])
+
+
 def _head(path: Path) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(64)

@@ -69,10 +69,17 @@ def check_options(options: Options) -> None:
         raise UsageError(f"--compression must be 0-9, got {options.compression}")
 
 
+def work_per_image(bank: KernelBank, height: int, width: int, channels: int = 3) -> float:
+    """About how many multiply-adds one image of this size costs (for choosing a path)."""
+    groups = channels if bank.input == "depthwise" else 1
+    return float(sum(np.count_nonzero(f.weights) * groups * height * width
+                     / (f.geometry.stride[0] * f.geometry.stride[1]) for f in bank.filters))
+
+
 def compute_maps(pixels: np.ndarray, bank: KernelBank) -> list[FeatureMap]:
     """Run every filter of the bank over one image (C, H, W). Filters that share geometry
     and kernel shape go through the engine in one pass."""
-    from . import engine  # numba is imported only when there is work to do
+    from . import engine
 
     x = images.as_channels(pixels, bank.input)
     if bank.input != "depthwise" and x.shape[0] != bank.channels:

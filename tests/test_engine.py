@@ -49,14 +49,36 @@ def _fits(layer) -> bool:
             and w + p[2] + p[3] >= (kw - 1) * layer["dilation"][1] + 1)
 
 
-@given(layers())
-def test_matches_oracle(layer):
+@pytest.mark.parametrize("method", ["jit", "numpy"])
+@given(layer=layers())
+def test_matches_oracle(layer, method):
     assume(_fits(layer))
-    got = conv2d(**layer)
+    got = conv2d(**layer, method=method)
     want = reference_conv2d(**layer)
     assert got.dtype == np.float32
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@given(layers())
+def test_jit_and_numpy_paths_are_bitwise_identical(layer):
+    assume(_fits(layer))
+    np.testing.assert_array_equal(conv2d(**layer, method="jit"), conv2d(**layer, method="numpy"))
+    w2d = layer["weights"][:, 0]
+    kwargs = {k: layer[k] for k in ("stride", "dilation", "padding", "border", "activation")}
+    np.testing.assert_array_equal(conv2d_depthwise(layer["image"], w2d, **kwargs, method="jit"),
+                                  conv2d_depthwise(layer["image"], w2d, **kwargs, method="numpy"))
+
+
+def test_auto_takes_numpy_for_small_jobs_until_numba_is_loaded():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\nfrom convcli import conv2d\n"
+            "conv2d(np.ones((1, 64, 64)), np.ones((1, 1, 3, 3)))\n"
+            "print('convcli.jit' in sys.modules, 'numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "False"]
 
 
 @given(layers(), st.integers(0, 2))
@@ -187,6 +209,7 @@ def test_accepts_2d_image_and_kernel_and_integer_input():
 
 
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(method="cuda"), "method must be one of auto, jit, numpy"),
     (dict(stride=0), "stride must be a whole number >= 1"),
     (dict(dilation=(1, 0)), "dilation must be a whole number >= 1"),
     (dict(padding="full"), "padding must be same, valid"),

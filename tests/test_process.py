@@ -78,26 +78,35 @@ def test_unwritable_cache_folder_still_runs_and_says_so_once(tmp_path):
     blocked = tmp_path / "file-not-folder"
     blocked.write_text("")
     env = dict(os.environ, CONVCLI_CACHE_DIR=str(blocked / "numba"))
-    p = convcli("apply", SAMPLE, "-f", "sobel_x", "-o", tmp_path / "out", "--verbose", env=env)
+    p = convcli("apply", SAMPLE, "-f", "sobel_x", "-o", tmp_path / "out", "--verbose",
+                "--engine", "jit", env=env)
     assert p.returncode == 0, p.stderr
     lines = p.stderr.decode().splitlines()
     notes = [l for l in lines if "JIT cache folder" in l]
-    assert notes == [f"JIT cache folder {blocked / 'numba'} is not writable (Not a directory); "
-                     "kernels are compiled in memory on every run (set CONVCLI_CACHE_DIR to a "
-                     "writable folder)"]
+    assert notes == [f"engine: jit; JIT cache folder {blocked / 'numba'} is not writable (Not a "
+                     "directory); kernels are compiled in memory on every run (set "
+                     "CONVCLI_CACHE_DIR to a writable folder)"]
     assert (tmp_path / "out" / "chelsea" / "sobel_x.png").is_file()
-    q = convcli("apply", SAMPLE, "-f", "sobel_x", "-o", tmp_path / "out", env=env)
+    q = convcli("apply", SAMPLE, "-f", "sobel_x", "-o", tmp_path / "out", "--engine", "jit",
+                env=env)
     assert q.returncode == 0 and b"JIT cache" not in q.stderr
 
 
 def test_cache_goes_to_the_user_cache_folder(tmp_path):
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
     env.pop("CONVCLI_CACHE_DIR", None)
-    p = convcli("apply", SAMPLE, "-f", "sobel_x", "-o", tmp_path / "out", "-v", env=env)
+    p = convcli("apply", SAMPLE, "-f", "sobel_x", "-o", tmp_path / "out", "-v", "--engine",
+                "jit", env=env)
     assert p.returncode == 0, p.stderr
     cache = tmp_path / "xdg" / "convcli" / "numba"
-    assert f"JIT cache: {cache}" in p.stderr.decode()
+    assert f"engine: jit; JIT cache: {cache}" in p.stderr.decode()
     assert any(cache.rglob("*.nbi")), "numba wrote no cache index"
+
+
+def test_small_jobs_do_not_start_numba(tmp_path):
+    p = convcli("apply", SAMPLE, "-f", "sobel_x", "-o", tmp_path / "out", "-v")
+    assert p.returncode == 0
+    assert p.stderr.decode().splitlines()[0] == "engine: numpy (a small job: numba is not started)"
 
 
 def test_head_closing_the_pipe_is_quiet():
