@@ -16,6 +16,7 @@ job (see ``plan``) is under LEAN_MAX_WORK multiply-adds and numba is not loaded 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -72,59 +73,163 @@ def cache_status() -> str:
     return _jit().CACHE_STATUS
 
 
-def _correlate_numpy(x, tap_c, tap_i, tap_j, tap_w, ntaps, b, sy, sx, dy, dx, act, out):
-    """The jit kernel's arithmetic with whole-plane NumPy operations, in the same order:
-    out = bias, then for each group of four taps out += ((w0*a0 + w1*a1) + w2*a2) + w3*a3,
-    then single taps, then the activation. Float32 throughout, so results are identical."""
-    G, F, Ho, Wo = out.shape
-    Cw = x.shape[0] // G
-    tmp = np.empty((Ho, Wo), np.float32)
-    prod = np.empty((Ho, Wo), np.float32)
+# --- the plan both paths execute ---------------------------------------------------------
+#
+# The padded input (C, Hp, Wp) is laid out as rows of a 2-D array ``src`` (P*C*Hp, Wq): with
+# a column stride sx > 1 it is split into P = sx column phases (phase p holds columns p,
+# p + sx, ...), so that every tap reads a unit-stride run of columns whatever the stride
+# (the polyphase form of a strided convolution). Row r of channel c in phase p is src row
+# (p*C + c)*Hp + r. A tap at kernel row i, column j reads, for output row y of channel
+# group g, src row (p*C + c)*Hp + i*dy + g*Cw*Hp + y*sy with p = (j*dx) % sx, starting at
+# column (j*dx) // sx.
 
-    def plane(g, f, t):
-        i, j = tap_i[f, t] * dy, tap_j[f, t] * dx
-        return x[g * Cw + tap_c[f, t], i:i + (Ho - 1) * sy + 1:sy, j:j + (Wo - 1) * sx + 1:sx]
 
-    for g in range(G):
-        for f in range(F):
-            acc = out[g, f]
-            acc[...] = b[f]
-            n, t = ntaps[f], 0
-            while t + 4 <= n:
-                np.multiply(plane(g, f, t), tap_w[f, t], out=tmp)
-                for k in (1, 2, 3):
-                    np.multiply(plane(g, f, t + k), tap_w[f, t + k], out=prod)
-                    tmp += prod
-                acc += tmp
-                t += 4
-            while t < n:
-                np.multiply(plane(g, f, t), tap_w[f, t], out=tmp)
-                acc += tmp
-                t += 1
+@dataclass(frozen=True)
+class _Source:
+    src: np.ndarray  # (P*C*Hp, Wq) float32
+    phases: int
+    channels: int
+    height: int  # Hp
+
+    def row(self, phase, channel, r):
+        return (phase * self.channels + channel) * self.height + r
+
+
+def _source(xp: np.ndarray, sx: int) -> _Source:
+    C, Hp, Wp = xp.shape
+    if sx == 1:
+        return _Source(xp.reshape(C * Hp, Wp), 1, C, Hp)
+    wq = -(-Wp // sx)
+    ph = np.zeros((sx, C, Hp, wq), np.float32)
+    for p in range(sx):
+        cols = xp[:, :, p::sx]
+        ph[p, :, :, :cols.shape[2]] = cols
+    return _Source(ph.reshape(sx * C * Hp, wq), sx, C, Hp)
+
+
+def _dense_plan(w: np.ndarray, source: _Source, sx: int, dy: int, dx: int, skip_zeros: bool):
+    """CSR tap lists: filter f's taps are [ptr[f], ptr[f+1]) of (rows, cols, ws)."""
+    F = w.shape[0]
+    ptr, rows, cols, ws = [0], [], [], []
+    for f in range(F):
+        for c, i, j in zip(*np.nonzero(w[f] if skip_zeros else np.ones(w.shape[1:], bool))):
+            rows.append(source.row((j * dx) % sx, c, i * dy))
+            cols.append((j * dx) // sx)
+            ws.append(w[f, c, i, j])
+        ptr.append(len(rows))
+    return (np.array(ptr, np.int64), np.array(rows, np.int64), np.array(cols, np.int64),
+            np.array(ws, np.float32))
+
+
+# A kernel plane of rank r costs r*(KH + KW) taps as vertical-then-horizontal passes instead
+# of its non-zero count; take that path when it saves at least a third.
+SEPARABLE_GAIN = 1.5
+
+
+def _separable_terms(w: np.ndarray):
+    """Each filter's planes as sums of outer products v (KH) x h (KW), from the SVD, keeping
+    singular values above float32 resolution; None when that would not be cheaper."""
+    terms = []
+    dense_cost = sep_cost = 0
+    for f in range(w.shape[0]):
+        mine = []
+        for c in range(w.shape[1]):
+            plane = w[f, c].astype(np.float64)
+            u, sv, vt = np.linalg.svd(plane)
+            if sv[0] == 0:
+                continue
+            for k in range(int(np.sum(sv > sv[0] * 1e-7))):
+                mine.append((c, (u[:, k] * sv[k]).astype(np.float32), vt[k].astype(np.float32)))
+            dense_cost += np.count_nonzero(plane)
+        sep_cost += sum(np.count_nonzero(v) + np.count_nonzero(h) for _, v, h in mine)
+        terms.append(mine)
+    if sep_cost * SEPARABLE_GAIN > dense_cost:
+        return None
+    return terms
+
+
+def _separable_plan(terms, source: _Source, sx: int, dy: int, dx: int):
+    P = source.phases
+    term_ptr, vptr, vrows, vws, hptr, hphase, hcols, hws = [0], [0], [], [], [0], [], [], []
+    for mine in terms:
+        for c, v, h in mine:
+            for p in range(P):
+                for i in np.flatnonzero(v):
+                    vrows.append(source.row(p, c, i * dy))
+                    vws.append(v[i])
+                vptr.append(len(vrows))
+            for j in np.flatnonzero(h):
+                hphase.append((j * dx) % sx)
+                hcols.append((j * dx) // sx)
+                hws.append(h[j])
+            hptr.append(len(hws))
+        term_ptr.append(term_ptr[-1] + len(mine))
+    i64 = lambda a: np.array(a, np.int64)  # noqa: E731
+    return (i64(term_ptr), i64(vptr), i64(vrows), np.zeros(len(vrows), np.int64),
+            np.array(vws, np.float32), i64(hptr), i64(hphase), i64(hcols),
+            np.array(hws, np.float32))
+
+
+# --- the NumPy path: the jit kernels' arithmetic on whole planes, in the same order ---------
+
+def _apply_taps_numpy(dst: np.ndarray, planes, ws: np.ndarray, start: int, stop: int) -> None:
+    """dst += sum of ws[t] * planes(t), grouped 8, 4, 1 exactly like jit._apply_taps:
+    dst += (((w0*a0 + w1*a1) + w2*a2) + ...), so float32 results are bitwise identical."""
+    tmp = np.empty_like(dst)
+    prod = np.empty_like(dst)
+    groups = [8] * ((stop - start) // 8)
+    groups += [4] * (((stop - start) % 8) // 4) + [1] * ((stop - start) % 4)
+    t = start
+    for size in groups:
+        np.multiply(planes(t), ws[t], out=tmp)
+        for k in range(1, size):
+            np.multiply(planes(t + k), ws[t + k], out=prod)
+            tmp += prod
+        dst += tmp
+        t += size
+
+
+def _activate_numpy(out: np.ndarray, act: int) -> None:
     if act == 1:
         np.maximum(out, 0.0, out=out)
     elif act == 2:
         np.abs(out, out=out)
 
 
-def _taps(w: np.ndarray, skip_zeros: bool):
-    """Per-filter tap lists (channel, row, column, weight) for the kernel; zero weights are
-    left out when that is exact (see the caller)."""
-    F = w.shape[0]
-    flat = w.reshape(F, -1)
-    keep = (flat != 0) if skip_zeros else np.ones(flat.shape, bool)
-    ntaps = keep.sum(axis=1).astype(np.int64)
-    T = max(1, int(ntaps.max()))
-    c, i, j = np.unravel_index(np.arange(flat.shape[1]), w.shape[1:])
-    tap_c = np.zeros((F, T), np.int64)
-    tap_i = np.zeros((F, T), np.int64)
-    tap_j = np.zeros((F, T), np.int64)
-    tap_w = np.zeros((F, T), np.float32)
-    for f in range(F):
-        idx = np.flatnonzero(keep[f])
-        n = len(idx)
-        tap_c[f, :n], tap_i[f, :n], tap_j[f, :n], tap_w[f, :n] = c[idx], i[idx], j[idx], flat[f, idx]
-    return tap_c, tap_i, tap_j, tap_w, ntaps
+def _correlate_numpy(src, group_rows, sy, ptr, rows, cols, ws, b, act, out):
+    G, F, Ho, Wo = out.shape
+    for g in range(G):
+        for f in range(F):
+            acc = out[g, f]
+            acc[...] = b[f]
+
+            def plane(t):
+                r = rows[t] + g * group_rows
+                return src[r:r + (Ho - 1) * sy + 1:sy, cols[t]:cols[t] + Wo]
+            _apply_taps_numpy(acc, plane, ws, ptr[f], ptr[f + 1])
+    _activate_numpy(out, act)
+
+
+def _correlate_separable_numpy(src, group_rows, sy, term_ptr, vptr, vrows, vcols, vws, hptr,
+                               hphase, hcols, hws, b, act, phases, out):
+    G, F, Ho, Wo = out.shape
+    tmp = np.empty((phases, Ho, src.shape[1]), np.float32)
+    for g in range(G):
+        for f in range(F):
+            acc = out[g, f]
+            acc[...] = b[f]
+            for k in range(term_ptr[f], term_ptr[f + 1]):
+                for p in range(phases):
+                    tmp[p] = 0.0
+
+                    def vplane(t):
+                        r = vrows[t] + g * group_rows
+                        return src[r:r + (Ho - 1) * sy + 1:sy, :]
+                    _apply_taps_numpy(tmp[p], vplane, vws, vptr[k * phases + p],
+                                      vptr[k * phases + p + 1])
+                _apply_taps_numpy(acc, lambda t: tmp[hphase[t], :, hcols[t]:hcols[t] + Wo],
+                                  hws, hptr[k], hptr[k + 1])
+    _activate_numpy(out, act)
 
 
 def conv2d(image: Any, weights: Any, bias: Any = None, *, stride: Any = 1, padding: Any = 0,
@@ -194,15 +299,28 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
     xp = _pad(x, pads, border)
     groups = x.shape[0] // Cw
     out = np.empty((groups, F, ho, wo), np.float32)
-    # Skipping zero taps is exact only when 0 * x == 0 for every pixel, i.e. x is finite.
-    taps = _taps(w, skip_zeros=bool(np.isfinite(xp).all()))
-    args = (xp, *taps, b, s[0], s[1], d[0], d[1], ACTIVATIONS[activation], out)
-    if method == "auto":
-        method = _choose(float(taps[4].sum()) * groups * ho * wo)
-    if method == "jit":
-        _jit().correlate(*args)
+    # Skipping zero taps (and splitting kernels into separable terms, whose zeros fall
+    # elsewhere) is exact only when 0 * x == 0 for every pixel, i.e. x is finite.
+    finite = bool(np.isfinite(xp).all())
+    source = _source(xp, s[1])
+    group_rows = Cw * source.height
+    terms = _separable_terms(w) if finite else None
+    act = ACTIVATIONS[activation]
+    if terms is not None:
+        plan_ = _separable_plan(terms, source, s[1], d[0], d[1])
+        name, args = "correlate_separable", (source.src, group_rows, s[0], *plan_, b, act,
+                                              source.phases, out)
+        work = (len(plan_[2]) + len(plan_[7])) * groups * ho * wo
     else:
-        _correlate_numpy(*args)
+        plan_ = _dense_plan(w, source, s[1], d[0], d[1], skip_zeros=finite)
+        name, args = "correlate", (source.src, group_rows, s[0], *plan_, b, act, out)
+        work = len(plan_[1]) * groups * ho * wo
+    if method == "auto":
+        method = _choose(float(work))
+    if method == "jit":
+        getattr(_jit(), name)(*args)
+    else:
+        (_correlate_separable_numpy if terms is not None else _correlate_numpy)(*args)
     return out
 
 
@@ -240,9 +358,14 @@ def set_threads(n: int) -> None:
 
 
 def prepare() -> None:
-    """Compile (or load from the cache) the jit kernel without running it, so no threads
+    """Compile (or load from the cache) the jit kernels without running them, so no threads
     start: safe right before forking worker processes."""
-    x = np.zeros((1, 3, 3), np.float32)
-    taps = _taps(np.ones((1, 1, 1, 1), np.float32), skip_zeros=True)
-    _jit().prepare((x, *taps, np.zeros(1, np.float32), 1, 1, 1, 1, 0,
-                    np.zeros((1, 1, 3, 3), np.float32)))
+    source = _source(np.zeros((1, 3, 3), np.float32), 1)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    b, out = np.zeros(1, np.float32), np.zeros((1, 1, 1, 1), np.float32)
+    dense = _dense_plan(w, source, 1, 1, 1, skip_zeros=True)
+    sep = _separable_plan(_separable_terms(w), source, 1, 1, 1)
+    _jit().prepare({
+        "correlate": (source.src, 3, 1, *dense, b, 1, out),
+        "correlate_separable": (source.src, 3, 1, *sep, b, 1, 1, out),
+    })

@@ -32,78 +32,117 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 _JIT = dict(nogil=True, cache=_CACHE_DIR is not None, error_model="numpy", boundscheck=False)
 
 
-@numba.njit(parallel=True, **_JIT)
-def correlate(x, tap_c, tap_i, tap_j, tap_w, ntaps, b, sy, sx, dy, dx, act, out):
-    """Valid cross-correlation of padded ``x`` (G*Cw, Hp, Wp) with filters given as tap
-    lists: filter f has ntaps[f] taps, tap t weighing tap_w[f, t] at channel tap_c[f, t],
-    kernel row tap_i[f, t] and column tap_j[f, t].
+@numba.njit(inline="always", **_JIT)
+def _apply_taps(dst, src, rows, cols, ws, start, stop, shift):
+    """dst[:] += sum over taps t in [start, stop) of ws[t] * src[rows[t] + shift, cols[t]:][:n].
 
-    Channel group g reads input channels [g*Cw, (g+1)*Cw) and writes out[g] (F, Ho, Wo):
-    G = 1 is a dense conv layer, Cw = 1 with G = C is depthwise. Parallel over (group, output
-    row); each iteration writes only its own rows out[g, :, y, :], so writes are disjoint.
-    Taps are applied four at a time, so each pass along an output row does four multiply-adds
-    per load and store of the row; the innermost loops have unit stride when sx == 1, which
-    LLVM vectorises.
+    Taps go eight (then four, then one) at a time: one pass along dst does eight
+    multiply-adds per load and store of dst. Each source is sliced before the loop: indexing
+    src[r, c + x] with a signed offset would make numba check for negative indices on every
+    access, which blocks vectorisation; a step-less slice is a contiguous view.
+    """
+    n = dst.shape[0]
+    t = start
+    while t + 8 <= stop:
+        a0 = src[rows[t] + shift, cols[t]:cols[t] + n]
+        a1 = src[rows[t + 1] + shift, cols[t + 1]:cols[t + 1] + n]
+        a2 = src[rows[t + 2] + shift, cols[t + 2]:cols[t + 2] + n]
+        a3 = src[rows[t + 3] + shift, cols[t + 3]:cols[t + 3] + n]
+        a4 = src[rows[t + 4] + shift, cols[t + 4]:cols[t + 4] + n]
+        a5 = src[rows[t + 5] + shift, cols[t + 5]:cols[t + 5] + n]
+        a6 = src[rows[t + 6] + shift, cols[t + 6]:cols[t + 6] + n]
+        a7 = src[rows[t + 7] + shift, cols[t + 7]:cols[t + 7] + n]
+        w0, w1, w2, w3 = ws[t], ws[t + 1], ws[t + 2], ws[t + 3]
+        w4, w5, w6, w7 = ws[t + 4], ws[t + 5], ws[t + 6], ws[t + 7]
+        for k in range(n):
+            dst[k] += (w0 * a0[k] + w1 * a1[k] + w2 * a2[k] + w3 * a3[k]
+                       + w4 * a4[k] + w5 * a5[k] + w6 * a6[k] + w7 * a7[k])
+        t += 8
+    if t + 4 <= stop:
+        a0 = src[rows[t] + shift, cols[t]:cols[t] + n]
+        a1 = src[rows[t + 1] + shift, cols[t + 1]:cols[t + 1] + n]
+        a2 = src[rows[t + 2] + shift, cols[t + 2]:cols[t + 2] + n]
+        a3 = src[rows[t + 3] + shift, cols[t + 3]:cols[t + 3] + n]
+        w0, w1, w2, w3 = ws[t], ws[t + 1], ws[t + 2], ws[t + 3]
+        for k in range(n):
+            dst[k] += w0 * a0[k] + w1 * a1[k] + w2 * a2[k] + w3 * a3[k]
+        t += 4
+    while t < stop:
+        a0 = src[rows[t] + shift, cols[t]:cols[t] + n]
+        w0 = ws[t]
+        for k in range(n):
+            dst[k] += w0 * a0[k]
+        t += 1
+
+
+@numba.njit(inline="always", **_JIT)
+def _activate(row, act):
+    if act == 1:
+        for k in range(row.shape[0]):
+            if row[k] < 0.0:
+                row[k] = 0.0
+    elif act == 2:
+        for k in range(row.shape[0]):
+            row[k] = abs(row[k])
+
+
+@numba.njit(parallel=True, **_JIT)
+def correlate(src, group_rows, sy, ptr, rows, cols, ws, b, act, out):
+    """Dense cross-correlation. ``src`` (R, Wq) holds the padded input's rows (all phases
+    and channels, see convcli.engine); filter f's taps are [ptr[f], ptr[f+1]): for output row
+    y of channel group g, tap t reads src row rows[t] + g*group_rows + y*sy from column
+    cols[t] and weighs ws[t]. out is (G, F, Ho, Wo).
+
+    Parallel over (group, output row); each iteration writes only its own rows
+    out[g, :, y, :], so writes are disjoint.
     """
     G, F, Ho, Wo = out.shape
-    Cw = x.shape[0] // G
     for gy in numba.prange(G * Ho):
         g = gy // Ho
         y = gy - g * Ho
-        c0 = g * Cw
+        shift = g * group_rows + y * sy
         for f in range(F):
             row = out[g, f, y]
-            bf = b[f]
-            for xo in range(Wo):
-                row[xo] = bf
-            n = ntaps[f]
-            t = 0
-            r = y * sy
-            while t + 4 <= n:
-                # Slicing first matters: indexing a[o + xo] with a signed offset makes numba
-                # check for negative indices on every access, which blocks vectorisation;
-                # a slice without a step keeps the view contiguous.
-                p0, p1 = x[c0 + tap_c[f, t], r + tap_i[f, t] * dy], x[c0 + tap_c[f, t + 1], r + tap_i[f, t + 1] * dy]
-                p2, p3 = x[c0 + tap_c[f, t + 2], r + tap_i[f, t + 2] * dy], x[c0 + tap_c[f, t + 3], r + tap_i[f, t + 3] * dy]
-                o0, o1, o2, o3 = tap_j[f, t] * dx, tap_j[f, t + 1] * dx, tap_j[f, t + 2] * dx, tap_j[f, t + 3] * dx
-                w0, w1, w2, w3 = tap_w[f, t], tap_w[f, t + 1], tap_w[f, t + 2], tap_w[f, t + 3]
-                if sx == 1:
-                    a0, a1, a2, a3 = p0[o0:o0 + Wo], p1[o1:o1 + Wo], p2[o2:o2 + Wo], p3[o3:o3 + Wo]
-                    for xo in range(Wo):
-                        row[xo] += w0 * a0[xo] + w1 * a1[xo] + w2 * a2[xo] + w3 * a3[xo]
-                else:
-                    b0, b1, b2, b3 = p0[o0::sx], p1[o1::sx], p2[o2::sx], p3[o3::sx]
-                    for xo in range(Wo):
-                        row[xo] += w0 * b0[xo] + w1 * b1[xo] + w2 * b2[xo] + w3 * b3[xo]
-                t += 4
-            while t < n:
-                p0 = x[c0 + tap_c[f, t], r + tap_i[f, t] * dy]
-                o0 = tap_j[f, t] * dx
-                w0 = tap_w[f, t]
-                if sx == 1:
-                    a0 = p0[o0:o0 + Wo]
-                    for xo in range(Wo):
-                        row[xo] += w0 * a0[xo]
-                else:
-                    b0 = p0[o0::sx]
-                    for xo in range(Wo):
-                        row[xo] += w0 * b0[xo]
-                t += 1
-            if act == 1:
-                for xo in range(Wo):
-                    if row[xo] < 0.0:
-                        row[xo] = 0.0
-            elif act == 2:
-                for xo in range(Wo):
-                    row[xo] = abs(row[xo])
+            row[:] = b[f]
+            _apply_taps(row, src, rows, cols, ws, ptr[f], ptr[f + 1], shift)
+            _activate(row, act)
 
+
+@numba.njit(parallel=True, **_JIT)
+def correlate_separable(src, group_rows, sy, term_ptr, vptr, vrows, vcols, vws, hptr, hphase,
+                        hcols, hws, b, act, phases, out):
+    """Cross-correlation with kernels given as sums of outer products (vertical x horizontal
+    terms, see convcli.engine). Filter f's terms are [term_ptr[f], term_ptr[f+1]). For each
+    output row, term k first sums its vertical taps into a row per column phase (taps
+    [vptr[k*P+p], vptr[k*P+p+1]) for phase p, reading src as in ``correlate``), then adds its
+    horizontal taps [hptr[k], hptr[k+1]) read from those phase rows. Parallel over (group,
+    output row); each iteration writes only its own rows and its own scratch rows.
+    """
+    G, F, Ho, Wo = out.shape
+    for gy in numba.prange(G * Ho):
+        g = gy // Ho
+        y = gy - g * Ho
+        shift = g * group_rows + y * sy
+        tmp = np.empty((phases, src.shape[1]), np.float32)
+        for f in range(F):
+            row = out[g, f, y]
+            row[:] = b[f]
+            for k in range(term_ptr[f], term_ptr[f + 1]):
+                for p in range(phases):
+                    part = tmp[p]
+                    part[:] = 0.0
+                    lo, hi = vptr[k * phases + p], vptr[k * phases + p + 1]
+                    _apply_taps(part, src, vrows, vcols, vws, lo, hi, shift)
+                _apply_taps(row, tmp, hphase, hcols, hws, hptr[k], hptr[k + 1], 0)
+            _activate(row, act)
 
 
 def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
 
-def prepare(example: tuple) -> None:
-    """Compile (or load from the cache) the kernel for these argument types without running
-    it, so no threads start: safe right before forking worker processes."""
-    correlate.compile(tuple(numba.typeof(a) for a in example))
+def prepare(examples: dict) -> None:
+    """Compile (or load from the cache) the kernels for these example arguments without
+    running them, so no threads start: safe right before forking worker processes."""
+    for name, args in examples.items():
+        globals()[name].compile(tuple(numba.typeof(a) for a in args))

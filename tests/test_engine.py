@@ -7,7 +7,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from convcli import conv2d, conv2d_depthwise
+from convcli import conv2d, conv2d_depthwise, engine
 from convcli.errors import InputError, UsageError
 from oracle import reference_conv2d
 
@@ -68,6 +68,53 @@ def test_jit_and_numpy_paths_are_bitwise_identical(layer):
     kwargs = {k: layer[k] for k in ("stride", "dilation", "padding", "border", "activation")}
     np.testing.assert_array_equal(conv2d_depthwise(layer["image"], w2d, **kwargs, method="jit"),
                                   conv2d_depthwise(layer["image"], w2d, **kwargs, method="numpy"))
+
+
+@st.composite
+def separable_layers(draw):
+    """Layers whose kernels are sums of one or two outer products: the separable path."""
+    layer = draw(layers())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    f, c = layer["weights"].shape[:2]
+    rank = draw(st.integers(1, 2))
+    lo = 5 if rank == 1 else 7  # sizes where rank * (kh + kw) is well under kh * kw
+    kh, kw = draw(st.integers(lo, 11)), draw(st.integers(lo, 11))
+    w = np.zeros((f, c, kh, kw), np.float32)
+    for _ in range(rank):
+        w += np.einsum("fci,fcj->fcij", rng.standard_normal((f, c, kh)),
+                       rng.standard_normal((f, c, kw))).astype(np.float32)
+    layer["weights"] = w
+    layer["image"] = rng.random((c, draw(st.integers(12, 40)), draw(st.integers(12, 40))),
+                                dtype=np.float32)
+    return layer
+
+
+@pytest.mark.parametrize("method", ["jit", "numpy"])
+@given(layer=separable_layers())
+def test_separable_path_matches_oracle(layer, method):
+    assume(_fits(layer))
+    assert engine._separable_terms(layer["weights"]) is not None  # the path under test
+    got = conv2d(**layer, method=method)
+    want = reference_conv2d(**layer)
+    scale = np.abs(want).max() + 1
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
+
+
+@given(separable_layers())
+def test_separable_jit_and_numpy_are_bitwise_identical(layer):
+    assume(_fits(layer))
+    np.testing.assert_array_equal(conv2d(**layer, method="jit"), conv2d(**layer, method="numpy"))
+
+
+def test_which_kernels_take_the_separable_path():
+    from convcli import generators as g
+
+    sep = lambda k: engine._separable_terms(np.asarray(k, np.float32)[None, None])  # noqa: E731
+    assert len(sep(g.gaussian(sigma=5, size=31))[0]) == 1  # rank 1: 62 taps instead of 961
+    assert len(sep(g.log(sigma=2))[0]) == 3  # Gxx G + G Gyy, less the mean: rank 3
+    assert len(sep(g.dog(sigma=1))[0]) == 2
+    assert sep(g.sobel("x")) is None  # 6 taps either way: not worth a second pass
+    assert sep(np.random.default_rng(0).standard_normal((7, 7))) is None  # full rank
 
 
 def test_auto_takes_numpy_for_small_jobs_until_numba_is_loaded():
