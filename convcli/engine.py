@@ -129,6 +129,9 @@ SEPARABLE_GAIN = 1.5
 def _separable_terms(w: np.ndarray):
     """Each filter's planes as sums of outer products v (KH) x h (KW), from the SVD, keeping
     singular values above float32 resolution; None when that would not be cheaper."""
+    kh, kw = w.shape[2:]
+    if (kh + kw) * SEPARABLE_GAIN >= kh * kw:  # cannot pay off even at rank 1 (e.g. 3x3)
+        return None
     terms = []
     dense_cost = sep_cost = 0
     for f in range(w.shape[0]):
@@ -304,15 +307,13 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
     finite = bool(np.isfinite(xp).all())
     source = _source(xp, s[1])
     group_rows = Cw * source.height
-    terms = _separable_terms(w) if finite else None
+    separable, plan_ = _plan_for(w, source, s[1], d[0], d[1], finite)
     act = ACTIVATIONS[activation]
-    if terms is not None:
-        plan_ = _separable_plan(terms, source, s[1], d[0], d[1])
+    if separable:
         name, args = "correlate_separable", (source.src, group_rows, s[0], *plan_, b, act,
                                               source.phases, out)
         work = (len(plan_[2]) + len(plan_[7])) * groups * ho * wo
     else:
-        plan_ = _dense_plan(w, source, s[1], d[0], d[1], skip_zeros=finite)
         name, args = "correlate", (source.src, group_rows, s[0], *plan_, b, act, out)
         work = len(plan_[1]) * groups * ho * wo
     if method == "auto":
@@ -320,8 +321,26 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
     if method == "jit":
         getattr(_jit(), name)(*args)
     else:
-        (_correlate_separable_numpy if terms is not None else _correlate_numpy)(*args)
+        (_correlate_separable_numpy if separable else _correlate_numpy)(*args)
     return out
+
+
+_PLANS: dict = {}  # the same bank runs over many images: plan once per kernel and geometry
+
+
+def _plan_for(w: np.ndarray, source: _Source, sx: int, dy: int, dx: int, finite: bool):
+    """(separable?, tap plan) for these kernels on this source layout, memoised."""
+    key = (w.shape, w.tobytes(), source.phases, source.channels, source.height, sx, dy, dx,
+           finite)
+    found = _PLANS.get(key)
+    if found is None:
+        terms = _separable_terms(w) if finite else None
+        found = (True, _separable_plan(terms, source, sx, dy, dx)) if terms is not None \
+            else (False, _dense_plan(w, source, sx, dy, dx, skip_zeros=finite))
+        if len(_PLANS) >= 64:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[key] = found
+    return found
 
 
 def _image(image: Any) -> np.ndarray:
@@ -346,6 +365,11 @@ def _pad(x: np.ndarray, pads: geometry.Pads, border: str) -> np.ndarray:
     t, b, l, r = pads
     if not any(pads):
         return x
+    if border == "zero":  # the common case, without np.pad's general machinery
+        C, H, W = x.shape
+        xp = np.zeros((C, H + t + b, W + l + r), np.float32)
+        xp[:, t:t + H, l:l + W] = x
+        return xp
     return np.pad(x, ((0, 0), (t, b), (l, r)), mode=BORDER_MODES[border])
 
 
