@@ -41,12 +41,14 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help text: rendering it with rich costs ~100 ms of imports
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Apply banks of convolution filters (one CNN conv layer) to images.",
     epilog="Exit codes: 0 success, 1 error, 2 usage error, 3 some inputs failed, "
            "130 interrupted.",
 )
-bank_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Inspect and check kernel banks.")
+bank_app = typer.Typer(cls=_Group, no_args_is_help=True, rich_markup_mode=None,
+                       help="Inspect and check kernel banks.")
 app.add_typer(bank_app, name="bank")
 
 

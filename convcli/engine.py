@@ -384,12 +384,12 @@ def set_threads(n: int) -> None:
 def prepare() -> None:
     """Compile (or load from the cache) the jit kernels without running them, so no threads
     start: safe right before forking worker processes."""
-    source = _source(np.zeros((1, 3, 3), np.float32), 1)
-    w = np.ones((1, 1, 3, 3), np.float32)
+    source = _source(np.zeros((1, 5, 5), np.float32), 1)
+    w = np.ones((1, 1, 5, 5), np.float32)  # rank 1: has a separable plan too
     b, out = np.zeros(1, np.float32), np.zeros((1, 1, 1, 1), np.float32)
     dense = _dense_plan(w, source, 1, 1, 1, skip_zeros=True)
     sep = _separable_plan(_separable_terms(w), source, 1, 1, 1)
     _jit().prepare({
-        "correlate": (source.src, 3, 1, *dense, b, 1, out),
-        "correlate_separable": (source.src, 3, 1, *sep, b, 1, 1, out),
+        "correlate": (source.src, 5, 1, *dense, b, 1, out),
+        "correlate_separable": (source.src, 5, 1, *sep, b, 1, 1, out),
     })

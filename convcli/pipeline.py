@@ -3,7 +3,8 @@
 Layout of the outputs of one input (REL = its output folder, see convcli.inputs):
 
   OUT/REL/<filter>.png   one map per filter (name made safe, unique)
-  OUT/REL/stack.png      all maps tiled, each under its name (unless Options.stack is off)
+  OUT/REL/stack.png      all maps tiled, each under its name (with two or more filters,
+                         unless Options.stack is off)
   OUT/REL/maps.npy       with --format npy: float32 (F, H', W') (depthwise: (F, C, H', W'))
   OUT/REL/maps.json      with --format npy: filter names, bank and settings
 """
@@ -125,7 +126,7 @@ def output_names(bank: KernelBank, options: Options) -> list[str]:
     if options.format == "npy":
         return ["maps.npy", "maps.json"]
     names = [f"{n}.png" for n in safe_names([f.name for f in bank.filters])]
-    return names + (["stack.png"] if options.stack else [])
+    return names + (["stack.png"] if options.stack and len(bank.filters) > 1 else [])
 
 
 def output_folder(source: Source, options: Options) -> Path:
@@ -191,7 +192,7 @@ def _encode(maps: list[FeatureMap], bank: KernelBank, source: Source, options: O
                     value="lo + pixel / (2**bits - 1) * (hi - lo)")
         files[f"{safe}.png"] = images.encode_png(r.pixels, {"convcli": json.dumps(meta)},
                                                  options.compression)
-    if options.stack or (options.out == STDOUT and len(maps) > 1):
+    if len(maps) > 1 and (options.stack or options.out == STDOUT):
         pixels, boxes = render.stack([(m.name, r.pixels) for m, r in zip(maps, rendered)])
         for box, m, r in zip(boxes, maps, rendered):
             box.update(scale=m.scale, range=[r.lo, r.hi])

@@ -117,6 +117,13 @@ def test_which_kernels_take_the_separable_path():
     assert sep(np.random.default_rng(0).standard_normal((7, 7))) is None  # full rank
 
 
+def test_prepare_compiles_both_kernels_without_running_them():
+    from convcli import jit
+
+    engine.prepare()
+    assert jit.correlate.signatures and jit.correlate_separable.signatures
+
+
 def test_auto_takes_numpy_for_small_jobs_until_numba_is_loaded():
     import subprocess
     import sys
