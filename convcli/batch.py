@@ -11,12 +11,9 @@ inputs finish their (atomic) writes, and reports what was done.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import signal
 import sys
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Iterator
 
@@ -40,11 +37,15 @@ def cpu_count() -> int:
 
 def plan_engine(sources: list[Source], bank: KernelBank, method: str = "auto") -> str:
     """Choose the engine's path for the whole batch, from the first image's size (read from
-    its header) times the number of inputs. Returns "jit" or "numpy"."""
+    its header) times the number of inputs: "jit" or "numpy". A single input is left to
+    the engine to decide from its real size ("auto")."""
     from . import engine
 
     if method != "auto":
         return engine.plan(method=method)
+    if len(sources) == 1:
+        engine.plan(None)
+        return "auto"
     size = (512, 512)  # a guess when the first input cannot be measured
     for source in sources[:1]:
         try:
@@ -78,6 +79,11 @@ def run(sources: list[Source], bank: KernelBank, options: Options, jobs: int | N
 
 
 def _pool(sources, bank, options, workers, fail_fast) -> Iterator[Result]:
+    # Imported here: a single image (the shell-loop case) should not pay for them.
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
     threads = max(1, cpu_count() // workers)
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
@@ -87,7 +93,7 @@ def _pool(sources, bank, options, workers, fail_fast) -> Iterator[Result]:
 
     pool = new_pool()
     queue = [(s, 0) for s in reversed(sources)]  # (source, earlier attempts), popped from the end
-    running: dict[Future, tuple[Source, int]] = {}
+    running: dict[Future, tuple[Source, int]] = {}  # noqa: F821 (imported above)
     stopping = False
     try:
         while queue or running:

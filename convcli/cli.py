@@ -164,8 +164,12 @@ def apply(
     if verbose:
         from . import engine as engines
 
-        report.say(f"engine: {path}" + (f"; {engines.cache_status()}" if path == "jit" else
-                                        " (a small job: numba is not started)"))
+        if path == "jit":
+            report.say(f"engine: jit; {engines.cache_status()}")
+        else:
+            why = ("a small job: numba is not started" if path == "numpy"
+                   else "chosen by the image's size: numba only for large work")
+            report.say(f"engine: {path} ({why})")
     results = []
     with report:
         try:

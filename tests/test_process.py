@@ -104,7 +104,8 @@ def test_cache_goes_to_the_user_cache_folder(tmp_path):
 
 
 def test_small_jobs_do_not_start_numba(tmp_path):
-    p = convcli("apply", SAMPLE, "-f", "sobel_x", "-o", tmp_path / "out", "-v")
+    p = convcli("apply", SAMPLE, SAMPLE.with_name("camera.png"), "-f", "sobel_x", "-o",
+                tmp_path / "out", "-v")
     assert p.returncode == 0
     assert p.stderr.decode().splitlines()[0] == "engine: numpy (a small job: numba is not started)"
 
