@@ -50,6 +50,9 @@ app = typer.Typer(
 bank_app = typer.Typer(cls=_Group, no_args_is_help=True, rich_markup_mode=None,
                        help="Inspect and check kernel banks.")
 app.add_typer(bank_app, name="bank")
+cache_app = typer.Typer(cls=_Group, no_args_is_help=True, rich_markup_mode=None,
+                        help="Manage the compiled-engine (JIT) cache.")
+app.add_typer(cache_app, name="cache")
 
 
 def _say(text: str) -> None:
@@ -379,6 +382,39 @@ def bank_check(
         _say(f"ok: {ref}: bank {b.name!r}, {len(b.filters)} filters, input {b.input}")
     if problems:
         raise BankError(problems)
+
+
+@cache_app.command("info")
+def cache_info() -> None:
+    """Where the JIT cache is, and what it holds."""
+    from . import jitcache
+
+    files = jitcache.cache_files()
+    kernels = sorted({p.name.split("-")[0] for p in files if p.suffix == ".nbi"})
+    typer.echo(f"folder: {jitcache.cache_dir()}")
+    typer.echo(f"files: {len(files)} ({sum(p.stat().st_size for p in files) / 2**20:.1f} MiB)")
+    typer.echo(f"compiled kernels: {', '.join(kernels) if kernels else 'none (run convcli cache warm)'}")
+
+
+@cache_app.command("warm")
+def cache_warm() -> None:
+    """Compile the engine now (or check that the cache loads), so later runs start at once."""
+    import time
+
+    from . import engine
+
+    start = time.perf_counter()
+    engine.prepare()
+    _say(f"convcli: engine ready in {time.perf_counter() - start:.1f} s; {engine.cache_status()}")
+
+
+@cache_app.command("clear")
+def cache_clear() -> None:
+    """Delete the compiled engine from the cache (the next large job compiles it again)."""
+    from . import jitcache
+
+    files, size = jitcache.clear()
+    _say(f"convcli: removed {files} files ({size / 2**20:.1f} MiB) from {jitcache.cache_dir()}")
 
 
 def main() -> None:

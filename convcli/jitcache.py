@@ -39,3 +39,28 @@ def usable_cache_dir() -> tuple[Path | None, str]:
         return None, (f"JIT cache folder {path} is not writable ({reason}); kernels are compiled "
                       "in memory on every run (set CONVCLI_CACHE_DIR to a writable folder)")
     return path, f"JIT cache: {path}"
+
+
+NUMBA_SUFFIXES = (".nbi", ".nbc")  # numba's index and compiled-code files
+
+
+def cache_files() -> list[Path]:
+    """numba's files in the cache folder (none if it does not exist)."""
+    root = cache_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in NUMBA_SUFFIXES)
+
+
+def clear() -> tuple[int, int]:
+    """Delete numba's files from the cache folder; returns (files, bytes) removed. Only files
+    with numba's suffixes are touched, whatever else the folder holds."""
+    files = removed_bytes = 0
+    for path in cache_files():
+        size = path.stat().st_size
+        try:
+            path.unlink()
+        except FileNotFoundError:  # another process got there first
+            continue
+        files, removed_bytes = files + 1, removed_bytes + size
+    return files, removed_bytes

@@ -114,3 +114,21 @@ def test_head_closing_the_pipe_is_quiet():
     p = subprocess.run(f"{sys.executable} -m convcli apply {SAMPLE} -o - | head -c 10 > /dev/null",
                        shell=True, capture_output=True, timeout=120)
     assert p.returncode == 0 and p.stderr == b""
+
+
+def test_cache_commands(tmp_path):
+    env = dict(os.environ, CONVCLI_CACHE_DIR=str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "keep.txt").write_text("not numba's")
+    info = convcli("cache", "info", env=env)
+    assert info.returncode == 0
+    assert info.stdout.decode().splitlines() == [
+        f"folder: {tmp_path / 'cache'}", "files: 0 (0.0 MiB)",
+        "compiled kernels: none (run convcli cache warm)"]
+    warm = convcli("cache", "warm", env=env)
+    assert warm.returncode == 0 and b"engine ready in" in warm.stderr
+    kernels = convcli("cache", "info", env=env).stdout.decode().splitlines()[2]
+    assert kernels == "compiled kernels: jit.correlate, jit.correlate_separable"
+    cleared = convcli("cache", "clear", env=env)
+    assert cleared.returncode == 0 and cleared.stderr.startswith(b"convcli: removed ")
+    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == ["keep.txt"]
