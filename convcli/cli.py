@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -16,7 +17,8 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, ConvcliError, UsageError
+from .errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED,
+                     ConvcliError, Terminated, UsageError)
 
 class _Group(TyperGroup):
     """The one exit point: library errors become a message on stderr and an exit code."""
@@ -45,7 +47,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Apply banks of convolution filters (one CNN conv layer) to images.",
     epilog="Exit codes: 0 success, 1 error, 2 usage error, 3 some inputs failed, "
-           "130 interrupted.",
+           "130 interrupted (Ctrl-C), 143 terminated (SIGTERM).",
 )
 bank_app = typer.Typer(cls=_Group, no_args_is_help=True, rich_markup_mode=None,
                        help="Inspect and check kernel banks.")
@@ -174,6 +176,7 @@ def apply(
                    else "chosen by the image's size: numba only for large work")
             report.say(f"engine: {path} ({why})")
     results = []
+    signal.signal(signal.SIGTERM, _raise_terminated)  # stop like Ctrl-C: finish, then report
     with report:
         try:
             for result in batch.run(sources, kernel_bank, options, jobs, fail_fast, path):
@@ -182,14 +185,18 @@ def apply(
                     sys.stdout.buffer.write(result.payload)
                     sys.stdout.buffer.flush()
                 report.add(result)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated) as stop:
             report.summary(output, interrupted=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED)
     if stack_by == "filter":
-        for path in batch.write_filter_sheets(results, sources, kernel_bank, options):
-            report.detail(f"contact sheet: {path}")
+        for sheet in batch.write_filter_sheets(results, sources, kernel_bank, options):
+            report.detail(f"contact sheet: {sheet}")
     report.summary(output)
     raise typer.Exit(report.exit_code(fail_fast))
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def _expand_inputs(args: list[str], files_from: str | None, null: bool, recursive: bool,

@@ -13,6 +13,11 @@ EXIT_ERROR = 1          # nothing was produced: bad bank, unreadable image, I/O 
 EXIT_USAGE = 2          # the command line itself is wrong (also Click's own usage errors)
 EXIT_PARTIAL = 3        # finished, but some inputs failed
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # stopped by SIGTERM (128 + SIGTERM)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: stop as cleanly as for Ctrl-C (raised by the CLI's signal handler)."""
 
 
 class ConvcliError(Exception):

@@ -262,16 +262,17 @@ def test_progress_bar_on_a_terminal(tmp_path, many):
     assert b"finished 24 of 24 inputs" in seen
 
 
-def test_ctrl_c_stops_cleanly(tmp_path, many):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_cleanly(tmp_path, many, sig, code):
     out = tmp_path / "o"
     proc = subprocess.Popen(convcli("apply", many, "-o", out, "-j", "2"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("*/stack.png"))) < 2:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert re.search(r"convcli: interrupted after \d+ of 24 inputs", stderr)
     assert "Traceback" not in stderr
     files = only_complete_pngs(out)

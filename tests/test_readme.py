@@ -63,7 +63,8 @@ def test_every_command_and_option_is_documented():
 def test_exit_codes_match_the_code():
     table = dict(re.findall(r"^\| (\d+) \| ([^|]+) \|$", README, re.M))
     assert {int(k) for k in table} == {errors.EXIT_OK, errors.EXIT_ERROR, errors.EXIT_USAGE,
-                                       errors.EXIT_PARTIAL, errors.EXIT_INTERRUPTED}
+                                       errors.EXIT_PARTIAL, errors.EXIT_INTERRUPTED,
+                                       errors.EXIT_TERMINATED}
 
 
 def test_every_generator_and_builtin_filter_is_documented():
