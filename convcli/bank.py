@@ -251,6 +251,9 @@ class _Parser:
             self.problem(line, None, None, f"not valid YAML: {_one_line(what)}")
         except (YAMLError, RecursionError, ValueError) as e:
             self.problem(None, None, None, f"not valid YAML: {_one_line(str(e))}")
+        except Exception as e:  # ruamel.yaml itself fails on some odd scalars (fuzzing: "-_")
+            self.problem(None, None, None, f"not valid YAML ({type(e).__name__} in the YAML "
+                         f"parser: {_one_line(str(e))})")
         return None
 
     def _screen(self, doc: Any) -> bool:

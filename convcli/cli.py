@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from . import __version__
 from .errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_TERMINATED,
-                     ConvcliError, Terminated, UsageError)
+                     ConvcliError, Terminated, UsageError, printable)
 
 class _Group(TyperGroup):
     """The one exit point: library errors become a message on stderr and an exit code."""
@@ -325,7 +325,7 @@ def list_banks() -> None:
     for name in banks.builtin_names():
         b = banks.load(name)
         table.add_row(name, b.input, str(len(b.filters)), b.description)
-        table.add_row("", "", "", "[dim]" + ", ".join(f.name for f in b.filters) + "[/dim]")
+        table.add_row("", "", "", ", ".join(f.name for f in b.filters), style="dim")
     Console().print(table)
 
 
@@ -340,22 +340,25 @@ def bank_show(
 
     from . import bank as banks
 
+    from rich.markup import escape
+
     b = banks.load(ref)
     if filters:
         b = b.select(filters)
     console = Console()
-    console.print(f"[bold]{b.name}[/bold]: {b.description}  (input: {b.input}, "
-                  f"{len(b.filters)} filters, from {b.origin})", highlight=False)
+    safe = lambda text: escape(printable(text))  # noqa: E731  (names come from strangers' files)
+    console.print(f"[bold]{safe(b.name)}[/bold]: {safe(b.description)}  (input: {b.input}, "
+                  f"{len(b.filters)} filters, from {safe(b.origin)})", highlight=False)
     for f in b.filters:
         g = f.geometry
         c, kh, kw = f.weights.shape
-        console.print(f"\n[bold]{f.name}[/bold]  {c}x{kh}x{kw}  bias {f.bias:g}  "
+        console.print(f"\n[bold]{safe(f.name)}[/bold]  {c}x{kh}x{kw}  bias {f.bias:g}  "
                       f"stride {g.stride[0]},{g.stride[1]}  padding {_padding_text(g.padding)}  "
                       f"dilation {g.dilation[0]},{g.dilation[1]}  border {g.border}  "
                       f"activation {g.activation}  scale {f.scale}", highlight=False)
         for text in (f.description, f.source and f"source: {f.source}"):
             if text:
-                console.print(f"  {text}", highlight=False, markup=False)
+                console.print(f"  {printable(text)}", highlight=False, markup=False)
         for ch in range(c):
             grid = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
             for _ in range(kw):

@@ -319,7 +319,7 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
     if method == "auto":
         method = _choose(float(work))
     if method == "jit":
-        getattr(_jit(), name)(*args)
+        _jit().call(name, *args)
     else:
         (_correlate_separable_numpy if separable else _correlate_numpy)(*args)
     return out

@@ -42,6 +42,14 @@ class OutputError(ConvcliError):
     """An output that cannot be written where or how it was asked for."""
 
 
+def printable(text: str) -> str:
+    """Text safe to show on a terminal or draw as a label: control characters (newlines,
+    escape sequences) become visible escapes such as \\n or \\x1b."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a bank file, located as precisely as the file allows."""

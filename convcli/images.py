@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import os
 import struct
 import tempfile
@@ -103,6 +104,15 @@ def _read_with_imageio(iio, source, head: bytes, max_pixels: int, label: str):
     # Choose the plugin from the magic bytes rather than letting imageio try every plugin it
     # knows (some legacy ones guess at arbitrary bytes).
     plugin = "tifffile" if head[:4] in _TIFF_MAGIC else "pillow"
+    if plugin == "tifffile":
+        # tifffile logs each oddity of a damaged file; convcli reports one line itself.
+        logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+    else:
+        # Pillow's own decompression-bomb guard would refuse (or warn) by its fixed limit
+        # before our header check could apply --max-pixels and say so with the numbers.
+        from PIL import Image as PILImage
+
+        PILImage.MAX_IMAGE_PIXELS = None
     with iio.imopen(source, "r", plugin=plugin) as f:
         props = f.properties(index=0)
         _check_size(props.shape, max_pixels, label)

@@ -137,6 +137,31 @@ def correlate_separable(src, group_rows, sy, term_ptr, vptr, vrows, vcols, vws, 
             _activate(row, act)
 
 
+def call(name: str, *args) -> None:
+    """Run a kernel. If its first use fails while numba loads it from the on-disk cache
+    (a corrupt or half-written cache file), the cache is cleared and the kernel compiled
+    afresh, so a bad cache never fails a run."""
+    kernel = globals()[name]
+    try:
+        return kernel(*args)
+    except Exception:
+        if kernel.signatures or _CACHE_DIR is None:
+            raise  # compiled fine: the error is not the cache's
+    _drop_cache(kernel)
+    return kernel(*args)
+
+
+def _drop_cache(kernel) -> None:
+    """Delete the cache folder's numba files and compile this kernel in memory this time;
+    the next run saves a fresh cache."""
+    from numba.core.caching import NullCache
+
+    from . import jitcache
+
+    jitcache.clear()
+    kernel._cache = NullCache()
+
+
 def set_threads(n: int) -> None:
     numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
 
@@ -145,4 +170,12 @@ def prepare(examples: dict) -> None:
     """Compile (or load from the cache) the kernels for these example arguments without
     running them, so no threads start: safe right before forking worker processes."""
     for name, args in examples.items():
-        globals()[name].compile(tuple(numba.typeof(a) for a in args))
+        kernel = globals()[name]
+        signature = tuple(numba.typeof(a) for a in args)
+        try:
+            kernel.compile(signature)
+        except Exception:
+            if _CACHE_DIR is None:
+                raise
+            _drop_cache(kernel)  # a corrupt cache file (see call)
+            kernel.compile(signature)

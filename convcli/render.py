@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import printable
+
 
 @dataclass(frozen=True)
 class Rendered:
@@ -125,7 +127,7 @@ def _draw_label(labels: np.ndarray, name: str, font, x0: int, y0: int, w: int, h
 
     strip = Image.new("L", (w, h), 60)
     draw = ImageDraw.Draw(strip)
-    shown = name
+    shown = printable(name)
     while shown and draw.textlength(shown, font=font) > w - 6:
         shown = shown[:-2] + "…" if len(shown) > 2 else ""
     draw.text((3, h // 2), shown, fill=255, font=font, anchor="lm")

@@ -6,6 +6,7 @@ error (BankError, InputError) with a one-line message per problem, never anythin
 import io
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -34,6 +35,13 @@ def check_bank(text: str) -> None:
 @given(st.text(max_size=400))
 def test_bank_loader_on_arbitrary_text(text):
     check_bank(text)
+
+
+@pytest.mark.parametrize("text", ["-_", "a: +_", "a: 0x_", "name: x\nfilters: [-_]"])
+def test_found_by_atheris_scalars_that_crash_the_yaml_parser(text):
+    # ruamel.yaml raises IndexError on these; it must come out as a bank problem.
+    with pytest.raises(BankError, match="not valid YAML"):
+        bank.parse(text, source="fuzz.yaml")
 
 
 @given(TREES)

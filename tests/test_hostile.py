@@ -1,0 +1,166 @@
+"""Hostile and broken inputs from the command line: each works as documented or fails with
+one clear line, the documented exit code, no traceback, and only complete files written."""
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from convcli import images
+from convcli.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def complete_files(folder: Path) -> list[str]:
+    """Every file under folder, each checked to decode completely; no temporaries."""
+    names = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            assert not p.name.startswith("."), f"temporary left: {p}"
+            if p.suffix == ".png":
+                with Image.open(p) as im:
+                    im.load()
+            names.append(str(p.relative_to(folder)))
+    return names
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_is_refused_from_the_header(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_declaring(100_000, 100_000))
+    r = run("apply", bomb, "-o", tmp_path / "o")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[0] == (
+        f"convcli: error: {bomb}: 100000x100000 image has 10,000,000,000 pixels, over the limit "
+        "of 100,000,000 (raise it with --max-pixels)")
+    assert "Traceback" not in r.output and not (tmp_path / "o" / "bomb").exists()
+
+
+def test_one_pixel_image_works(tmp_path):
+    Image.new("L", (1, 1), 200).save(tmp_path / "dot.png")
+    r = run("apply", tmp_path / "dot.png", "-o", tmp_path / "o", "--format", "npy")
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "o" / "dot" / "maps.npy").shape == (16, 1, 1)
+
+
+def test_image_smaller_than_the_kernel_with_valid_padding(tmp_path):
+    Image.new("L", (4, 4), 200).save(tmp_path / "small.png")
+    r = run("apply", tmp_path / "small.png", "-f", "log_2", "--padding", "valid", "-o", tmp_path / "o")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[0] == (
+        "convcli: error: the image (4x4) is smaller than the kernel's footprint (17x17) with "
+        "padding 'valid'; use padding 'same' or a smaller kernel")
+
+
+@pytest.mark.parametrize("name", ["../../x", "/etc/passwd", "tab\tand\nnewline\x1b[31m", "..", ""])
+def test_filter_names_cannot_escape_the_output_folder(tmp_path, name):
+    spec = tmp_path / "b.yaml"
+    quoted = name.encode("unicode_escape").decode().replace('"', '\\"')
+    spec.write_text(f'name: evil\nfilters:\n  - name: "{quoted}"\n    weights: [[1]]\n'
+                    '  - name: other\n    weights: [[2]]\n')
+    Image.new("L", (6, 6), 9).save(tmp_path / "in.png")
+    r = run("apply", tmp_path / "in.png", "--bank", spec, "-o", tmp_path / "o")
+    if name == "":
+        assert r.exit_code == 1 and "field 'name': must be a non-empty string" in r.stderr
+        return
+    assert r.exit_code == 0, r.output
+    files = complete_files(tmp_path / "o")
+    assert len(files) == 3 and all(f.startswith("in/") and f.count("/") == 1 for f in files)
+    assert not Path("/etc/passwd.png").exists()
+
+
+def test_safe_name_collisions_get_numbered(tmp_path):
+    spec = tmp_path / "b.yaml"
+    spec.write_text("name: twins\nfilters:\n  - {name: 'a/b', weights: [[1]]}\n"
+                    "  - {name: 'a b', weights: [[2]]}\n  - {name: 'A_B', weights: [[3]]}\n"
+                    "  - {name: stack, weights: [[4]]}\n")
+    Image.new("L", (6, 6), 9).save(tmp_path / "in.png")
+    assert run("apply", tmp_path / "in.png", "--bank", spec, "-o", tmp_path / "o").exit_code == 0
+    assert complete_files(tmp_path / "o") == ["in/A_B-3.png", "in/a_b-2.png", "in/a_b.png",
+                                              "in/stack-2.png", "in/stack.png"]
+
+
+def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+    Image.new("L", (16, 16), 9).save(tmp_path / "in.png")
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[: len(data) // 2])  # half of it lands, then the disk is full
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(images.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    r = run("apply", tmp_path / "in.png", "-f", "sobel_x", "-o", tmp_path / "o")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[0] == (f"convcli: error: {tmp_path / 'o' / 'in' / 'sobel_x.png'}: "
+                                        "cannot write: No space left on device")
+    assert complete_files(tmp_path / "o") == []
+
+
+def test_two_processes_writing_one_folder(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(6):
+        os.symlink(Path(__file__).resolve().parent.parent / "samples" / "chelsea.png",
+                   folder / f"c{i}.png")
+    cmd = [sys.executable, "-m", "convcli", "apply", str(folder), "-o", str(tmp_path / "o"),
+           "-j", "1", "-q"]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE) for _ in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    assert len(complete_files(tmp_path / "o")) == 6 * 17
+
+
+def test_corrupt_jit_cache_is_rebuilt(tmp_path):
+    env = dict(os.environ, CONVCLI_CACHE_DIR=str(tmp_path / "cache"))
+    Image.new("L", (32, 32), 9).save(tmp_path / "in.png")
+    cmd = [sys.executable, "-m", "convcli", "apply", str(tmp_path / "in.png"), "--engine", "jit",
+           "-o", str(tmp_path / "o"), "-q"]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
+    cached = [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".nbi", ".nbc")]
+    assert cached
+    for p in cached:
+        p.write_bytes(b"garbage" * 10)
+    again = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
+    assert again.returncode == 0 and b"Traceback" not in again.stderr
+
+
+def test_non_utf8_file_names(tmp_path):
+    if sys.platform == "darwin":
+        pytest.skip("macOS file systems refuse names that are not UTF-8")
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png")
+    Image.new("L", (8, 8), 9).save(raw.decode("utf-8", "surrogateescape"))
+    p = subprocess.run([os.fsencode(sys.executable), b"-m", b"convcli", b"apply", raw, b"-f",
+                        b"sobel_x", b"-o", os.fsencode(tmp_path / "o"), b"--json"],
+                       capture_output=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    made = os.listdir(os.fsencode(tmp_path / "o"))
+    assert made == [b"caf\xe9"]
