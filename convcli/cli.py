@@ -110,6 +110,9 @@ def apply(
         None, "--stack-by", help="filter: also write OUT/by-filter/<filter>.png, one sheet of "
                                  "that filter's maps across all inputs."),
     max_pixels: int = typer.Option(100_000_000, help="Refuse images with more pixels than this."),
+    max_memory: str = typer.Option(
+        "4G", "--max-memory", help="Memory for one input's maps per process (e.g. 512M, 8G); "
+                                   "more filters than fit are done in groups."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
     files_from: Optional[str] = typer.Option(
         None, "--files-from", help="Read input paths from FILE (- for stdin), one per line."),
@@ -134,7 +137,8 @@ def apply(
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     options = pipeline.Options(out=output, format=fmt, bits=bits, compression=compression,
-                               max_pixels=max_pixels, stack=stack, resume=resume)
+                               max_pixels=max_pixels, stack=stack, resume=resume,
+                               max_memory=_size(max_memory, "--max-memory"))
     pipeline.check_options(options)
     settings = {key: banks.parse_cli_setting(key, value) for key, value in (
         ("stride", stride), ("padding", padding), ("dilation", dilation), ("border", border),
@@ -193,6 +197,20 @@ def apply(
             report.detail(f"contact sheet: {sheet}")
     report.summary(output)
     raise typer.Exit(report.exit_code(fail_fast))
+
+
+def _size(text: str, option: str) -> int:
+    """'4G', '512M', '100k' or plain bytes -> bytes (powers of 1024)."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    body = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = body[-1:] if body[-1:] in units else ""
+    try:
+        value = float(body[:len(body) - len(unit)]) * units[unit]
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise UsageError(f"{option} takes a size such as 512M or 8G, got {text!r}")
+    return int(value)
 
 
 def _raise_terminated(signum, frame) -> None:

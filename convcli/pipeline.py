@@ -11,6 +11,8 @@ Layout of the outputs of one input (REL = its output folder, see convcli.inputs)
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import re
 import time
@@ -38,6 +40,7 @@ class Options:
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     stack: bool = True  # write OUT/REL/stack.png
     resume: bool = False  # skip inputs whose outputs are all present
+    max_memory: int = 4 * 2**30  # bytes for one input's maps at a time (see plan_groups)
 
 
 @dataclass
@@ -149,14 +152,20 @@ def process(source: Source, bank: KernelBank, options: Options) -> Result:
         image = images.read_image(source.data if source.data is not None else source.path,
                                   label=source.label, max_pixels=options.max_pixels)
         result.notes.extend(image.notes)
-        maps = compute_maps(image.pixels, bank)
-        result.shape = _stacked_shape(maps)
-        files = _encode(maps, bank, source, options)
+        shapes = [map_shape(f, image.pixels.shape, bank.input) for f in bank.filters]
+        result.shape = (len(shapes),) + shapes[0] if len(set(shapes)) == 1 else None
+        groups = plan_groups(bank, image.pixels.shape, shapes, options, source.label)
+        files = _outputs(image.pixels, bank, groups, shapes, source, options)
         if options.out == STDOUT:
-            result.payload = _stdout_payload(files, maps, options)
+            wanted = "maps.npy" if options.format == "npy" else (
+                "stack.png" if len(bank.filters) > 1 else None)
+            for name, chunks in files:
+                if wanted in (None, name):
+                    result.payload = b"".join(chunks)
+                    break
         else:
-            for name, data in files.items():
-                images.write_atomic(folder / name, data)
+            for name, chunks in files:  # each file is written as soon as it is made
+                images.write_atomic(folder / name, chunks)
                 result.outputs.append(str(folder / name))
     except ConvcliError as e:
         result.status, result.error, result.exit_code = "error", str(e), e.exit_code
@@ -164,50 +173,109 @@ def process(source: Source, bank: KernelBank, options: Options) -> Result:
     return result
 
 
-def _stacked_shape(maps: list[FeatureMap]) -> tuple[int, ...] | None:
-    shapes = {m.data.shape for m in maps}
-    return (len(maps),) + next(iter(shapes)) if len(shapes) == 1 else None
+def map_shape(f, image_shape: tuple[int, int, int], mode: str) -> tuple[int, ...]:
+    """The shape of one filter's map for an image (C, H, W): (H', W'), or (C, H', W') for
+    depthwise banks."""
+    from . import geometry
+
+    c, h, w = image_shape
+    g = f.geometry
+    kh, kw = f.weights.shape[1:]
+    pads = geometry.resolve_pads(g.padding, (h, w), (kh, kw), g.stride, g.dilation)
+    hw = geometry.output_hw((h, w), (kh, kw), g.stride, g.dilation, pads)
+    return ((c,) if mode == "depthwise" else ()) + tuple(max(0, n) for n in hw)
 
 
-def _encode(maps: list[FeatureMap], bank: KernelBank, source: Source, options: Options
-            ) -> dict[str, bytes]:
-    """Every output file of one input, as file name -> bytes (written by the caller)."""
+def plan_groups(bank: KernelBank, image_shape: tuple[int, int, int],
+                shapes: list[tuple[int, ...]], options: Options, label: str) -> list[list[int]]:
+    """Split the filters into groups whose float maps fit in Options.max_memory together
+    with the image and what the stack keeps; each group is computed, written and dropped
+    before the next. One group when everything fits (the usual case)."""
+    image_bytes = 4 * int(np.prod(image_shape)) * 3  # pixels, channel-converted, padded
+    map_bytes = [8 * int(np.prod(s)) for s in shapes]  # the map, and its engine buffer
+    keep = sum(int(np.prod(s)) * options.bits // 8 for s in shapes) * 2 \
+        if options.stack and options.format == "png" and len(shapes) > 1 else 0
+    fixed = image_bytes + keep
+    budget = options.max_memory
+    if fixed + max(map_bytes) > budget:
+        raise InputError(
+            f"{label}: needs at least {_mib(fixed + max(map_bytes))} (image {_mib(image_bytes)}, "
+            f"largest map {_mib(max(map_bytes))}" + (f", stack {_mib(keep)}" if keep else "")
+            + f"), over the memory budget of {_mib(budget)}; raise --max-memory"
+            + (" or use --no-stack" if keep else "") + ", or give a smaller image")
+    groups: list[list[int]] = [[]]
+    used = 0
+    for i, size in enumerate(map_bytes):
+        if groups[-1] and fixed + used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += size
+    return groups
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
+             shapes: list[tuple[int, ...]], source: Source, options: Options):
+    """Every output file of one input, in order, as (file name, chunks of bytes). Maps are
+    computed one filter group at a time, so memory stays within Options.max_memory."""
     about = {"convcli": __version__, "input": source.label, "bank": bank.name}
+    names = [f.name for f in bank.filters]
+
+    def computed():
+        for group in groups:
+            yield compute_maps(pixels, bank.select([names[i] for i in group]))
+
     if options.format == "npy":
-        if len({m.data.shape for m in maps}) != 1:
-            sizes = ", ".join(f"{m.name} {'x'.join(map(str, m.data.shape))}" for m in maps)
+        if len(set(shapes)) != 1:
+            sizes = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in zip(names, shapes))
             raise InputError(f"{source.label}: the maps differ in size ({sizes}) and cannot "
                              "share one .npy; pick filters with --filter or use --padding same")
-        meta = dict(about, filters=[m.name for m in maps], shape=list(_stacked_shape(maps)),
-                    input_mode=bank.input, dtype="float32")
-        return {"maps.npy": images.encode_npy(np.stack([m.data for m in maps])),
-                "maps.json": (json.dumps(meta, indent=2) + "\n").encode()}
+        shape = (len(names),) + shapes[0]
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        arrays = (np.stack([m.data for m in maps]).astype("<f4").tobytes() for maps in computed())
+        yield "maps.npy", itertools.chain([header.getvalue()], arrays)
+        meta = dict(about, filters=names, shape=list(shape), input_mode=bank.input,
+                    dtype="float32")
+        yield "maps.json", [(json.dumps(meta, indent=2) + "\n").encode()]
+        return
 
-    global_maps = [m.data for m in maps if m.scale == "global"]
-    global_range = render.joint_range(global_maps) if global_maps else None
-    files: dict[str, bytes] = {}
-    rendered = [render.to_pixels(m.data, m.scale, options.bits, global_range) for m in maps]
-    for m, r, safe in zip(maps, rendered, safe_names([m.name for m in maps])):
-        meta = dict(about, filter=m.name, scale=m.scale, range=[r.lo, r.hi], bits=options.bits,
-                    value="lo + pixel / (2**bits - 1) * (hi - lo)")
-        files[f"{safe}.png"] = images.encode_png(r.pixels, {"convcli": json.dumps(meta)},
-                                                 options.compression)
-    if len(maps) > 1 and (options.stack or options.out == STDOUT):
-        pixels, boxes = render.stack([(m.name, r.pixels) for m, r in zip(maps, rendered)])
-        for box, m, r in zip(boxes, maps, rendered):
+    first = None
+    global_range = None
+    if any(f.scale == "global" for f in bank.filters):  # one range over all maps: a first pass
+        los, his = [], []
+        for maps in computed():
+            first = maps if len(groups) == 1 else None  # one group: reuse instead of redoing
+            for m in maps:
+                if m.scale == "global":
+                    lo, hi = render.value_range(m.data, "auto")
+                    los.append(lo)
+                    his.append(hi)
+        global_range = (min(los), max(his))
+    stacking = len(names) > 1 and (options.stack or options.out == STDOUT)
+    safe = dict(zip(names, safe_names(names)))
+    tiles = []
+    for maps in ([first] if first is not None else computed()):
+        for m in maps:
+            r = render.to_pixels(m.data, m.scale, options.bits, global_range)
+            meta = dict(about, filter=m.name, scale=m.scale, range=[r.lo, r.hi],
+                        bits=options.bits, value="lo + pixel / (2**bits - 1) * (hi - lo)")
+            yield f"{safe[m.name]}.png", [images.encode_png(
+                r.pixels, {"convcli": json.dumps(meta)}, options.compression)]
+            if stacking:
+                tiles.append((m, r))
+    if stacking:
+        pixels_, boxes = render.stack([(m.name, r.pixels) for m, r in tiles])
+        for box, (m, r) in zip(boxes, tiles):
             box.update(scale=m.scale, range=[r.lo, r.hi])
         meta = dict(about, bits=options.bits, tiles=boxes)
-        files["stack.png"] = images.encode_png(pixels, {"convcli": json.dumps(meta)},
-                                               options.compression)
-    return files
-
-
-def _stdout_payload(files: dict[str, bytes], maps: list[FeatureMap], options: Options) -> bytes:
-    if options.format == "npy":
-        return files["maps.npy"]
-    if len(maps) == 1:
-        return next(iter(files.values()))  # the one map comes first
-    return files["stack.png"]
+        yield "stack.png", [images.encode_png(pixels_, {"convcli": json.dumps(meta)},
+                                              options.compression)]
 
 
 def check_output_folder(out: str) -> None:

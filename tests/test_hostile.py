@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from convcli import images
+from convcli import bank, images, pipeline
 from convcli.cli import app
 
 runner = CliRunner()
@@ -164,3 +164,43 @@ def test_non_utf8_file_names(tmp_path):
     assert p.returncode == 0, p.stderr
     made = os.listdir(os.fsencode(tmp_path / "o"))
     assert made == [b"caf\xe9"]
+
+
+@pytest.mark.parametrize("fmt_args", [[], ["--format", "npy"], ["--scale", "global"],
+                                      ["--bits", "16", "--no-stack"]])
+def test_memory_budget_splits_filters_with_identical_results(tmp_path, fmt_args):
+    photo = Path(__file__).resolve().parent.parent / "samples" / "chelsea.png"
+    roomy = run("apply", photo, "-o", tmp_path / "a", *fmt_args)
+    # chelsea (451x300 RGB): the image takes ~5 MiB, each map ~1 MiB, the stack's tiles
+    # ~4 MiB; with 12 MiB the 16 edge filters go in groups of two to six.
+    tight = run("apply", photo, "-o", tmp_path / "b", "--max-memory", "12M", *fmt_args)
+    assert roomy.exit_code == tight.exit_code == 0, tight.output
+    edge = bank.load("edge")
+    options = pipeline.Options(out=str(tmp_path), max_memory=12 * 2**20,
+                               format="npy" if "npy" in fmt_args else "png",
+                               stack="--no-stack" not in fmt_args)
+    shape = (3, 300, 451)
+    shapes = [pipeline.map_shape(f, shape, edge.input) for f in edge.filters]
+    assert len(pipeline.plan_groups(edge, shape, shapes, options, "x")) > 1  # it did split
+    files = complete_files(tmp_path / "a")
+    assert files == complete_files(tmp_path / "b") and len(files) >= 2
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_memory_budget_too_small_for_one_map_is_refused_with_numbers(tmp_path):
+    photo = Path(__file__).resolve().parent.parent / "samples" / "astronaut.png"
+    r = run("apply", photo, "-o", tmp_path / "o", "--max-memory", "2M")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[0] == (
+        f"convcli: error: {photo}: needs at least 19 MiB (image 9 MiB, largest map 2 MiB, "
+        "stack 8 MiB), over the memory budget of 2 MiB; raise --max-memory or use --no-stack, "
+        "or give a smaller image")
+    assert complete_files(tmp_path / "o") == []
+
+
+@pytest.mark.parametrize("text", ["lots", "0", "-5M", "1.5X"])
+def test_bad_memory_sizes_are_usage_errors(tmp_path, text):
+    r = run("apply", "x.png", "-o", tmp_path / "o", "--max-memory", text)
+    assert r.exit_code == 2
+    assert r.stderr == f"convcli: error: --max-memory takes a size such as 512M or 8G, got {text!r}\n"
