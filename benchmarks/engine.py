@@ -42,6 +42,7 @@ WORKLOADS = [
     Workload("strided", 3, 2048, 16, 7, stride=2),
     Workload("bigblur", 1, 2048, 1, 31, gaussian=5.0),
     Workload("tiny", 1, 256, 4, 3),
+    Workload("fftbig", 1, 2048, 2, 63),  # large and not separable: the FFT path
 ]
 
 

@@ -124,7 +124,8 @@ def apply(
     json_report: bool = typer.Option(False, "--json",
                                      help="One JSON object per input on stdout (JSON Lines)."),
     engine: str = typer.Option("auto", "--engine",
-                               help="auto, jit (numba) or numpy: same results, different speed."),
+                               help="auto, jit (numba), numpy or fft: same results, different "
+                                    "speed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail on stderr."),
 ) -> None:

@@ -49,7 +49,7 @@ def _fits(layer) -> bool:
             and w + p[2] + p[3] >= (kw - 1) * layer["dilation"][1] + 1)
 
 
-@pytest.mark.parametrize("method", ["jit", "numpy"])
+@pytest.mark.parametrize("method", ["jit", "numpy", "fft"])
 @given(layer=layers())
 def test_matches_oracle(layer, method):
     assume(_fits(layer))
@@ -104,6 +104,25 @@ def test_separable_path_matches_oracle(layer, method):
 def test_separable_jit_and_numpy_are_bitwise_identical(layer):
     assume(_fits(layer))
     np.testing.assert_array_equal(conv2d(**layer, method="jit"), conv2d(**layer, method="numpy"))
+
+
+def test_large_non_separable_kernels_take_the_fft_path(monkeypatch):
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((2, 1, 45, 41)).astype(np.float32)
+    x = rng.random((1, 60, 70), dtype=np.float32)
+    assert engine._wants_fft(w) and not engine._wants_fft(w[:, :, :31, :31])
+    calls = []
+    real = engine._correlate_fft
+    monkeypatch.setattr(engine, "_correlate_fft", lambda *a: calls.append(1) or real(*a))
+    got = conv2d(x, w, padding="same", border="reflect", stride=(2, 1), dilation=(1, 2))
+    assert calls == [1]
+    want = reference_conv2d(x, w, padding="same", border="reflect", stride=(2, 1),
+                            dilation=(1, 2))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_fast_lengths():
+    assert [engine._fast_len(n) for n in (1, 7, 97, 1026, 2049)] == [1, 8, 100, 1080, 2160]
 
 
 def test_which_kernels_take_the_separable_path():
