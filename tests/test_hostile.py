@@ -204,3 +204,24 @@ def test_bad_memory_sizes_are_usage_errors(tmp_path, text):
     r = run("apply", "x.png", "-o", tmp_path / "o", "--max-memory", text)
     assert r.exit_code == 2
     assert r.stderr == f"convcli: error: --max-memory takes a size such as 512M or 8G, got {text!r}\n"
+
+
+def test_unreadable_input_is_one_clear_line(tmp_path):
+    """A file without read permission. Root reads anything, so as root convcli runs under
+    setpriv without the capabilities that override file permissions."""
+    import shutil
+
+    secret = tmp_path / "secret.png"
+    Image.new("L", (8, 8), 9).save(secret)
+    secret.chmod(0o000)
+    prefix = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "as root this check needs util-linux's setpriv"
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    p = subprocess.run(prefix + [sys.executable, "-m", "convcli", "apply", str(secret), "-o",
+                                 str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.splitlines()[0] == f"convcli: error: {secret}: cannot open: Permission denied"
+    assert p.stdout == "" and "Traceback" not in p.stderr
+    assert not (tmp_path / "o" / "secret").exists()
