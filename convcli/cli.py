@@ -352,6 +352,8 @@ def list_banks() -> None:
 def bank_show(
     ref: str = typer.Argument(..., metavar="NAME|FILE", help="Built-in bank or .yaml file."),
     filters: Optional[List[str]] = typer.Option(None, "--filter", "-f", help="Only this filter."),
+    png: Optional[str] = typer.Option(None, "--png", help="Also draw the kernels as a grid "
+                                                          "in this PNG file."),
 ) -> None:
     """Print a bank's filters: settings, source and weights."""
     from rich.console import Console
@@ -364,6 +366,11 @@ def bank_show(
     b = banks.load(ref)
     if filters:
         b = b.select(filters)
+    if png:
+        from . import images, render
+
+        images.write_atomic(Path(png), images.encode_png(render.kernel_grid(b.filters)))
+        _say(f"convcli: drew {len(b.filters)} kernels in {png}")
     console = Console()
     safe = lambda text: escape(printable(text))  # noqa: E731  (names come from strangers' files)
     console.print(f"[bold]{safe(b.name)}[/bold]: {safe(b.description)}  (input: {b.input}, "
@@ -411,6 +418,36 @@ def bank_check(
         _say(f"ok: {ref}: bank {b.name!r}, {len(b.filters)} filters, input {b.input}")
     if problems:
         raise BankError(problems)
+
+
+@app.command()
+def learn(
+    image_paths: List[str] = typer.Argument(..., metavar="IMAGES...", help="Images to learn from."),
+    output: str = typer.Option(..., "--output", "-o", help="The bank file to write (.yaml)."),
+    filters: int = typer.Option(16, "--filters", "-k", help="How many filters."),
+    size: int = typer.Option(7, "--size", help="Kernel size S (S x S)."),
+    channels: str = typer.Option("gray", "--channels", help="gray (2-D kernels) or rgb (3 x S x S)."),
+    method: str = typer.Option("kmeans", "--method", help="kmeans (Coates et al. 2011) or pca."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bank."),
+    count: int = typer.Option(20000, "--patches", help="Random patches to learn from."),
+    name: Optional[str] = typer.Option(None, "--name", help="Bank name [default: file stem]."),
+) -> None:
+    """Learn a bank of filters from random patches of images."""
+    from . import bank as banks
+    from . import images
+    from . import learn as learning
+
+    pixels = learning.read_for_learning(image_paths, channels)
+    result = learning.learn(pixels, filters, size, method, seed, count)
+    command = " ".join(["convcli", "learn", *image_paths, "-o", output, "--filters",
+                        str(filters), "--size", str(size), "--channels", channels, "--method",
+                        method, "--seed", str(seed), "--patches", str(count)])
+    text = learning.to_yaml(result, name=name or Path(output).stem, method=method,
+                            channels=channels, seed=seed, size=size, sources=image_paths,
+                            command=command, count=count)
+    banks.parse(text, source=output)  # what we write must load
+    images.write_atomic(Path(output), text.encode())
+    _say(f"convcli: wrote {output}: {filters} {method} filters of {size}x{size} ({channels})")
 
 
 @cache_app.command("info")

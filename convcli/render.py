@@ -132,3 +132,20 @@ def _draw_label(labels: np.ndarray, name: str, font, x0: int, y0: int, w: int, h
         shown = shown[:-2] + "…" if len(shown) > 2 else ""
     draw.text((3, h // 2), shown, fill=255, font=font, anchor="lm")
     labels[y0:y0 + h, x0:x0 + w] = np.asarray(strip)
+
+
+KERNEL_TILE = 96  # pixels a side for each kernel in kernel_grid
+
+
+def kernel_grid(filters) -> np.ndarray:
+    """A labelled grid of the kernels themselves, each scaled symmetrically (zero is
+    mid-grey) and enlarged with square pixels; 3-channel kernels are drawn in colour."""
+    colour = any(f.weights.shape[0] == 3 for f in filters)
+    tiles = []
+    for f in filters:
+        w = f.weights if f.weights.shape[0] != 1 or not colour else np.repeat(f.weights, 3, 0)
+        pixels = to_pixels(w.astype(np.float64), "symmetric", 8).pixels
+        zoom = max(1, KERNEL_TILE // max(pixels.shape[:2]))
+        pixels = np.repeat(np.repeat(pixels, zoom, axis=0), zoom, axis=1)
+        tiles.append((f.name, pixels))
+    return stack(tiles)[0]

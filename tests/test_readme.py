@@ -76,6 +76,6 @@ def test_every_generator_and_builtin_filter_is_documented():
             assert f"| `{f.name}` |" in README, (name, f.name)
 
 
-def test_readme_picture_exists():
-    (picture,) = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
-    assert (ROOT / picture).is_file()
+def test_readme_pictures_exist():
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert pictures and all((ROOT / p).is_file() for p in pictures)

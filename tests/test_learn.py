@@ -1,0 +1,100 @@
+"""Learning banks: determinism, the measured shape of k-means filters, the folded whitening,
+PCA, and the shipped learned bank re-made by its own recorded command."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from convcli import bank, conv2d, images, learn
+from convcli.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "samples").glob("*.png"))
+
+
+def pixels(names=("camera.png", "brick.png")):
+    return learn.read_for_learning([str(ROOT / "samples" / n) for n in names], "gray")
+
+
+def anisotropy(kernel: np.ndarray) -> float:
+    """0 for no preferred direction, 1 for a perfectly oriented pattern (structure tensor)."""
+    gy, gx = np.gradient(kernel.astype(np.float64))
+    j = np.array([[np.sum(gx * gx), np.sum(gx * gy)], [np.sum(gx * gy), np.sum(gy * gy)]])
+    lo, hi = np.linalg.eigvalsh(j)
+    return float((hi - lo) / (hi + lo))
+
+
+def test_same_seed_same_bank_other_seed_other_bank():
+    a = learn.learn(pixels(), 8, 5, "kmeans", seed=1, count=3000)
+    b = learn.learn(pixels(), 8, 5, "kmeans", seed=1, count=3000)
+    c = learn.learn(pixels(), 8, 5, "kmeans", seed=2, count=3000)
+    np.testing.assert_array_equal(a.weights, b.weights)
+    assert a.weights.shape == (8, 1, 5, 5) and a.bias.shape == (8,)
+    assert not np.allclose(a.weights, c.weights)
+
+
+def test_kmeans_filters_are_zero_mean_and_oriented():
+    # Measured on the shipped samples: every filter has |mean| < 1% of its RMS (the patches
+    # are normalised to zero mean, so the whitened constant direction carries nothing) and
+    # at least 3 in 4 have a structure-tensor anisotropy above 0.6 (oriented edges and
+    # bars); Gaussian-noise kernels of the same size score a median of about 0.2.
+    got = learn.learn(pixels(("camera.png", "brick.png", "chelsea.png")), 16, 7, "kmeans",
+                      seed=0, count=10000)
+    w = got.weights[:, 0]
+    assert all(abs(k.mean()) < 0.01 * np.sqrt((k ** 2).mean()) for k in w)
+    oriented = np.mean([anisotropy(k) > 0.6 for k in w])
+    assert oriented >= 0.75, oriented
+    noise = np.random.default_rng(0).standard_normal((200, 7, 7))
+    assert np.median([anisotropy(k) for k in noise]) < 0.4
+
+
+def test_folded_whitening_equals_whitening_the_patches():
+    got = learn.learn(pixels(), 6, 5, "kmeans", seed=3, count=4000)
+    image = pixels(("chelsea.png",))[0]
+    maps = conv2d(image, got.weights.astype(np.float32), got.bias, padding="valid",
+                  activation="none")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y, x = rng.integers(0, maps.shape[1]), rng.integers(0, maps.shape[2])
+        patch = image[:, y:y + 5, x:x + 5].reshape(-1).astype(np.float64)
+        explicit = ((patch - got.mean) @ got.whitening) @ got.centroids.T
+        np.testing.assert_allclose(maps[:, y, x], explicit, rtol=1e-4, atol=1e-4)
+
+
+def test_pca_components_are_orthonormal_and_centred():
+    got = learn.learn(pixels(), 6, 5, "pca", seed=0, count=4000)
+    flat = got.weights.reshape(6, -1)
+    np.testing.assert_allclose(flat @ flat.T, np.eye(6), atol=1e-9)
+    np.testing.assert_allclose(flat @ got.mean + got.bias, 0, atol=1e-12)  # mean patch -> 0
+
+
+def test_learn_command_writes_a_bank_that_loads(tmp_path):
+    out = tmp_path / "mine.yaml"
+    r = CliRunner().invoke(app, ["learn", *[str(ROOT / s) for s in SAMPLES[:2]], "-o", str(out),
+                                 "--filters", "4", "--size", "3", "--channels", "rgb",
+                                 "--method", "pca", "--patches", "2000"])
+    assert r.exit_code == 0, r.output
+    b = bank.load(str(out))
+    assert b.input == "rgb" and [f.weights.shape for f in b.filters] == [(3, 3, 3)] * 4
+    assert b.provenance["method"] == "pca" and b.provenance["seed"] == 0
+    r = CliRunner().invoke(app, ["bank", "show", str(out), "--png", str(tmp_path / "k.png")])
+    assert r.exit_code == 0 and images.read_image(tmp_path / "k.png").pixels.shape[0] == 3
+
+
+def test_the_shipped_learned_bank_is_what_its_command_makes(tmp_path, monkeypatch):
+    shipped = bank.load("learned")
+    p = shipped.provenance
+    monkeypatch.chdir(ROOT)
+    assert p["images"] == SAMPLES
+    assert f"convcli learn {' '.join(SAMPLES)} -o kernels/learned.yaml" in p["command"]
+    args = p["command"].split()[2:]
+    args[args.index("-o") + 1] = str(tmp_path / "again.yaml")
+    r = CliRunner().invoke(app, ["learn", *args])
+    assert r.exit_code == 0, r.output
+    again = bank.load(str(tmp_path / "again.yaml"))
+    assert [f.name for f in again.filters] == [f.name for f in shipped.filters]
+    for a, b in zip(again.filters, shipped.filters):
+        np.testing.assert_allclose(a.weights, b.weights, rtol=1e-4, atol=1e-6)
+        assert a.bias == pytest.approx(b.bias, rel=1e-4, abs=1e-7)
