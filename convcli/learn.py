@@ -128,6 +128,9 @@ def to_yaml(result: Learned, *, name: str, method: str, channels: str, seed: int
         weights = [[[num(v) for v in row] for row in plane] for plane in w]
         filters.append({
             "name": f"{method}_{k:02d}",
+            "description": (f"whitened k-means centroid {k}" if method == "kmeans"
+                            else f"principal component {k}"),
+            "source": f"learned by convcli learn ({method}, seed {seed}); see provenance",
             "bias": num(b),
             "weights": weights[0] if channels == "gray" else weights,
         })
