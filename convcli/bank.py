@@ -458,6 +458,44 @@ class _Parser:
         return np.asarray(k2d, dtype=np.float64)[None]
 
 
+# --- writing ------------------------------------------------------------------------------
+
+def dump(*, name: str, description: str, defaults: dict, filters: list[dict],
+         provenance: dict | None = None, header: str = "") -> str:
+    """Bank YAML text for filters given as dicts (name, weights (C, KH, KW) or (KH, KW)
+    arrays, and any other filter keys). Weights are rounded to 7 significant digits, the
+    float32 precision they are used at; the text is checked to load before it is returned."""
+    from io import StringIO
+
+    from ruamel.yaml import YAML
+
+    def num(v: float) -> float:
+        return float(f"{float(v):.7g}")
+
+    rows = []
+    for f in filters:
+        f = dict(f)
+        w = np.asarray(f.pop("weights"), np.float64)
+        if w.ndim == 3 and w.shape[0] == 1 and defaults.get("input", "gray") != "rgb":
+            w = w[0]
+        item = {"name": f.pop("name")}
+        item.update({k: (num(v) if k == "bias" else v) for k, v in f.items()})
+        item["weights"] = np.vectorize(num, otypes=[float])(w).tolist()
+        rows.append(item)
+    doc = {"convcli": FORMAT_VERSION, "name": name, "description": description}
+    if provenance:
+        doc["provenance"] = provenance
+    doc.update(defaults=defaults, filters=rows)
+    buf = StringIO()
+    yaml = YAML()
+    yaml.default_flow_style = None  # rows of numbers as [a, b, c]
+    yaml.width = 4096
+    yaml.dump(doc, buf)
+    text = header + buf.getvalue()
+    parse(text, source=name)  # what we write must load
+    return text
+
+
 # --- small helpers ------------------------------------------------------------------------
 
 def _is_number(v: Any) -> bool:

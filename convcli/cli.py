@@ -400,6 +400,29 @@ def _padding_text(p) -> str:
     return p if isinstance(p, str) else ",".join(map(str, p))
 
 
+@bank_app.command("import")
+def bank_import(
+    source: str = typer.Argument(..., metavar="WEIGHTS", help=".npy, .npz or .onnx file."),
+    output: str = typer.Option(..., "--output", "-o", help="The bank file to write (.yaml)."),
+    node: Optional[str] = typer.Option(None, "--node", help="ONNX: the Conv node's name "
+                                                            "[default: the first Conv]."),
+    name: Optional[str] = typer.Option(None, "--name", help="Bank name [default: file stem]."),
+) -> None:
+    """Turn first-layer weights of a trained network into a bank."""
+    from . import bank as banks
+    from . import images, importers
+
+    weights, bias, defaults, about = importers.load_weights(source, node)
+    filters = [{"name": f"filter_{k:02d}", "source": f"imported from {source}", "bias": b,
+                "weights": w} for k, (w, b) in enumerate(zip(weights, bias))]
+    text = banks.dump(name=name or Path(output).stem, defaults=defaults, filters=filters,
+                      description=f"{len(filters)} filters imported from {Path(source).name}",
+                      provenance=about)
+    images.write_atomic(Path(output), text.encode())
+    _say(f"convcli: wrote {output}: {len(filters)} filters of "
+         f"{'x'.join(map(str, weights.shape[1:]))} ({defaults['input']})")
+
+
 @bank_app.command("check")
 def bank_check(
     files: List[str] = typer.Argument(..., metavar="FILE...", help="Bank files to validate."),
@@ -445,7 +468,6 @@ def learn(
     text = learning.to_yaml(result, name=name or Path(output).stem, method=method,
                             channels=channels, seed=seed, size=size, sources=image_paths,
                             command=command, count=count)
-    banks.parse(text, source=output)  # what we write must load
     images.write_atomic(Path(output), text.encode())
     _say(f"convcli: wrote {output}: {filters} {method} filters of {size}x{size} ({channels})")
 

@@ -114,49 +114,32 @@ def learn(pixels_list: list[np.ndarray], filters: int, size: int, method: str, s
 
 def to_yaml(result: Learned, *, name: str, method: str, channels: str, seed: int,
             size: int, sources: list[str], command: str, count: int) -> str:
-    """The bank as YAML text that loads like any other (weights rounded to 7 significant
-    digits, the float32 precision they are used at)."""
-    from io import StringIO
+    """The bank as YAML text that loads like any other, recording how it was made."""
+    from . import bank
 
-    from ruamel.yaml import YAML
-
-    def num(v: float) -> float:
-        return float(f"{v:.7g}")
-
-    filters = []
-    for k, (w, b) in enumerate(zip(result.weights, result.bias)):
-        weights = [[[num(v) for v in row] for row in plane] for plane in w]
-        filters.append({
-            "name": f"{method}_{k:02d}",
-            "description": (f"whitened k-means centroid {k}" if method == "kmeans"
-                            else f"principal component {k}"),
-            "source": f"learned by convcli learn ({method}, seed {seed}); see provenance",
-            "bias": num(b),
-            "weights": weights[0] if channels == "gray" else weights,
-        })
-    doc = {
-        "convcli": 1,
-        "name": name,
-        "description": f"{len(filters)} filters of {size}x{size} learned by {method} from "
-                       f"{len(sources)} images",
-        "provenance": {
-            "method": method, "filters": len(filters), "size": size, "channels": channels,
-            "patches": count, "seed": seed, "images": sources, "command": command,
-            "date": datetime.date.today().isoformat(),
-            "reference": "Coates, Lee & Ng, AISTATS 2011 (k-means: per-patch normalisation, "
-                         "ZCA whitening folded into weights and bias, spherical k-means)"
-            if method == "kmeans" else "principal components of mean-subtracted patches",
-        },
-        "defaults": {"padding": "same", "border": "reflect", "activation": "relu",
-                     "input": channels, "scale": "auto"},
-        "filters": filters,
+    filters = [{
+        "name": f"{method}_{k:02d}",
+        "description": (f"whitened k-means centroid {k}" if method == "kmeans"
+                        else f"principal component {k}"),
+        "source": f"learned by convcli learn ({method}, seed {seed}); see provenance",
+        "bias": b,
+        "weights": w,
+    } for k, (w, b) in enumerate(zip(result.weights, result.bias))]
+    provenance = {
+        "method": method, "filters": len(filters), "size": size, "channels": channels,
+        "patches": count, "seed": seed, "images": sources, "command": command,
+        "date": datetime.date.today().isoformat(),
+        "reference": "Coates, Lee & Ng, AISTATS 2011 (k-means: per-patch normalisation, "
+                     "ZCA whitening folded into weights and bias, spherical k-means)"
+        if method == "kmeans" else "principal components of mean-subtracted patches",
     }
-    buf = StringIO()
-    yaml = YAML()
-    yaml.default_flow_style = None  # rows of numbers as [a, b, c]
-    yaml.width = 4096
-    yaml.dump(doc, buf)
-    return "# Made by convcli learn; see provenance for how.\n" + buf.getvalue()
+    return bank.dump(
+        name=name, description=f"{len(filters)} filters of {size}x{size} learned by {method} "
+                               f"from {len(sources)} images",
+        defaults={"padding": "same", "border": "reflect", "activation": "relu",
+                  "input": channels, "scale": "auto"},
+        filters=filters, provenance=provenance,
+        header="# Made by convcli learn; see provenance for how.\n")
 
 
 def read_for_learning(paths: list[str], channels: str) -> list[np.ndarray]:

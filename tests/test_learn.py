@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from convcli import bank, conv2d, images, learn
 from convcli.cli import app
+from oracle import reference_conv2d
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "samples").glob("*.png"))
@@ -98,3 +99,78 @@ def test_the_shipped_learned_bank_is_what_its_command_makes(tmp_path, monkeypatc
     for a, b in zip(again.filters, shipped.filters):
         np.testing.assert_allclose(a.weights, b.weights, rtol=1e-4, atol=1e-6)
         assert a.bias == pytest.approx(b.bias, rel=1e-4, abs=1e-7)
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def maps_of(bank_file, image):
+    b = bank.load(str(bank_file))
+    g = b.filters[0].geometry
+    w = np.stack([f.weights for f in b.filters])
+    return conv2d(image, w, [f.bias for f in b.filters], stride=g.stride, padding=g.padding,
+                  dilation=g.dilation, border=g.border, activation=g.activation)
+
+
+def test_npz_export_and_import_round_trip(tmp_path):
+    shipped = bank.load("learned")
+    np.savez(tmp_path / "w.npz", weights=np.stack([f.weights for f in shipped.filters]),
+             bias=np.array([f.bias for f in shipped.filters]))
+    r = run("bank", "import", tmp_path / "w.npz", "-o", tmp_path / "again.yaml")
+    assert r.exit_code == 0, r.output
+    again = bank.load(str(tmp_path / "again.yaml"))
+    image = pixels(("chelsea.png",))[0]
+    ours = conv2d(image, np.stack([f.weights for f in shipped.filters]),
+                  [f.bias for f in shipped.filters], padding="same", border="zero")
+    np.testing.assert_allclose(maps_of(tmp_path / "again.yaml", image), ours, rtol=1e-5, atol=1e-6)
+    assert again.provenance == {"format": "npz", "source": str(tmp_path / "w.npz")}
+
+
+def test_npy_without_bias_and_bad_shapes(tmp_path):
+    np.save(tmp_path / "w.npy", np.ones((4, 3, 3)))
+    assert run("bank", "import", tmp_path / "w.npy", "-o", tmp_path / "a.yaml").exit_code == 0
+    assert bank.load(str(tmp_path / "a.yaml")).input == "gray"
+    np.save(tmp_path / "bad.npy", np.ones((4, 5, 3, 3)))
+    r = run("bank", "import", tmp_path / "bad.npy", "-o", tmp_path / "b.yaml")
+    assert r.exit_code == 1
+    assert r.stderr == (f"convcli: error: {tmp_path / 'bad.npy'}: the kernels have 5 input "
+                        "channels; a bank takes 1 (gray) or 3 (rgb)\n")
+    np.savez(tmp_path / "bias.npz", weights=np.ones((4, 1, 3, 3)), bias=np.ones(3))
+    r = run("bank", "import", tmp_path / "bias.npz", "-o", tmp_path / "c.yaml")
+    assert r.stderr == f"convcli: error: {tmp_path / 'bias.npz'}: bias has 3 values for 4 filters\n"
+
+
+def _onnx_model(path, weights, bias, **attrs):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    f, c = weights.shape[:2]
+    conv = helper.make_node("Conv", ["x", "W", "B"], ["y"], name="stem", **attrs)
+    relu = helper.make_node("Relu", ["y"], ["z"])
+    graph = helper.make_graph(
+        [conv, relu], "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 32, 32])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(weights.astype(np.float32), "W"),
+                     numpy_helper.from_array(bias.astype(np.float32), "B")])
+    onnx.save(helper.make_model(graph), str(path))
+
+
+def test_onnx_conv_with_its_settings(tmp_path):
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((6, 3, 5, 3))
+    b = rng.standard_normal(6)
+    _onnx_model(tmp_path / "m.onnx", w, b, strides=[2, 1], pads=[1, 2, 3, 0], dilations=[1, 2])
+    r = run("bank", "import", tmp_path / "m.onnx", "-o", tmp_path / "m.yaml")
+    assert r.exit_code == 0, r.output
+    imported = bank.load(str(tmp_path / "m.yaml"))
+    g = imported.filters[0].geometry
+    assert imported.input == "rgb" and g.stride == (2, 1) and g.dilation == (1, 2)
+    assert g.padding == (1, 3, 2, 0)  # ONNX pads are [top, left, bottom, right]
+    image = rng.random((3, 20, 24), dtype=np.float32)
+    want = reference_conv2d(image, w, b, stride=(2, 1), padding=(1, 3, 2, 0), dilation=(1, 2))
+    np.testing.assert_allclose(maps_of(tmp_path / "m.yaml", image), want, rtol=1e-5, atol=1e-5)
+    missing = run("bank", "import", tmp_path / "m.onnx", "--node", "head", "-o", tmp_path / "x.yaml")
+    assert missing.exit_code == 1
+    assert missing.stderr == (f"convcli: error: {tmp_path / 'm.onnx'}: no Conv node named "
+                              "'head'; Conv nodes: stem\n")
