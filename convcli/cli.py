@@ -461,7 +461,16 @@ def learn(
     from . import learn as learning
 
     pixels = learning.read_for_learning(image_paths, channels)
-    result = learning.learn(pixels, filters, size, method, seed, count)
+    if method == "kmeans" and sys.stderr.isatty():  # a bar only on a terminal
+        from rich.console import Console
+        from rich.progress import Progress
+
+        with Progress(console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task("k-means", total=learning.KMEANS_ITERATIONS)
+            result = learning.learn(pixels, filters, size, method, seed, count,
+                                    progress=lambda: bar.advance(task))
+    else:
+        result = learning.learn(pixels, filters, size, method, seed, count)
     command = " ".join(["convcli", "learn", *image_paths, "-o", output, "--filters",
                         str(filters), "--size", str(size), "--channels", channels, "--method",
                         method, "--seed", str(seed), "--patches", str(count)])

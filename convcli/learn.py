@@ -72,7 +72,7 @@ def zca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spherical_kmeans(x: np.ndarray, k: int, rng: np.random.Generator,
-                     iterations: int = KMEANS_ITERATIONS) -> np.ndarray:
+                     iterations: int = KMEANS_ITERATIONS, progress=None) -> np.ndarray:
     """Centroids (k, dim) of unit length, as in Coates & Ng (2012), "Learning feature
     representations with k-means": assign each point to the centroid with the largest
     |projection|, weighted by that projection, and renormalise."""
@@ -85,11 +85,14 @@ def spherical_kmeans(x: np.ndarray, k: int, rng: np.random.Generator,
         s[np.arange(len(x)), best] = proj[np.arange(len(x)), best]
         d = s.T @ x + d  # keeps empty clusters where they were
         d /= np.linalg.norm(d, axis=1, keepdims=True)
+        if progress is not None:
+            progress()
     return d
 
 
 def learn(pixels_list: list[np.ndarray], filters: int, size: int, method: str, seed: int,
-          count: int = 20000) -> Learned:
+          count: int = 20000, progress=None) -> Learned:
+    """Learn a bank; ``progress`` (optional) is called once per k-means iteration."""
     if method not in ("kmeans", "pca"):
         raise UsageError(f"--method must be kmeans or pca, got {method!r}")
     if filters < 1 or size < 1:
@@ -107,7 +110,7 @@ def learn(pixels_list: list[np.ndarray], filters: int, size: int, method: str, s
         comps *= np.sign(comps[np.arange(filters), np.abs(comps).argmax(axis=1)])[:, None]
         return Learned(comps.reshape(filters, c, size, size), -(comps @ mean), mean, None)
     mean, p = zca(normalise(x))
-    d = spherical_kmeans((normalise(x) - mean) @ p, filters, rng)
+    d = spherical_kmeans((normalise(x) - mean) @ p, filters, rng, progress=progress)
     folded = d @ p  # rows: (P d_k)^T, P symmetric
     return Learned(folded.reshape(filters, c, size, size), -(folded @ mean), mean, p, d)
 

@@ -174,3 +174,26 @@ def test_onnx_conv_with_its_settings(tmp_path):
     assert missing.exit_code == 1
     assert missing.stderr == (f"convcli: error: {tmp_path / 'm.onnx'}: no Conv node named "
                               "'head'; Conv nodes: stem\n")
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "convcli", "learn", str(ROOT / "samples" / "camera.png"), "-o",
+           str(tmp_path / "b.yaml"), "--filters", "4", "--size", "3", "--patches", "20000"]
+    plain = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and "k-means" not in plain.stderr
+    main, follower = pty.openpty()
+    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=follower, timeout=120)
+    os.close(follower)
+    seen = b""
+    try:
+        while chunk := os.read(main, 65536):
+            seen += chunk
+    except OSError:
+        pass
+    os.close(main)
+    assert p.returncode == 0 and b"k-means" in seen
