@@ -115,16 +115,26 @@ def _read_with_imageio(iio, source, head: bytes, max_pixels: int, label: str):
 
         PILImage.MAX_IMAGE_PIXELS = None
     with iio.imopen(source, "r", plugin=plugin) as f:
-        props = f.properties(index=0)
-        _check_size(props.shape, max_pixels, label)
-        frames = max(1, int(f.properties(index=...).n_images or 1))
-        kwargs: dict = {}
-        if type(f).__name__ == "PillowPlugin":
+        # pages of one size form one TIFF series: read the first page only
+        page = {"page": 0} if plugin == "tifffile" else {}
+        _check_size(f.properties(index=0, **page).shape, max_pixels, label)  # header only
+        kwargs: dict = dict(page)
+        if plugin == "tifffile":
+            frames = _tiff_pages(source)
+        else:
+            frames = max(1, int(f.properties(index=...).n_images or 1))
             kwargs["rotate"] = True  # apply EXIF orientation
             if f.metadata(index=0, exclude_applied=False).get("mode") == "CMYK":
                 kwargs["mode"] = "RGB"
         arr = f.read(index=0, **kwargs)
     return np.asarray(arr), frames, []
+
+
+def _tiff_pages(source) -> int:
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source) as tf:
+        return max(1, len(tf.pages))
 
 
 def _check_size(shape: tuple, max_pixels: int, label: str) -> None:

@@ -225,3 +225,66 @@ def test_unreadable_input_is_one_clear_line(tmp_path):
     assert p.stderr.splitlines()[0] == f"convcli: error: {secret}: cannot open: Permission denied"
     assert p.stdout == "" and "Traceback" not in p.stderr
     assert not (tmp_path / "o" / "secret").exists()
+
+
+def _catalogue(folder: Path) -> dict[str, tuple[Path, int, str]]:
+    """name -> (input path, expected exit code, expected start of stderr's first line)."""
+    import io
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    made: dict[str, tuple[Path, int, str]] = {}
+
+    def save(name: str, data: bytes, code: int, message: str) -> None:
+        path = folder / name
+        path.write_bytes(data)
+        made[name] = (path, code, message.format(path=path))
+
+    def encoded(img, fmt, **kw) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **kw)
+        return buf.getvalue()
+
+    png = encoded(rgb, "PNG")
+    jpeg = encoded(rgb, "JPEG")
+    save("truncated.png", png[: len(png) // 2], 1, "convcli: error: {path}: ")
+    save("truncated.jpg", jpeg[: len(jpeg) // 2], 1, "convcli: error: {path}: ")
+    save("empty.png", b"", 1, "convcli: error: {path}: is empty (0 bytes)")
+    save("text.png", b"hello\n", 1, "convcli: error: {path}: not a recognised image")
+    save("dot.png", encoded(Image.new("L", (1, 1), 3), "PNG"), 0, "convcli: finished 1 of 1")
+    save("gray16.png", encoded(Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)),
+                               "PNG"), 0, "convcli: finished")
+    save("palette.png", encoded(rgb.convert("P"), "PNG"), 0, "convcli: finished")
+    save("graya.png", encoded(rgb.convert("LA"), "PNG"), 0, "convcli: finished")
+    save("cmyk.jpg", encoded(rgb.convert("CMYK"), "JPEG"), 0, "convcli: finished")
+    frames = [rgb.convert("P"), rgb.rotate(90).convert("P")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    save("anim.gif", buf.getvalue(), 0, "convcli: warning: {path}: has 2 frames; only the first is used")
+    buf = io.BytesIO()
+    rgb.save(buf, "TIFF", save_all=True, append_images=[rgb.rotate(90)])
+    save("pages.tif", buf.getvalue(), 0, "convcli: warning: {path}: has 2 frames; only the first is used")
+    (folder / "folder.png").mkdir()
+    made["folder.png"] = (folder / "folder.png", 2, "convcli: error: no images to process")
+    return made
+
+
+CASES = ["truncated.png", "truncated.jpg", "empty.png", "text.png", "dot.png", "gray16.png",
+         "palette.png", "graya.png", "cmyk.jpg", "anim.gif", "pages.tif", "folder.png"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_catalogue(tmp_path, case):
+    """Each input works as documented or fails with one clear line and the documented exit
+    code; stdout holds nothing; the output folder holds only complete files."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    path, code, message = _catalogue(inputs)[case]
+    r = run("apply", path, "-f", "sobel_x", "-f", "log_2", "-o", tmp_path / "out")
+    assert r.exit_code == code, r.output
+    assert r.stdout == ""
+    assert r.stderr.splitlines()[0].startswith(message), r.stderr
+    assert "Traceback" not in r.stderr
+    if (tmp_path / "out").exists():
+        files = complete_files(tmp_path / "out")
+        assert files == ([] if code else [f"{path.stem}/{n}" for n in ("log_2.png", "sobel_x.png", "stack.png")])
