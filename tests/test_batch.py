@@ -3,7 +3,6 @@
 import io
 import json
 import os
-import pty
 import re
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 
 from convcli import inputs
 from convcli.cli import app
+from terminal import stderr_on_a_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -246,18 +246,8 @@ def test_no_progress_when_stderr_is_not_a_terminal(tmp_path, many):
 
 
 def test_progress_bar_on_a_terminal(tmp_path, many):
-    main, follower = pty.openpty()
-    p = subprocess.run(convcli("apply", many, "-f", "sobel_x", "-o", tmp_path / "o"),
-                       stdout=subprocess.DEVNULL, stderr=follower, timeout=300)
-    os.close(follower)
-    seen = b""
-    try:
-        while chunk := os.read(main, 65536):
-            seen += chunk
-    except OSError:
-        pass
-    os.close(main)
-    assert p.returncode == 0
+    code, seen = stderr_on_a_terminal(convcli("apply", many, "-f", "sobel_x", "-o", tmp_path / "o"))
+    assert code == 0
     assert b"images/s" in seen and b"24/24" in seen
     assert b"finished 24 of 24 inputs" in seen
 

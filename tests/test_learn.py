@@ -177,23 +177,14 @@ def test_onnx_conv_with_its_settings(tmp_path):
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path):
-    import os
-    import pty
     import subprocess
     import sys
+
+    from terminal import stderr_on_a_terminal
 
     cmd = [sys.executable, "-m", "convcli", "learn", str(ROOT / "samples" / "camera.png"), "-o",
            str(tmp_path / "b.yaml"), "--filters", "4", "--size", "3", "--patches", "20000"]
     plain = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0 and "k-means" not in plain.stderr
-    main, follower = pty.openpty()
-    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=follower, timeout=120)
-    os.close(follower)
-    seen = b""
-    try:
-        while chunk := os.read(main, 65536):
-            seen += chunk
-    except OSError:
-        pass
-    os.close(main)
-    assert p.returncode == 0 and b"k-means" in seen
+    code, seen = stderr_on_a_terminal(cmd)
+    assert code == 0 and b"k-means" in seen
