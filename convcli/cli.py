@@ -177,8 +177,9 @@ def apply(
         if path == "jit":
             report.say(f"engine: jit; {engines.cache_status()}")
         else:
-            why = ("a small job: numba is not started" if path == "numpy"
-                   else "chosen by the image's size: numba only for large work")
+            why = {"numpy": "a small job: numba is not started",
+                   "fft": "every filter through the FFT",
+                   "auto": "chosen by the image's size: numba only for large work"}[path]
             report.say(f"engine: {path} ({why})")
     results = []
     signal.signal(signal.SIGTERM, _raise_terminated)  # stop like Ctrl-C: finish, then report
