@@ -123,6 +123,9 @@ def apply(
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed input."),
     json_report: bool = typer.Option(False, "--json",
                                      help="One JSON object per input on stdout (JSON Lines)."),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local for a "
+                                  "LocalCluster (pip install 'convcli[dask]')."),
     engine: str = typer.Option("auto", "--engine",
                                help="auto, jit (numba), numpy or fft: same results, different "
                                     "speed."),
@@ -182,18 +185,34 @@ def apply(
                    "auto": "chosen by the image's size: numba only for large work"}[path]
             report.say(f"engine: {path} ({why})")
     results = []
+    client = None
+    if scheduler is not None:
+        from . import cluster
+
+        if to_stdout:
+            raise UsageError("--scheduler writes to an output folder; it cannot be used with -o -")
+        client = cluster.connect(scheduler)
+        stream = cluster.run(client, sources, kernel_bank, options, fail_fast, path)
+    else:
+        stream = batch.run(sources, kernel_bank, options, jobs, fail_fast, path)
     signal.signal(signal.SIGTERM, _raise_terminated)  # stop like Ctrl-C: finish, then report
     with report:
         try:
-            for result in batch.run(sources, kernel_bank, options, jobs, fail_fast, path):
+            for result in stream:
                 results.append(result)
                 if result.payload is not None:
                     sys.stdout.buffer.write(result.payload)
                     sys.stdout.buffer.flush()
                 report.add(result)
         except (KeyboardInterrupt, Terminated) as stop:
+            stream.close()  # cancel what has not started
             report.summary(output, interrupted=True)
             raise typer.Exit(EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED)
+        finally:
+            if client is not None:
+                client.close()
+                if scheduler == "local" and client.cluster is not None:
+                    client.cluster.close()
     if stack_by == "filter":
         for sheet in batch.write_filter_sheets(results, sources, kernel_bank, options):
             report.detail(f"contact sheet: {sheet}")
