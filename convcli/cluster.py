@@ -29,7 +29,16 @@ def connect(address: str):
     except ImportError:
         raise UsageError("--scheduler needs Dask: pip install 'convcli[dask]'") from None
     if address == "local":
-        cluster = LocalCluster(processes=True, threads_per_worker=1, dashboard_address=None)
+        import dask
+
+        # Dask makes glibc return freed memory to the system at once (MALLOC_TRIM_THRESHOLD_),
+        # so every map would be allocated on fresh pages that the kernel must zero first (the
+        # cost the edge workload of benchmarks/engine.py shows); convcli frees its maps as it
+        # goes, so the workers of a local cluster keep glibc's default.
+        environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(processes=True, threads_per_worker=1, dashboard_address=":0")
         return Client(cluster)
     try:
         return Client(address, timeout="10s")
