@@ -33,8 +33,24 @@ _JIT = dict(nogil=True, cache=_CACHE_DIR is not None, error_model="numpy", bound
 
 
 @numba.njit(inline="always", **_JIT)
-def _apply_taps(dst, src, rows, cols, ws, start, stop, shift):
-    """dst[:] += sum over taps t in [start, stop) of ws[t] * src[rows[t] + shift, cols[t]:][:n].
+def _finish(dst, k, value, base, fresh, act):
+    """dst[k] = act((base if fresh else dst[k]) + value): the first pass over a row starts
+    from ``base`` instead of a separate fill, the last applies the activation, so a 3x3
+    kernel costs two passes along the row instead of four (same arithmetic as fill, add,
+    activate)."""
+    v = (base if fresh else dst[k]) + value
+    if act == 1:
+        if v < 0.0:
+            v = 0.0
+    elif act == 2:
+        v = abs(v)
+    dst[k] = v
+
+
+@numba.njit(inline="always", **_JIT)
+def _apply_taps(dst, src, rows, cols, ws, start, stop, shift, fresh, base, act):
+    """dst = act((base if fresh else dst) + sum over taps t in [start, stop) of
+    ws[t] * src[rows[t] + shift, cols[t]:][:n]), adding tap groups in order (see _finish).
 
     Taps go eight (then four, then one) at a time: one pass along dst does eight
     multiply-adds per load and store of dst. Each source is sliced before the loop: indexing
@@ -42,6 +58,11 @@ def _apply_taps(dst, src, rows, cols, ws, start, stop, shift):
     access, which blocks vectorisation; a step-less slice is a contiguous view.
     """
     n = dst.shape[0]
+    if stop == start:
+        if fresh or act != 0:
+            for k in range(n):
+                _finish(dst, k, 0.0, base, fresh, act)
+        return
     t = start
     while t + 8 <= stop:
         a0 = src[rows[t] + shift, cols[t]:cols[t] + n]
@@ -54,9 +75,12 @@ def _apply_taps(dst, src, rows, cols, ws, start, stop, shift):
         a7 = src[rows[t + 7] + shift, cols[t + 7]:cols[t + 7] + n]
         w0, w1, w2, w3 = ws[t], ws[t + 1], ws[t + 2], ws[t + 3]
         w4, w5, w6, w7 = ws[t + 4], ws[t + 5], ws[t + 6], ws[t + 7]
+        first, last = fresh and t == start, t + 8 == stop
+        a = act if last else 0
         for k in range(n):
-            dst[k] += (w0 * a0[k] + w1 * a1[k] + w2 * a2[k] + w3 * a3[k]
-                       + w4 * a4[k] + w5 * a5[k] + w6 * a6[k] + w7 * a7[k])
+            _finish(dst, k, (w0 * a0[k] + w1 * a1[k] + w2 * a2[k] + w3 * a3[k]
+                             + w4 * a4[k] + w5 * a5[k] + w6 * a6[k] + w7 * a7[k]),
+                    base, first, a)
         t += 8
     if t + 4 <= stop:
         a0 = src[rows[t] + shift, cols[t]:cols[t] + n]
@@ -64,14 +88,18 @@ def _apply_taps(dst, src, rows, cols, ws, start, stop, shift):
         a2 = src[rows[t + 2] + shift, cols[t + 2]:cols[t + 2] + n]
         a3 = src[rows[t + 3] + shift, cols[t + 3]:cols[t + 3] + n]
         w0, w1, w2, w3 = ws[t], ws[t + 1], ws[t + 2], ws[t + 3]
+        first, last = fresh and t == start, t + 4 == stop
+        a = act if last else 0
         for k in range(n):
-            dst[k] += w0 * a0[k] + w1 * a1[k] + w2 * a2[k] + w3 * a3[k]
+            _finish(dst, k, w0 * a0[k] + w1 * a1[k] + w2 * a2[k] + w3 * a3[k], base, first, a)
         t += 4
     while t < stop:
         a0 = src[rows[t] + shift, cols[t]:cols[t] + n]
         w0 = ws[t]
+        first, last = fresh and t == start, t + 1 == stop
+        a = act if last else 0
         for k in range(n):
-            dst[k] += w0 * a0[k]
+            _finish(dst, k, w0 * a0[k], base, first, a)
         t += 1
 
 
@@ -102,10 +130,8 @@ def correlate(src, group_rows, sy, ptr, rows, cols, ws, b, act, out):
         y = gy - g * Ho
         shift = g * group_rows + y * sy
         for f in range(F):
-            row = out[g, f, y]
-            row[:] = b[f]
-            _apply_taps(row, src, rows, cols, ws, ptr[f], ptr[f + 1], shift)
-            _activate(row, act)
+            _apply_taps(out[g, f, y], src, rows, cols, ws, ptr[f], ptr[f + 1], shift, True, b[f],
+                        act)
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -124,16 +150,15 @@ def correlate_separable(src, group_rows, sy, term_ptr, vptr, vrows, vcols, vws, 
         y = gy - g * Ho
         shift = g * group_rows + y * sy
         tmp = np.empty((phases, src.shape[1]), np.float32)
+        zero = np.float32(0.0)
         for f in range(F):
             row = out[g, f, y]
             row[:] = b[f]
             for k in range(term_ptr[f], term_ptr[f + 1]):
                 for p in range(phases):
-                    part = tmp[p]
-                    part[:] = 0.0
                     lo, hi = vptr[k * phases + p], vptr[k * phases + p + 1]
-                    _apply_taps(part, src, vrows, vcols, vws, lo, hi, shift)
-                _apply_taps(row, tmp, hphase, hcols, hws, hptr[k], hptr[k + 1], 0)
+                    _apply_taps(tmp[p], src, vrows, vcols, vws, lo, hi, shift, True, zero, 0)
+                _apply_taps(row, tmp, hphase, hcols, hws, hptr[k], hptr[k + 1], 0, False, zero, 0)
             _activate(row, act)
 
 
