@@ -19,7 +19,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -311,10 +311,16 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
-def encode_npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array, dtype=np.float32))
-    return buf.getvalue()
+def npy_chunks(shape: tuple[int, ...], blocks: Iterable[np.ndarray]) -> Iterator[bytes]:
+    """A float32 .npy file of ``shape`` as chunks of bytes: the header, then each block
+    (consecutive slices along the first axis, made one at a time so they need not all be
+    in memory together)."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
+    yield header.getvalue()
+    for block in blocks:
+        yield np.ascontiguousarray(block, dtype="<f4").tobytes()
 
 
 def write_atomic(path: Path, data: bytes | Iterable[bytes]) -> None:

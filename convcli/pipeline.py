@@ -11,8 +11,6 @@ Layout of the outputs of one input (REL = its output folder, see convcli.inputs)
 
 from __future__ import annotations
 
-import io
-import itertools
 import json
 import re
 import time
@@ -235,11 +233,8 @@ def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
             raise InputError(f"{source.label}: the maps differ in size ({sizes}) and cannot "
                              "share one .npy; pick filters with --filter or use --padding same")
         shape = (len(names),) + shapes[0]
-        header = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            header, {"descr": "<f4", "fortran_order": False, "shape": shape})
-        arrays = (np.stack([m.data for m in maps]).astype("<f4").tobytes() for maps in computed())
-        yield "maps.npy", itertools.chain([header.getvalue()], arrays)
+        yield "maps.npy", images.npy_chunks(shape, (np.stack([m.data for m in maps])
+                                                     for maps in computed()))
         meta = dict(about, filters=names, shape=list(shape), input_mode=bank.input,
                     dtype="float32")
         yield "maps.json", [(json.dumps(meta, indent=2) + "\n").encode()]
@@ -248,15 +243,13 @@ def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
     first = None
     global_range = None
     if any(f.scale == "global" for f in bank.filters):  # one range over all maps: a first pass
-        los, his = [], []
+        ranges = []
         for maps in computed():
             first = maps if len(groups) == 1 else None  # one group: reuse instead of redoing
-            for m in maps:
-                if m.scale == "global":
-                    lo, hi = render.value_range(m.data, "auto")
-                    los.append(lo)
-                    his.append(hi)
-        global_range = (min(los), max(his))
+            in_range = [m.data for m in maps if m.scale == "global"]
+            if in_range:
+                ranges.append(render.joint_range(in_range))
+        global_range = (min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
     stacking = len(names) > 1 and (options.stack or options.out == STDOUT)
     safe = dict(zip(names, safe_names(names)))
     tiles = []
