@@ -191,7 +191,7 @@ def apply(
 
         if to_stdout:
             raise UsageError("--scheduler writes to an output folder; it cannot be used with -o -")
-        client = cluster.connect(scheduler)
+        client = cluster.connect(scheduler, path, verbose)
         stream = cluster.run(client, sources, kernel_bank, options, fail_fast, path)
     else:
         stream = batch.run(sources, kernel_bank, options, jobs, fail_fast, path)

@@ -441,6 +441,13 @@ def set_threads(n: int) -> None:
         _jit()
 
 
+def import_compiler() -> None:
+    """Import numba (about 0.4 s) but load no kernel: numba's threading layer starts with the
+    first kernel, and must not be inherited by a process forked from a thread other than
+    the main one (Dask forks its local workers from a background thread)."""
+    from . import jit  # noqa: F401
+
+
 def prepare() -> None:
     """Compile (or load from the cache) the jit kernels without running them, so no threads
     start: safe right before forking worker processes."""

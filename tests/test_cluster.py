@@ -36,7 +36,18 @@ def photos(tmp_path):
     return folder
 
 
-def test_same_outputs_and_report_as_the_local_pool(tmp_path, photos):
+def test_tasks_carry_several_inputs_but_every_thread_gets_several_tasks():
+    from convcli.cluster import MAX_PER_TASK, inputs_per_task
+
+    assert inputs_per_task(200, 2) == 12  # 17 tasks for 2 worker threads
+    assert inputs_per_task(16, 2) == 1 and inputs_per_task(1, 64) == 1
+    assert inputs_per_task(10**6, 100) == MAX_PER_TASK
+
+
+def test_same_outputs_and_report_as_the_local_pool(tmp_path, photos, monkeypatch):
+    from convcli import cluster
+
+    monkeypatch.setattr(cluster, "TASKS_PER_THREAD", 1)  # 5 inputs: tasks of 2, 2 and 1
     local = run("apply", photos, "-f", "sobel_x", "-f", "log_2", "-o", tmp_path / "a", "--json")
     dask = run("apply", photos, "-f", "sobel_x", "-f", "log_2", "-o", tmp_path / "b", "--json",
                "--scheduler", "local")
@@ -53,6 +64,60 @@ def test_same_outputs_and_report_as_the_local_pool(tmp_path, photos):
     assert records(local, tmp_path / "a") == records(dask, tmp_path / "b")
     bad = [row for row in records(dask, tmp_path / "b") if row["status"] == "error"]
     assert [row["input"] for row in bad] == [str(photos / "broken.png")]
+
+
+def test_fail_fast_on_the_cluster_stops_after_the_first_failure(tmp_path, photos,
+                                                                monkeypatch):
+    from convcli import cluster
+
+    monkeypatch.setattr(cluster, "TASKS_PER_THREAD", 1)  # [broken, p0], [p1, p2], [p3]
+    r = run("apply", photos, "-f", "sobel_x", "-o", tmp_path / "o", "--json", "--fail-fast",
+            "--scheduler", "local")
+    assert r.exit_code == 1
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rows[-1]["status"] == "error" and rows[-1]["input"] == str(photos / "broken.png")
+    assert all(row["status"] == "ok" for row in rows[:-1])
+    assert not (tmp_path / "o" / "p0").exists()  # its task stopped at the broken input
+    for row in rows[:-1]:
+        assert all(Path(p).is_file() for p in row["outputs"])
+
+
+def test_an_input_that_kills_its_workers_fails_alone(tmp_path, photos, monkeypatch):
+    import dask
+
+    from convcli import cluster, pipeline
+
+    real = pipeline.process
+
+    def process(source, bank, options):
+        if source.label.endswith("p1.png"):
+            os._exit(1)  # as a crashing decoder would
+        return real(source, bank, options)
+    monkeypatch.setattr(pipeline, "process", process)  # the forked workers inherit it
+    monkeypatch.setattr(cluster, "TASKS_PER_THREAD", 1)  # p1 shares a task with p2
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "distributed.scheduler.worker-saturation": 1.0}):
+        r = run("apply", photos, "-f", "sobel_x", "-o", tmp_path / "o", "--json",
+                "--scheduler", "local")
+    assert r.exit_code == 3
+    rows = {Path(row["input"]).name: row for row in map(json.loads, r.stdout.splitlines())}
+    assert sorted(rows) == ["broken.png", "p0.png", "p1.png", "p2.png", "p3.png"]
+    assert rows["p1.png"]["status"] == "error"
+    assert rows["p1.png"]["error"] == (f"{photos / 'p1.png'}: failed on the cluster: every "
+                                       "worker that ran it died (see the workers' logs)")
+    assert sorted(n for n, row in rows.items() if row["status"] == "ok") == ["p0.png", "p2.png",
+                                                                             "p3.png"]
+    assert sorted(p.parent.name for p in (tmp_path / "o").rglob("*.png")) == ["p0", "p2", "p3"]
+
+
+def test_a_local_cluster_run_prints_nothing_but_the_report(tmp_path, photos):
+    """Workers are forked from the client (faster start); nothing of Dask's or numba's may
+    reach the terminal, e.g. numba's warning about forking its threading layer."""
+    p = subprocess.run([sys.executable, "-m", "convcli", "apply", photos / "p0.png",
+                        photos / "p1.png", "-o", tmp_path / "o", "--engine", "jit", "-q",
+                        "--scheduler", "local"], capture_output=True, text=True, timeout=300)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "", "")
+    assert len(list((tmp_path / "o").rglob("*.png"))) == 2 * 17
 
 
 def test_resume_on_the_cluster(tmp_path, photos):
@@ -102,7 +167,7 @@ def test_a_killed_worker_costs_only_a_retry(tmp_path):
     assert leaves, "no worker processes found"
     os.kill(leaves[-1], signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr
+    assert (proc.returncode, stderr) == (0, "")  # -q, and Dask's log stays out of the way
     assert sorted(Path(json.loads(l)["input"]).name for l in stdout.splitlines()) == \
         sorted(p.name for p in folder.iterdir())
     visible = [p for p in out.rglob("*") if p.is_file()]
