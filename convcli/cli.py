@@ -192,24 +192,37 @@ def apply(
         if to_stdout:
             raise UsageError("--scheduler writes to an output folder; it cannot be used with -o -")
         client = cluster.connect(scheduler, path, verbose)
-        stream = cluster.run(client, sources, kernel_bank, options, fail_fast, path)
+        stream = cluster.run(client, sources, kernel_bank, options, fail_fast, path,
+                             local=scheduler == "local")
     else:
         stream = batch.run(sources, kernel_bank, options, jobs, fail_fast, path)
+
+    def take(result) -> None:
+        results.append(result)
+        if result.payload is not None:
+            sys.stdout.buffer.write(result.payload)
+            sys.stdout.buffer.flush()
+        report.add(result)
+
     signal.signal(signal.SIGTERM, _raise_terminated)  # stop like Ctrl-C: finish, then report
     with report:
         try:
             for result in stream:
-                results.append(result)
-                if result.payload is not None:
-                    sys.stdout.buffer.write(result.payload)
-                    sys.stdout.buffer.flush()
-                report.add(result)
+                take(result)
         except (KeyboardInterrupt, Terminated) as stop:
+            if hasattr(stream, "stop"):  # a cluster: what is running finishes, and is reported
+                try:
+                    stream.stop()
+                    for result in stream:
+                        take(result)
+                except (KeyboardInterrupt, Terminated):  # asked twice: stop at once
+                    pass
             stream.close()  # cancel what has not started
             report.summary(output, interrupted=True)
             raise typer.Exit(EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED)
         finally:
             if client is not None:
+                stream.close()
                 client.close()
                 if scheduler == "local" and client.cluster is not None:
                     client.cluster.close()

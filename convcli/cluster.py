@@ -12,15 +12,23 @@ from the local pool, so reports, --fail-fast and --resume behave the same.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import threading
+import time
+import uuid
 from pathlib import Path
-from typing import Iterator
 
 from .bank import KernelBank
 from .errors import OutputError, UsageError
 from .inputs import Source
 from .pipeline import Options, Result
+
+try:
+    from distributed import WorkerPlugin
+except ImportError:  # connect() says how to install Dask
+    WorkerPlugin = object
 
 
 def connect(address: str, path: str = "auto", verbose: bool = False):
@@ -41,9 +49,6 @@ def connect(address: str, path: str = "auto", verbose: bool = False):
 
         import dask
 
-        # Set before the workers are forked, so that they inherit it.
-        logging.getLogger("distributed").setLevel(logging.WARNING if verbose
-                                                  else logging.CRITICAL)
 
         from . import engine
 
@@ -59,7 +64,8 @@ def connect(address: str, path: str = "auto", verbose: bool = False):
         if sys.platform == "linux":
             settings["distributed.worker.multiprocessing-method"] = "fork"
         with dask.config.set(settings):
-            cluster = LocalCluster(processes=True, threads_per_worker=1, dashboard_address=":0")
+            cluster = LocalCluster(processes=True, threads_per_worker=1, dashboard_address=":0",
+                                   silence_logs=logging.WARNING if verbose else logging.CRITICAL)
         return Client(cluster)
     try:
         return Client(address, timeout="10s")
@@ -67,28 +73,50 @@ def connect(address: str, path: str = "auto", verbose: bool = False):
         raise UsageError(f"--scheduler {address}: cannot reach the Dask scheduler ({e})") from None
 
 
-def _prepare_worker(out: str, path: str, dask_worker=None) -> str:
-    """On each worker: engine threads, JIT loaded, the output folder writable."""
-    from . import engine
+class _WorkerSetup(WorkerPlugin):
+    """Run on every worker before its first task, including workers that join or are
+    restarted later: the engine's threads limited to the worker's own Dask threads, the JIT
+    loaded (so workers never race on the cache), the output folder proven writable. A local
+    cluster's workers also ignore Ctrl-C, which the terminal sends to the whole process
+    group: the client decides how to stop (see _Stream.stop)."""
 
-    engine.plan(method=path if path in ("jit", "numpy", "fft") else "auto",
-                threads=dask_worker.state.nthreads if dask_worker is not None else 1)
-    if path == "jit":
-        engine.prepare()
-    if out != "-":
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".convcli-probe-"):
+    def __init__(self, out: str, path: str, local: bool):
+        self.out, self.path, self.local = out, path, local
+
+    def setup(self, worker) -> None:
+        from . import engine
+
+        if self.local and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        engine.plan(method=self.path if self.path in ("jit", "numpy", "fft") else "auto",
+                    threads=worker.state.nthreads)
+        if self.path == "jit":
+            engine.prepare()
+        Path(self.out).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=self.out, prefix=".convcli-probe-"):
             pass
-    return os.uname().nodename if hasattr(os, "uname") else "worker"
 
 
-def _task(sources: list[Source], bank: KernelBank, options: Options, fail_fast: bool
-          ) -> list[Result]:
-    """One task: a few inputs, processed in order (stops after a failure with fail_fast)."""
+# A running task checks whether the batch is being stopped before each input, but at most
+# this often: each check is a round trip to the scheduler (about 1 ms).
+STOP_CHECK_SECONDS = 0.25
+
+
+def _task(sources: list[Source], bank: KernelBank, options: Options, fail_fast: bool,
+          stop_event: str) -> list[Result]:
+    """One task: a few inputs in order. Ends early after a failure with fail_fast, or when
+    the client has set the batch's stop event (then before its next input)."""
+    from distributed import Event
+
     from . import pipeline
 
+    stop, checked = Event(stop_event), None
     results = []
     for source in sources:
+        if checked is None or time.monotonic() - checked > STOP_CHECK_SECONDS:
+            if stop.is_set():
+                break
+            checked = time.monotonic()
         if source.data is None and source.path is not None and not source.path.exists():
             result = Result(input=source.label, status="error", exit_code=1,
                             error=f"{source.label}: not found on the worker (inputs must be "
@@ -115,57 +143,105 @@ def inputs_per_task(inputs: int, threads: int) -> int:
 
 
 def run(client, sources: list[Source], bank: KernelBank, options: Options, fail_fast: bool,
-        path: str) -> Iterator[Result]:
-    """Submit every input; yield Results as they complete. Closing the iterator (Ctrl-C)
-    cancels what has not finished."""
-    from distributed import KilledWorker, as_completed
-
+        path: str, local: bool = False) -> "_Stream":
+    """Submit every input; iterate the returned stream for Results as they complete (see
+    _Stream for stopping). ``local``: the client started this cluster itself."""
     if any(s.data is not None for s in sources):
         raise UsageError("- (an image on stdin) cannot go to a cluster; give a path")
-    given_out = options.out  # reports name outputs as the local pool does, from the -o given
-    sources = [s if s.path is None else Source(s.label, s.rel, Path(os.path.abspath(s.path)),
-                                               s.data, s.problem) for s in sources]
-    options = Options(**{**options.__dict__, "out": os.path.abspath(options.out)})
-    try:
-        client.run(_prepare_worker, options.out, path)
-    except OSError as e:
-        raise OutputError(f"{options.out}: a worker cannot write there ({e}); the output "
-                          "folder must be on storage every worker sees") from None
-    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
-    tasks: dict = {}  # future -> its inputs
+    return _Stream(client, sources, bank, options, fail_fast, path, local)
 
-    def submit(chunk: list[Source]):
+
+class _Stream:
+    """Results in order of completion. ``stop()`` (Ctrl-C) lets tasks that are running
+    finish their current input and report it, and drops the rest: keep iterating to
+    collect what finishes. ``close()`` cancels whatever is left at once."""
+
+    def __init__(self, client, sources, bank, options, fail_fast, path, local):
+        from distributed import as_completed
+
+        self.client, self.fail_fast = client, fail_fast
+        # Reports name outputs as the local pool does, from the -o given.
+        self.given_out, self.out = options.out, os.path.abspath(options.out)
+        sources = [s if s.path is None else Source(s.label, s.rel,
+                                                   Path(os.path.abspath(s.path)), s.data,
+                                                   s.problem) for s in sources]
+        self.options = Options(**{**options.__dict__, "out": self.out})
+        self.bank, self.stop_event = bank, f"convcli-stop-{uuid.uuid4().hex}"
+        self.plugin = f"convcli-setup-{uuid.uuid4().hex}"
+        try:
+            client.register_plugin(_WorkerSetup(self.out, path, local), name=self.plugin)
+        except OSError as e:
+            raise OutputError(f"{self.out}: a worker cannot write there ({e}); the output "
+                              "folder must be on storage every worker sees") from None
+        self.tasks: dict = {}  # future -> its inputs
+        self.ready: list[Result] = []
+        self.stopping = False
+        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+        size = inputs_per_task(len(sources), threads)
+        self.done = as_completed([self._submit(sources[i:i + size])
+                                  for i in range(0, len(sources), size)],
+                                 with_results=True, raise_errors=False)
+
+    def _submit(self, chunk: list[Source]):
         # The bank travels inside every task (a few kB; it is not scattered once, because
         # scattered data dies with the workers holding it, and its tasks with it).
-        future = client.submit(_task, chunk, bank, options, fail_fast, pure=False, retries=1)
-        tasks[future] = chunk
+        future = self.client.submit(_task, chunk, self.bank, self.options, self.fail_fast,
+                                    self.stop_event, pure=False, retries=1)
+        self.tasks[future] = chunk
         return future
 
-    size = inputs_per_task(len(sources), threads)
-    done = as_completed([submit(sources[i:i + size]) for i in range(0, len(sources), size)],
-                        with_results=True, raise_errors=False)
-    try:
-        for future, results in done:
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Result:
+        from distributed import KilledWorker
+
+        while not self.ready:
+            future, results = next(self.done)  # StopIteration: all done
             # Let go of finished tasks, or a worker that dies later holding their (tiny)
             # results would make Dask compute them again.
-            chunk = tasks.pop(future)
-            why = future.exception() if future.status == "error" else None
+            chunk = self.tasks.pop(future)
             future.release()
-            if why is not None:  # it failed on every try, e.g. it killed its workers
-                if len(chunk) > 1:  # find the input to blame: one task each
-                    for source in chunk:
-                        done.add(submit([source]))
+            if not isinstance(results, list):  # an error, as (type, value, traceback), or
+                if self.stopping:              # cancelled by stop()
                     continue
-                label = chunk[0].label
+                # It failed on every try, e.g. it killed its workers: find the input to blame.
+                if len(chunk) > 1:
+                    for source in chunk:
+                        self.done.add(self._submit([source]))
+                    continue
+                why = results[1] if isinstance(results, tuple) else results
                 if isinstance(why, KilledWorker):
                     why = "every worker that ran it died (see the workers' logs)"
-                results = [Result(input=label, status="error", exit_code=1,
-                                  error=f"{label}: failed on the cluster: {why}")]
+                results = [Result(input=chunk[0].label, status="error", exit_code=1,
+                                  error=f"{chunk[0].label}: failed on the cluster: {why}")]
             for result in results:
-                result.outputs = [os.path.join(given_out, os.path.relpath(p, options.out))
+                result.outputs = [os.path.join(self.given_out, os.path.relpath(p, self.out))
                                   for p in result.outputs]
-                yield result
-                if fail_fast and result.status == "error":
-                    return
-    finally:
-        client.cancel([f for f in tasks if not f.done()])
+            self.ready.extend(results)
+        result = self.ready.pop(0)
+        if self.fail_fast and result.status == "error":
+            self.stop()
+        return result
+
+    def stop(self) -> None:
+        """Tasks not yet started are cancelled; running ones end after their current
+        input. The event is set first, so a task that starts anyway does nothing."""
+        from distributed import Event
+
+        if self.stopping:
+            return
+        self.stopping = True
+        Event(self.stop_event, client=self.client).set()
+        running = {key for keys in self.client.processing().values() for key in keys}
+        self.client.cancel([f for f in self.tasks if f.key not in running])
+
+    def close(self) -> None:
+        if self.plugin is None:  # closed already
+            return
+        self.client.cancel(list(self.tasks))
+        try:
+            self.client.unregister_worker_plugin(self.plugin)
+        except Exception:  # e.g. the scheduler is gone: nothing is left to tidy
+            pass
+        self.plugin = None

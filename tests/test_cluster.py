@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,10 +76,10 @@ def test_fail_fast_on_the_cluster_stops_after_the_first_failure(tmp_path, photos
             "--scheduler", "local")
     assert r.exit_code == 1
     rows = [json.loads(line) for line in r.stdout.splitlines()]
-    assert rows[-1]["status"] == "error" and rows[-1]["input"] == str(photos / "broken.png")
-    assert all(row["status"] == "ok" for row in rows[:-1])
+    assert [row["input"] for row in rows if row["status"] == "error"] == [str(photos / "broken.png")]
     assert not (tmp_path / "o" / "p0").exists()  # its task stopped at the broken input
-    for row in rows[:-1]:
+    assert len(rows) < 5  # later tasks were cancelled or stopped before their next input
+    for row in rows:
         assert all(Path(p).is_file() for p in row["outputs"])
 
 
@@ -149,6 +150,37 @@ def _descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+@pytest.mark.parametrize("sig, group, code", [(signal.SIGINT, True, 130),
+                                              (signal.SIGTERM, False, 143)])
+def test_ctrl_c_stops_cleanly_and_reports_everything_written(tmp_path, sig, group, code):
+    """Ctrl-C in a terminal reaches the whole process group, the local workers included;
+    SIGTERM (a job scheduler) only convcli. Either way: tasks not started are cancelled,
+    running ones finish their current input, and every file written is reported."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40):  # tasks of 2 inputs
+        os.symlink(ROOT / "samples" / ["astronaut.png", "coffee.png"][i % 2], folder / f"i{i}.png")
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "convcli", "apply", str(folder), "-o", str(out),
+                             "--scheduler", "local", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*/stack.png"))) < 4:
+        time.sleep(0.05)
+    (os.killpg if group else os.kill)(proc.pid, sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    assert re.fullmatch(r"convcli: interrupted after (\d+) of 40 inputs: \1 done in .*\n", stderr)
+    reported = [json.loads(line) for line in stdout.splitlines()]
+    assert 4 <= len(reported) < 40
+    written = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert written == sorted(Path(os.path.relpath(p, out)) for row in reported
+                             for p in [Path(row["outputs"][0]).parent] + row["outputs"])
+    for p in out.rglob("*.png"):
+        with Image.open(p) as im:
+            im.load()
 
 
 def test_a_killed_worker_costs_only_a_retry(tmp_path):
