@@ -37,18 +37,20 @@ def photos(tmp_path):
     return folder
 
 
-def test_tasks_carry_several_inputs_but_every_thread_gets_several_tasks():
-    from convcli.cluster import MAX_PER_TASK, inputs_per_task
+def test_tasks_carry_several_inputs_and_shrink_towards_the_end():
+    from convcli.cluster import MAX_PER_TASK, task_sizes
 
-    assert inputs_per_task(200, 2) == 12  # 17 tasks for 2 worker threads
-    assert inputs_per_task(16, 2) == 1 and inputs_per_task(1, 64) == 1
-    assert inputs_per_task(10**6, 100) == MAX_PER_TASK
+    sizes = task_sizes(200, 2)
+    assert sum(sizes) == 200 and sizes == sorted(sizes, reverse=True)
+    assert sizes[0] == MAX_PER_TASK and sizes[-5:] == [1] * 5 and len(sizes) < 40
+    assert task_sizes(5, 2) == [1] * 5 and task_sizes(0, 2) == []
+    assert task_sizes(10**6, 100)[:1000] == [MAX_PER_TASK] * 1000
 
 
 def test_same_outputs_and_report_as_the_local_pool(tmp_path, photos, monkeypatch):
     from convcli import cluster
 
-    monkeypatch.setattr(cluster, "TASKS_PER_THREAD", 1)  # 5 inputs: tasks of 2, 2 and 1
+    monkeypatch.setattr(cluster, "TASK_SHARE", 1)  # 5 inputs: tasks of 3, 1 and 1
     local = run("apply", photos, "-f", "sobel_x", "-f", "log_2", "-o", tmp_path / "a", "--json")
     dask = run("apply", photos, "-f", "sobel_x", "-f", "log_2", "-o", tmp_path / "b", "--json",
                "--scheduler", "local")
@@ -71,7 +73,7 @@ def test_fail_fast_on_the_cluster_stops_after_the_first_failure(tmp_path, photos
                                                                 monkeypatch):
     from convcli import cluster
 
-    monkeypatch.setattr(cluster, "TASKS_PER_THREAD", 1)  # [broken, p0], [p1, p2], [p3]
+    monkeypatch.setattr(cluster, "TASK_SHARE", 1)  # [broken, p0, p1], [p2], [p3]
     r = run("apply", photos, "-f", "sobel_x", "-o", tmp_path / "o", "--json", "--fail-fast",
             "--scheduler", "local")
     assert r.exit_code == 1
@@ -86,18 +88,20 @@ def test_fail_fast_on_the_cluster_stops_after_the_first_failure(tmp_path, photos
 def test_an_input_that_kills_its_workers_fails_alone(tmp_path, photos, monkeypatch):
     import dask
 
-    from convcli import cluster, pipeline
+    from convcli import cluster
 
-    real = pipeline.process
-
-    def process(source, bank, options):
-        if source.label.endswith("p1.png"):
-            os._exit(1)  # as a crashing decoder would
-        return real(source, bank, options)
-    monkeypatch.setattr(pipeline, "process", process)  # the forked workers inherit it
-    monkeypatch.setattr(cluster, "TASKS_PER_THREAD", 1)  # p1 shares a task with p2
+    # A Dask preload module runs in every worker, restarted ones too: p1 crashes it.
+    crash = tmp_path / "crash_on_p1.py"
+    crash.write_text("import os\nfrom convcli import pipeline\n\n"
+                     "real = getattr(pipeline, 'real_process', pipeline.process)\n\n\n"
+                     "def process(source, bank, options):\n"
+                     "    if source.label.endswith('p1.png'):\n"
+                     "        os._exit(1)  # as a crashing decoder would\n"
+                     "    return real(source, bank, options)\n\n\n"
+                     "pipeline.real_process, pipeline.process = real, process\n")
+    monkeypatch.setattr(cluster, "TASK_SHARE", 1)  # p1 shares a task with broken and p0
     with dask.config.set({"distributed.scheduler.allowed-failures": 0,
-                          "distributed.scheduler.worker-saturation": 1.0}):
+                          "distributed.worker.preload": [str(crash)]}):
         r = run("apply", photos, "-f", "sobel_x", "-o", tmp_path / "o", "--json",
                 "--scheduler", "local")
     assert r.exit_code == 3
@@ -160,7 +164,7 @@ def test_ctrl_c_stops_cleanly_and_reports_everything_written(tmp_path, sig, grou
     running ones finish their current input, and every file written is reported."""
     folder = tmp_path / "many"
     folder.mkdir()
-    for i in range(40):  # tasks of 2 inputs
+    for i in range(40):  # tasks of 5, 5, 4, ... inputs
         os.symlink(ROOT / "samples" / ["astronaut.png", "coffee.png"][i % 2], folder / f"i{i}.png")
     out = tmp_path / "o"
     proc = subprocess.Popen([sys.executable, "-m", "convcli", "apply", str(folder), "-o", str(out),
