@@ -104,6 +104,20 @@ def wall(cmd: list[str], repeat: int, out: Path, make_out: bool = False) -> floa
     return statistics.median(times)
 
 
+def interleaved(runs: dict[str, tuple[list[str], Path, bool]], repeat: int
+                ) -> dict[str, float | None]:
+    """Median whole-process seconds of each (command, output folder, make the folder first),
+    the commands taking turns (a, b, c, a, b, c, ...) so that a slow spell of a shared
+    machine hits them all alike. None for a command that failed."""
+    times: dict[str, list[float] | None] = {name: [] for name in runs}
+    for _ in range(repeat):
+        for name, (cmd, out, make_out) in runs.items():
+            if times[name] is not None:
+                t = wall(cmd, 1, out, make_out)
+                times[name] = None if t is None else times[name] + [t]
+    return {name: statistics.median(t) if t else None for name, t in times.items()}
+
+
 def stage_breakdown(photo: Path) -> None:
     """Where one image's time goes inside convcli (one thread, in process)."""
     from convcli import bank, engine, images, pipeline, render
@@ -209,27 +223,26 @@ def main() -> None:
         convcli = [sys.executable, "-m", "convcli", "apply", str(work / "photos"), "--no-stack",
                    "-q"] + (["-j", str(args.jobs)] if args.jobs else [])
         subprocess.run(convcli + ["-o", str(work / "warm")], check=True)  # compile once
-        print(f"\n3. Whole process, {len(photos)} photos, median of {args.repeat} runs")
-        results = {}
-        results["convcli edge"] = wall(convcli + ["--bank", "edge", "-o", str(work / "o")],
-                                       args.repeat, work / "o")
+        print(f"\n3. Whole process, {len(photos)} photos, median of {args.repeat} runs, "
+              "interleaved")
+        runs = {"convcli edge": (convcli + ["--bank", "edge", "-o", str(work / "o")],
+                                 work / "o", False)}
         try:
             import cv2  # noqa: F401
-            results["loop edge"] = wall([sys.executable, __file__, "--peer-loop",
-                                         str(work / "photos"), str(work / "p")],
-                                        args.repeat, work / "p")
+            runs["loop edge"] = ([sys.executable, __file__, "--peer-loop", str(work / "photos"),
+                                  str(work / "p")], work / "p", False)
         except ImportError:
             print("   imageio + OpenCV loop skipped: opencv-python-headless is not installed")
-        results["convcli sobel"] = wall(convcli + ["-f", "sobel_x", "-o", str(work / "s")],
-                                        args.repeat, work / "s")
+        runs["convcli sobel"] = (convcli + ["-f", "sobel_x", "-o", str(work / "s")], work / "s",
+                                 False)
         mogrify = shutil.which("mogrify")
         if mogrify:
-            out = work / "m"
-            results["mogrify sobel"] = wall(
-                [mogrify, "-path", str(out), "-colorspace", "gray", "-morphology", "Convolve",
-                 "Sobel", *map(str, photos)], args.repeat, out, make_out=True)
+            runs["mogrify sobel"] = ([mogrify, "-path", str(work / "m"), "-colorspace", "gray",
+                                      "-morphology", "Convolve", "Sobel", *map(str, photos)],
+                                     work / "m", True)
         else:
             print("   ImageMagick mogrify skipped: not installed (apt-get install imagemagick)")
+        results = interleaved(runs, args.repeat)
         _compare_outputs(work / "o", work / "p")
         for name, t in results.items():
             if t is not None:

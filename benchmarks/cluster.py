@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch import machine, make_photos, wall  # noqa: E402
+from batch import interleaved, machine, make_photos  # noqa: E402
 
 
 def main() -> None:
@@ -35,15 +34,12 @@ def main() -> None:
         print(f"machine: {machine()}")
         print(f"{args.images} RGB 512x512 photos, edge bank, one PNG per filter; median of "
               f"{args.repeat} runs")
-        # Interleaved, so that a slow spell of this shared machine hits both alike.
-        runs = {"pool": [], "dask": []}
-        for _ in range(args.repeat):
-            runs["pool"].append(wall(base + ["-o", str(work / "a")], 1, work / "a"))
-            runs["dask"].append(wall(base + ["-o", str(work / "b"), "--scheduler", "local"], 1,
-                                     work / "b"))
-        if None in runs["pool"] + runs["dask"]:
+        times = interleaved({"pool": (base + ["-o", str(work / "a")], work / "a", False),
+                             "dask": (base + ["-o", str(work / "b"), "--scheduler", "local"],
+                                      work / "b", False)}, args.repeat)
+        if None in times.values():
             raise SystemExit("a run failed (see above)")
-        pool, dask = (statistics.median(runs[k]) for k in ("pool", "dask"))
+        pool, dask = times["pool"], times["dask"]
         print(f"   local pool       {pool:7.2f} s  {args.images / pool:6.1f} images/s")
         print(f"   Dask LocalCluster {dask:6.2f} s  {args.images / dask:6.1f} images/s")
         print(f"   overhead: {100 * (dask / pool - 1):+.0f}% (goal: under 15%)")
