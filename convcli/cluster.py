@@ -3,10 +3,12 @@
 Workers receive paths, not pixels: each one reads, convolves and writes by itself, so inputs
 and the output folder must be on storage every worker sees (a shared file system). Before
 any task, every worker limits the engine's threads to its own Dask threads, compiles or loads
-the JIT (so workers never race on the cache), and proves it can write into the output folder.
-A worker that dies costs a retry of its tasks (Dask reschedules them); since every file is
-written atomically, nothing partial is left. Results come back as they complete, exactly as
-from the local pool, so reports, --fail-fast and --resume behave the same.
+the JIT (so workers never race on the cache), and proves it can write into the output folder
+(_WorkerSetup). Tasks carry several inputs (task_sizes). A worker that dies costs a retry of
+its tasks (Dask reschedules them), and only an input that keeps killing workers is reported
+failed (_Stream); since every file is written atomically, nothing partial is left. Results
+come back as they complete, exactly as from the local pool, so reports, --fail-fast and
+--resume behave the same; stopping (Ctrl-C) lets running inputs finish (_Stream.stop).
 """
 
 from __future__ import annotations
