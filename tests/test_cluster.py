@@ -115,6 +115,26 @@ def test_an_input_that_kills_its_workers_fails_alone(tmp_path, photos, monkeypat
     assert sorted(p.parent.name for p in (tmp_path / "o").rglob("*.png")) == ["p0", "p2", "p3"]
 
 
+def test_a_worker_that_cannot_write_the_output_folder_stops_the_run(tmp_path, photos):
+    import dask
+
+    # A preload module runs in every worker: there, the output folder refuses writes, as on
+    # a machine that does not mount the share.
+    refuse = tmp_path / "refuse_writes.py"
+    refuse.write_text("import types\nfrom convcli import cluster\n\n\n"
+                      "def refuse(*args, **kwargs):\n"
+                      "    raise PermissionError(13, 'Permission denied')\n\n\n"
+                      "cluster.tempfile = types.SimpleNamespace(NamedTemporaryFile=refuse)\n")
+    with dask.config.set({"distributed.worker.preload": [str(refuse)]}):
+        r = run("apply", photos / "p0.png", photos / "p1.png", "-o", tmp_path / "o",
+                "--scheduler", "local")
+    assert r.exit_code == 1
+    assert r.stderr == (f"convcli: error: {tmp_path / 'o'}: a worker cannot write there "
+                        "([Errno 13] Permission denied); the output folder must be on storage "
+                        "every worker sees\n")
+    assert r.stdout == "" and not list((tmp_path / "o").rglob("*.png"))
+
+
 def test_a_local_cluster_run_prints_nothing_but_the_report(tmp_path, photos):
     """Workers are forked from the client (faster start); nothing of Dask's or numba's may
     reach the terminal, e.g. numba's warning about forking its threading layer."""
