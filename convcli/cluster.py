@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from .bank import KernelBank
@@ -178,10 +179,9 @@ class _Stream:
         self.client, self.fail_fast = client, fail_fast
         # Reports name outputs as the local pool does, from the -o given.
         self.given_out, self.out = options.out, os.path.abspath(options.out)
-        sources = [s if s.path is None else Source(s.label, s.rel,
-                                                   Path(os.path.abspath(s.path)), s.data,
-                                                   s.problem) for s in sources]
-        self.options = Options(**{**options.__dict__, "out": self.out})
+        sources = [s if s.path is None else replace(s, path=Path(os.path.abspath(s.path)))
+                   for s in sources]
+        self.options = replace(options, out=self.out)
         self.bank, self.stop_event = bank, f"convcli-stop-{uuid.uuid4().hex}"
         self.plugin = f"convcli-setup-{uuid.uuid4().hex}"
         try:
