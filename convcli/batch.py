@@ -14,8 +14,10 @@ import json
 import os
 import signal
 import sys
+import time
+from collections import deque
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 
@@ -55,11 +57,25 @@ def plan_engine(sources: list[Source], bank: KernelBank, method: str = "auto") -
     return engine.plan(pipeline.work_per_image(bank, *size) * len(sources))
 
 
+class Stream(Protocol):
+    """Results of a batch as they complete, whatever runs it (this process, a process pool
+    or a Dask cluster; see cluster.run). Iterate for Results. ``stop()``: start no new
+    input, let running ones finish and be yielded. ``abort()``: also abandon running inputs;
+    the ones whose files were already complete are still yielded, the others leave nothing.
+    ``close()``: release the workers. An interrupt (KeyboardInterrupt) raised while
+    iterating leaves the stream usable: call stop() or abort() and iterate on."""
+
+    def __iter__(self) -> Iterator[Result]: ...
+    def __next__(self) -> Result: ...
+    def stop(self) -> None: ...
+    def abort(self) -> None: ...
+    def close(self) -> None: ...
+
+
 def run(sources: list[Source], bank: KernelBank, options: Options, jobs: int | None = None,
-        fail_fast: bool = False, path: str | None = None) -> Iterator[Result]:
-    """Process every source; yield each Result as it completes. With ``fail_fast``, stop
-    handing out work after the first failure. Closing the iterator (or Ctrl-C) stops the
-    batch cleanly: no new inputs start, running ones finish their writes. ``path`` is what
+        fail_fast: bool = False, path: str | None = None) -> Stream:
+    """Process every source here (one worker) or in a local process pool. With
+    ``fail_fast``, stop handing out work after the first failure. ``path`` is what
     plan_engine chose (planned here when not given)."""
     from . import engine
 
@@ -67,87 +83,223 @@ def run(sources: list[Source], bank: KernelBank, options: Options, jobs: int | N
     workers = max(1, min(jobs or cpu_count(), len(sources)))
     if workers == 1:
         engine.set_threads(cpu_count())
-        for source in sources:
-            result = pipeline.process(source, bank, options)
-            yield result
-            if fail_fast and result.status == "error":
-                return
-        return
+        return _InProcess(sources, bank, options, fail_fast)
     if path == "jit":
         engine.prepare()  # compile or load once, before any worker exists
-    yield from _pool(sources, bank, options, workers, fail_fast)
+    return _Pool(sources, bank, options, workers, fail_fast)
 
 
-def _pool(sources, bank, options, workers, fail_fast) -> Iterator[Result]:
-    # Imported here: a single image (the shell-loop case) should not pay for them.
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-    from concurrent.futures.process import BrokenProcessPool
+class _InProcess:
+    """Inputs one after another in this process. A stop signal interrupts the input being
+    processed (its outputs are then absent), unless its files were already moved into
+    place: then it is yielded after the interrupt."""
 
-    threads = max(1, cpu_count() // workers)
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    def __init__(self, sources, bank, options, fail_fast):
+        self.todo = list(reversed(sources))
+        self.bank, self.options, self.fail_fast = bank, options, fail_fast
+        self.finished: Result | None = None
+        self.stopped = False
 
-    def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                   initargs=(bank, options, threads))
+    def __iter__(self):
+        return self
 
-    pool = new_pool()
-    queue = [(s, 0) for s in reversed(sources)]  # (source, earlier attempts), popped from the end
-    running: dict[Future, tuple[Source, int]] = {}  # noqa: F821 (imported above)
-    stopping = False
-    try:
-        while queue or running:
-            while not stopping and queue and len(running) < 2 * workers:  # a bounded window
-                source, attempts = queue.pop()
-                running[pool.submit(_worker_process, source)] = (source, attempts)
-            if not running:
-                return
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            broken = False
-            for future in done:
-                source, attempts = running.pop(future)
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
-                    # A worker died (killed, out of memory). Any input in flight may be the
-                    # cause: each gets one more try in a fresh pool before it counts as failed.
-                    broken = True
-                    if attempts == 0:
-                        queue.append((source, 1))
-                        continue
-                    result = Result(input=source.label, status="error", exit_code=EXIT_ERROR,
-                                    error=f"{source.label}: the worker process died while "
-                                          "processing it (killed, or out of memory?)")
-                if fail_fast and result.status == "error":
-                    stopping = True
-                yield result
-            if broken:
-                pool.shutdown(wait=True, cancel_futures=True)
-                for future, item in running.items():  # all of them failed with the pool
-                    queue.append((item[0], item[1]))
-                running.clear()
-                pool = new_pool()
-    finally:
-        for future in running:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+    def __next__(self) -> Result:
+        if self.finished is not None:
+            result, self.finished = self.finished, None
+            return result
+        if self.stopped or not self.todo:
+            raise StopIteration
+        source = self.todo.pop()
+        result = Result(input=source.label, status="pending")
+        try:
+            pipeline.process(source, self.bank, self.options, result)
+        except BaseException:
+            self.stopped = True
+            if result.status in ("ok", "skipped"):
+                self.finished = result
+            raise
+        if self.fail_fast and result.status == "error":
+            self.stopped = True
+        return result
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    abort = stop
+
+    def close(self) -> None:
+        self.stopped = True
+        self.todo.clear()
 
 
-_WORKER: dict = {}
+class _Pool:
+    """Inputs spread over forked worker processes. Workers ignore Ctrl-C and SIGTERM (the
+    terminal and service managers signal the whole process group; this parent decides),
+    abandon their input on SIGUSR1 (abort), and get SIGUSR1 from the kernel when this
+    process dies, so none outlives it. A worker that dies costs its inputs one retry."""
+
+    def __init__(self, sources, bank, options, workers, fail_fast):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.bank, self.options, self.workers, self.fail_fast = bank, options, workers, fail_fast
+        threads = max(1, cpu_count() // workers)
+        context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        self.new_pool = lambda: ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_worker_init,
+            initargs=(bank, options, threads, os.getpid()))
+        self.pool = self.new_pool()
+        self.queue = [(s, 0) for s in reversed(sources)]  # (source, earlier tries), from the end
+        self.running: dict = {}  # future -> (source, tries)
+        self.ready: deque[Result] = deque()
+        self.stopping = self.aborted = False
+        self.started_ns = time.time_ns()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Result:
+        while not self.ready:
+            if not self._step():
+                raise StopIteration
+        return self.ready.popleft()
+
+    def _step(self) -> bool:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        while not self.stopping and self.queue and len(self.running) < 2 * self.workers:
+            source, tries = self.queue.pop()
+            self.running[self.pool.submit(_worker_process, source)] = (source, tries)
+        if not self.running:
+            return False
+        done, _ = wait(self.running, return_when=FIRST_COMPLETED)
+        with pipeline.signals_held():  # the bookkeeping must not be cut in half
+            self._collect(done)
+        return True
+
+    def _collect(self, done) -> None:
+        from concurrent.futures.process import BrokenProcessPool
+
+        broken = False
+        for future in done:
+            source, tries = self.running.pop(future)
+            if future.cancelled():
+                continue
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                # A worker died (killed, out of memory). Any input in flight may be the
+                # cause: each gets one more try in a fresh pool before it counts as failed.
+                broken = True
+                if self.aborted:
+                    self._from_disk(source)
+                    continue
+                if tries == 0:
+                    self.queue.append((source, 1))
+                    continue
+                result = Result(input=source.label, status="error", exit_code=EXIT_ERROR,
+                                error=f"{source.label}: the worker process died while "
+                                      "processing it (killed, or out of memory?)")
+            except BaseException:  # the worker was aborted while idle, or a pickling fault
+                self._from_disk(source)
+                continue
+            if result.status == "pending":  # abandoned by abort(): outputs absent
+                continue
+            if self.fail_fast and result.status == "error":
+                self.stop()
+            self.ready.append(result)
+        if broken and not self.aborted:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            pipeline.sweep_staging(self.options.out)  # what the dead worker had begun
+            for source, tries in self.running.values():  # all of them failed with the pool
+                self.queue.append((source, tries))
+            self.running.clear()
+            self.pool = self.new_pool()
+
+    def _from_disk(self, source: Source) -> None:
+        """After an abort: an input whose files were moved into place during this run is
+        done, whatever became of its worker."""
+        outputs = pipeline.done_before(source, self.bank, self.options, self.started_ns)
+        if outputs is not None:
+            self.ready.append(Result(input=source.label, outputs=outputs))
+
+    def stop(self) -> None:
+        """Start nothing more: queued inputs are dropped, submitted ones that have not
+        started are cancelled, running ones finish."""
+        self.stopping = True
+        self.queue.clear()
+        for future in list(self.running):
+            if future.cancel():
+                del self.running[future]
+
+    def abort(self) -> None:
+        """Stop, and make the workers abandon their current input."""
+        self.stop()
+        self.aborted = True
+        for process in list(getattr(self.pool, "_processes", {}).values()):
+            try:
+                os.kill(process.pid, signal.SIGUSR1)
+            except (OSError, AttributeError):
+                pass
+
+    def close(self) -> None:
+        self.stop()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.options.out != pipeline.STDOUT:
+            pipeline.sweep_staging(self.options.out)
 
 
-def _worker_init(bank: KernelBank, options: Options, threads: int) -> None:
+_WORKER: dict = {}  # this worker process's bank and options (set once, by _worker_init)
+
+
+class _Aborted(BaseException):
+    """SIGUSR1 in a worker: abandon the input (its staged files are removed)."""
+
+
+def _abort(signum, frame) -> None:
+    if _WORKER.get("busy"):
+        raise _Aborted()
+    os._exit(0)  # idle: nothing to abandon
+
+
+def _worker_init(bank: KernelBank, options: Options, threads: int, parent: int) -> None:
     from . import engine
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    # Turn SIGTERM into an exception so atomic writes remove their temporary files.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, _abort)
+    _die_with(parent)
     engine.set_threads(threads)
-    _WORKER.update(bank=bank, options=options)
+    _WORKER.update(bank=bank, options=options, parent=parent)
+
+
+def _die_with(parent: int) -> None:
+    """Ask Linux to send SIGUSR1 when the parent dies (prctl PR_SET_PDEATHSIG), so that a
+    worker never outlives a parent killed with SIGKILL; it then abandons its input."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGUSR1), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
 
 
 def _worker_process(source: Source) -> Result:
-    return pipeline.process(source, _WORKER["bank"], _WORKER["options"])
+    result = Result(input=source.label, status="pending")
+    _WORKER["busy"] = True
+    try:
+        return pipeline.process(source, _WORKER["bank"], _WORKER["options"], result)
+    except _Aborted:
+        if os.getppid() != _WORKER["parent"]:  # orphaned: nobody to report to
+            os._exit(1)
+        return result  # "ok" if its files were moved into place before the abort
+    finally:
+        _WORKER["busy"] = False
 
 
 # --- contact sheets: one per filter, across all inputs --------------------------------------

@@ -57,9 +57,18 @@ cache_app = typer.Typer(cls=_Group, no_args_is_help=True, rich_markup_mode=None,
 app.add_typer(cache_app, name="cache")
 
 
+# More worker processes than this only costs memory and start-up, on any machine today.
+MAX_JOBS = 256
+
+
 def _say(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    """One message on stderr, control characters made visible (input names come from
+    strangers). A stderr that is closed or full never stops the work."""
+    try:
+        sys.stderr.write("\n".join(printable(line) for line in text.split("\n")) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _quiet_broken_pipe() -> None:
@@ -138,8 +147,8 @@ def apply(
 
     if stack_by not in (None, "filter"):
         raise UsageError(f"--stack-by takes 'filter', got {stack_by!r}")
-    if jobs is not None and jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+        raise UsageError(f"--jobs must be between 1 and {MAX_JOBS}, got {jobs}")
     options = pipeline.Options(out=output, format=fmt, bits=bits, compression=compression,
                                max_pixels=max_pixels, stack=stack, resume=resume,
                                max_memory=_size(max_memory, "--max-memory"))
@@ -148,8 +157,8 @@ def apply(
         ("stride", stride), ("padding", padding), ("dilation", dilation), ("border", border),
         ("activation", activation), ("scale", scale))}
     kernel_bank = banks.load(bank).override(**settings)
-    if filters:
-        kernel_bank = kernel_bank.select(filters)
+    if filters:  # a filter named twice is run once, like an input named twice
+        kernel_bank = kernel_bank.select(list(dict.fromkeys(filters)))
     to_stdout = output == pipeline.STDOUT
     if to_stdout and (json_report or stack_by):
         raise UsageError("-o - puts image data on stdout; it cannot be combined with --json "
@@ -204,33 +213,52 @@ def apply(
             sys.stdout.buffer.flush()
         report.add(result)
 
-    signal.signal(signal.SIGTERM, _raise_terminated)  # stop like Ctrl-C: finish, then report
-    with report:
-        try:
-            for result in stream:
-                take(result)
-        except (KeyboardInterrupt, Terminated) as stop:
-            if hasattr(stream, "stop"):  # a cluster: what is running finishes, and is reported
+    stopped_by: BaseException | None = None
+    stdout_failed: OSError | None = None
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)  # stop like Ctrl-C
+    try:
+        with report:
+            while True:
                 try:
-                    stream.stop()
                     for result in stream:
                         take(result)
-                except (KeyboardInterrupt, Terminated):  # asked twice: stop at once
-                    pass
-            stream.close()  # cancel what has not started
-            report.summary(output, interrupted=True)
-            raise typer.Exit(EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED)
-        finally:
-            if client is not None:
-                stream.close()
-                client.close()
-                if scheduler == "local" and client.cluster is not None:
-                    client.cluster.close()
+                    break
+                except (KeyboardInterrupt, Terminated) as stop:
+                    # First: what is running finishes and is reported. Again: abandon it.
+                    if stopped_by is None:
+                        stopped_by = stop
+                        stream.stop()
+                    else:
+                        stream.abort()
+                except BrokenPipeError:  # the reader of stdout went away: stop quietly
+                    _quiet_broken_pipe()
+                    report.json_lines = False
+                    stopped_by = stopped_by or BrokenPipeError()
+                    stream.stop()
+                except OSError as e:  # stdout failed otherwise (a full disk): say so, stop
+                    if stdout_failed is None:
+                        _say(f"convcli: error: cannot write to stdout: {e.strerror or e}; "
+                             "stopping")
+                    _quiet_broken_pipe()
+                    report.json_lines = False
+                    stdout_failed = stopped_by = stopped_by or e
+                    stream.stop()
+    finally:
+        stream.close()
+        signal.signal(signal.SIGTERM, previous)
+        if client is not None:
+            client.close()
+            if scheduler == "local" and client.cluster is not None:
+                client.cluster.close()
+    if isinstance(stopped_by, (KeyboardInterrupt, Terminated)):
+        report.summary(output, interrupted=True)
+        raise typer.Exit(EXIT_TERMINATED if isinstance(stopped_by, Terminated)
+                         else EXIT_INTERRUPTED)
     if stack_by == "filter":
         for sheet in batch.write_filter_sheets(results, sources, kernel_bank, options):
             report.detail(f"contact sheet: {sheet}")
-    report.summary(output)
-    raise typer.Exit(report.exit_code(fail_fast))
+    report.summary(output, interrupted=stopped_by is not None)
+    raise typer.Exit(EXIT_ERROR if stdout_failed else report.exit_code(fail_fast))
 
 
 def _size(text: str, option: str) -> int:
@@ -285,7 +313,10 @@ class _Report:
             self.progress = Progress(
                 TextColumn("convcli"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]:.1f} images/s"), TimeRemainingColumn(),
-                TextColumn("{task.fields[failed]}"), console=Console(stderr=True), transient=True)
+                TextColumn("{task.fields[failed]}"), console=Console(stderr=True), transient=True,
+                # rich would otherwise send what is written to stdout (--json) to its
+                # console, the terminal: stdout is for data whatever stderr is.
+                redirect_stdout=False, redirect_stderr=False)
             self.task = self.progress.add_task("apply", total=total, rate=0.0, failed="")
 
     def __enter__(self):
@@ -299,7 +330,7 @@ class _Report:
 
     def say(self, text: str) -> None:
         if self.progress is not None:
-            self.progress.console.print(text, markup=False, highlight=False)
+            self.progress.console.print(printable(text), markup=False, highlight=False)
         else:
             _say(text)
 
@@ -549,4 +580,13 @@ def cache_clear() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    import warnings
+
+    warnings.showwarning = _show_warning
     app(prog_name="convcli")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A library's warning becomes one convcli line on stderr, never Python's two-line
+    form with a source excerpt."""
+    _say(f"convcli: warning: {' '.join(str(message).split())}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import UsageError
@@ -160,9 +160,38 @@ def _name_outputs(found: list[tuple[Source, Path | None]]) -> list[Source]:
             named.append(source if source.rel else replace(source, rel="input"))
             continue
         absolute = Path(os.path.abspath(source.path))
-        rel = PurePosixPath(*absolute.relative_to(base).parts) if base else PurePosixPath(absolute.name)
-        named.append(replace(source, rel=str(rel.with_suffix("")) if rel.suffix else str(rel)))
+        parts = absolute.relative_to(base).parts if base else (absolute.name,)
+        named.append(replace(source, rel=safe_rel(parts)))
     return _dedupe(named)
+
+
+# Output folders must never be names of the files an input's folder holds (maps, stack,
+# arrays) nor climb out of OUT, whatever the input is called.
+_OUTPUT_SUFFIXES = (".png", ".npy", ".json", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".part")
+
+
+def safe_rel(parts: Iterable[str]) -> str:
+    """A relative output folder (POSIX) for an input found at ``parts`` (folders, then the
+    file name), that provably stays below OUT: the file's extension is dropped; a part
+    that is empty, '.', '..', hidden (starts with '.'), holds a separator or ends like an
+    output file (``x.png.png`` -> ``x.png``) is prefixed or rewritten, so it can neither
+    climb out nor collide with another input's files."""
+    parts = list(parts)
+    if not parts:
+        return "input"
+    name = parts[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    parts[-1] = stem
+    out = []
+    for part in parts:
+        part = part.replace("/", "_").replace("\\", "_").replace("\0", "_")
+        if not part or part.startswith("."):
+            part = "_" + part
+        if part.lower().endswith(_OUTPUT_SUFFIXES):
+            head, _, tail = part.rpartition(".")
+            part = f"{head}_{tail}"
+        out.append(part)
+    return "/".join(out)
 
 
 def _dedupe(sources: list[Source]) -> list[Source]:
@@ -177,8 +206,11 @@ def _dedupe(sources: list[Source]) -> list[Source]:
     taken: set[str] = set(reserved)
     for s in sources:
         rel = s.rel
-        if (counts[key(rel)] > 1 or key(rel) in reserved) and s.path is not None and s.path.suffix:
-            rel = f"{rel}_{s.path.suffix.lstrip('.').lower()}"
+        top = key(rel.split("/")[0])
+        if (counts[key(rel)] > 1 or top in reserved) and s.path is not None and s.path.suffix:
+            head, _, tail = rel.partition("/")
+            suffix = s.path.suffix.lstrip(".").lower()
+            rel = f"{rel}_{suffix}" if not tail else f"_{head}/{tail}"
         candidate, n = rel, 1
         while key(candidate) in taken:
             n += 1

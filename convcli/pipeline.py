@@ -11,8 +11,16 @@ Layout of the outputs of one input (REL = its output folder, see convcli.inputs)
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import re
+import shutil
+import signal
+import socket
+import struct
+import tempfile
 import time
 import unicodedata
 from dataclasses import dataclass, field
@@ -22,7 +30,7 @@ import numpy as np
 
 from . import __version__, images, render
 from .bank import KernelBank
-from .errors import ConvcliError, InputError, OutputError, UsageError
+from .errors import EXIT_ERROR, ConvcliError, InputError, OutputError, UsageError
 from .inputs import Source
 
 STDOUT = "-"
@@ -134,25 +142,265 @@ def output_folder(source: Source, options: Options) -> Path:
     return Path(options.out) / source.rel
 
 
-def process(source: Source, bank: KernelBank, options: Options) -> Result:
-    """Read, convolve, render and write one input. Errors become a failed Result."""
-    start = time.perf_counter()
-    result = Result(input=source.label)
+def settings_key(bank: KernelBank, options: Options) -> str:
+    """A fingerprint of everything that decides an input's output bytes (filters, their
+    weights and settings, the output options, convcli's version). It is recorded in every
+    output, so --resume can tell outputs made with other settings and redo them."""
+    h = hashlib.sha256()
+    h.update(json.dumps([__version__, bank.name, bank.input, options.format, options.bits,
+                         options.compression, options.stack]).encode())
+    for f in bank.filters:
+        h.update(json.dumps([f.name, f.bias, repr(f.geometry), f.scale,
+                             list(f.weights.shape)]).encode())
+        h.update(np.ascontiguousarray(f.weights, np.float32).tobytes())
+    return h.hexdigest()[:20]
+
+
+def done_before(source: Source, bank: KernelBank, options: Options,
+                since_ns: int | None = None) -> list[str] | None:
+    """The input's output files when every one is present and was made with these settings
+    (and, with ``since_ns``, written at or after that time); else None."""
     folder = output_folder(source, options)
-    if options.resume and options.out != STDOUT:
-        planned = [folder / name for name in output_names(bank, options)]
-        if all(p.is_file() for p in planned):
-            result.status, result.outputs = "skipped", [str(p) for p in planned]
-            return result
+    key = settings_key(bank, options)
+    paths = [folder / name for name in output_names(bank, options)]
+    for path in paths:
+        try:
+            if not path.is_file() or _recorded_key(path) != key:
+                return None
+            if since_ns is not None and path.stat().st_mtime_ns < since_ns:
+                return None
+        except (OSError, ValueError):
+            return None
+    return [str(p) for p in paths]
+
+
+def _recorded_key(path: Path) -> str | None:
+    """The settings fingerprint an output file records (see settings_key)."""
+    if path.suffix == ".json":
+        with open(path, "rb") as fh:
+            return json.loads(fh.read(1 << 20)).get("settings")
+    if path.suffix == ".png":
+        text = _png_text(path).get("convcli")
+        return json.loads(text).get("settings") if text else None
+    if path.suffix == ".npy":  # no room for metadata: its maps.json (committed with it) has it
+        return _recorded_key(path.with_name("maps.json"))
+    return None
+
+
+def _png_text(path: Path) -> dict[str, str]:
+    """tEXt chunks before the image data of a PNG that convcli wrote (read from its head)."""
+    out = {}
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return out
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                return out
+            length, kind = struct.unpack(">I4s", head)
+            if kind in (b"IDAT", b"IEND") or length > 1 << 20:
+                return out
+            body = fh.read(length)
+            fh.read(4)  # CRC
+            if kind == b"tEXt" and b"\0" in body:
+                key, _, value = body.partition(b"\0")
+                out[key.decode("latin-1")] = value.decode("latin-1")
+
+
+# Signals that stop a run. While an input's files are moved into place they are held back,
+# so a stop leaves the input's outputs complete or absent, never a part of them.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM} | (
+    {signal.SIGUSR1} if hasattr(signal, "SIGUSR1") else set())
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Hold back the stop signals (delivered when the block ends) for a step that must not
+    be cut in half."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _Staging:
+    """One input's output files, written in a private hidden folder below OUT as they are
+    made, then moved together into the input's folder (each move is an atomic rename on the
+    same file system). Until the move, the input's folder is not even created."""
+
+    def __init__(self, root: Path, folder: Path):
+        self.folder = folder  # where the files go (named in messages)
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix=_staging_prefix(os.getpid()),
+                                             suffix=".part", dir=root))
+        except OSError as e:
+            raise OutputError(f"{root}: cannot write there: {e.strerror or e}") from None
+        self.names: list[str] = []
+
+    def write(self, name: str, chunks) -> None:
+        path = self.dir / name
+        try:
+            with open(path, "wb") as fh:
+                for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
+                    fh.write(chunk)
+            os.chmod(path, _file_mode())
+        except OSError as e:
+            raise OutputError(f"{self.folder / name}: cannot write: {e.strerror or e}") from None
+        self.names.append(name)
+
+    def commit(self, root: Path, result: "Result") -> None:
+        """Move every staged file into ``folder`` (checked to lie inside ``root``) and mark
+        ``result`` done, with the stop signals held back for the moves."""
+        folder = self.folder
+        with signals_held():
+            made = _make_folder(folder, root)
+            moved: list[Path] = []
+            try:
+                targets = [folder / name for name in self.names]
+                for target in targets:
+                    if target.is_symlink() or (target.exists() and not target.is_file()):
+                        raise OutputError(f"{target}: exists and is not a regular file; "
+                                          "move it away or choose another output folder")
+                try:
+                    for name, target in zip(self.names, targets):
+                        os.replace(self.dir / name, target)
+                        moved.append(target)
+                except OSError as e:
+                    raise OutputError(f"{folder}: cannot write: {e.strerror or e}") from None
+            except OutputError:
+                for path in moved:  # complete or absent: take back what was moved
+                    _remove(path)
+                _remove_folders(folder, made)
+                raise
+            result.outputs = [str(t) for t in targets]
+            result.status = "ok"
+
+    def discard(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _staging_prefix(pid: int) -> str:
+    # Host and process in the name: a folder left by a process that was killed can be told
+    # from one still in use (see sweep_staging), also on storage shared by several machines.
+    host = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:40] or "host"
+    return f".convcli-{host}-{pid}-"
+
+
+def sweep_staging(root: str) -> None:
+    """Remove staging folders in ``root`` left by processes of this machine that are gone
+    (a worker killed with SIGKILL cannot remove its own)."""
+    host_prefix = _staging_prefix(0)[:-2]  # ".convcli-HOST-"
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if not (name.startswith(host_prefix) and name.endswith(".part")):
+            continue
+        pid = name[len(host_prefix):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but belongs to someone else
+        return True
+    return True
+
+
+def _make_folder(folder: Path, root: Path) -> Path | None:
+    """Create ``folder`` below ``root``, first proving that the part that exists already
+    lies inside ``root`` after following links (so a link planted in the output folder
+    cannot lead the writes elsewhere). Returns the topmost folder created, or None."""
+    existing, made = folder, None
+    while not os.path.lexists(existing):
+        existing, made = existing.parent, existing
+    _check_inside(existing, root)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot create the output folder: "
+                          f"{e.strerror or e}") from None
+    _check_inside(folder, root)
+    return made
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _remove_folders(folder: Path, made: Path | None) -> None:
+    """Remove the (empty) folders _make_folder created, deepest first."""
+    if made is None:
+        return
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        if folder == made:
+            return
+        folder = folder.parent
+
+
+def _check_inside(folder: Path, root: Path) -> None:
+    """Refuse a folder that is not (after following links) below the output folder."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(folder)
+    if os.path.commonpath([real_root, real]) != real_root:
+        raise OutputError(f"{folder}: leads outside the output folder {root} (through a "
+                          "link); remove the link or choose another output folder")
+
+
+def _file_mode() -> int:
+    """0666 less the process umask: what open() gives a new file (mkdtemp makes 0700 dirs)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _named(label: str, message: str) -> str:
+    """Every error about an input names that input first."""
+    return message if message.startswith(label) else f"{label}: {message}"
+
+
+def process(source: Source, bank: KernelBank, options: Options,
+            result: Result | None = None) -> Result:
+    """Read, convolve, render and write one input. Errors become a failed Result.
+
+    ``result`` (made here when not given) is filled in as the work goes; it is marked "ok"
+    in the same step that moves the files into place, so a caller interrupted during this
+    call can still tell whether the input's outputs were completed."""
+    start = time.perf_counter()
+    result = result if result is not None else Result(input=source.label)
+    label = source.label
+    root = Path(options.out)
+    try:
+        if options.resume and options.out != STDOUT:
+            done = done_before(source, bank, options)
+            if done is not None:
+                result.status, result.outputs = "skipped", done
+                return result
         if source.problem is not None:
             raise InputError(source.problem)
         image = images.read_image(source.data if source.data is not None else source.path,
-                                  label=source.label, max_pixels=options.max_pixels)
+                                  label=label, max_pixels=options.max_pixels)
         result.notes.extend(image.notes)
         shapes = [map_shape(f, image.pixels.shape, bank.input) for f in bank.filters]
         result.shape = (len(shapes),) + shapes[0] if len(set(shapes)) == 1 else None
-        groups = plan_groups(bank, image.pixels.shape, shapes, options, source.label)
+        groups = plan_groups(bank, image.pixels.shape, shapes, options, label)
         files = _outputs(image.pixels, bank, groups, shapes, source, options)
         if options.out == STDOUT:
             wanted = "maps.npy" if options.format == "npy" else (
@@ -161,14 +409,32 @@ def process(source: Source, bank: KernelBank, options: Options) -> Result:
                 if wanted in (None, name):
                     result.payload = b"".join(chunks)
                     break
+            result.status = "ok"
         else:
-            for name, chunks in files:  # each file is written as soon as it is made
-                images.write_atomic(folder / name, chunks)
-                result.outputs.append(str(folder / name))
+            staging = _Staging(root, output_folder(source, options))
+            try:
+                for name, chunks in files:  # each file is written as soon as it is made
+                    staging.write(name, chunks)
+                staging.commit(root, result)
+            finally:
+                staging.discard()
     except ConvcliError as e:
-        result.status, result.error, result.exit_code = "error", str(e), e.exit_code
+        result.status, result.error, result.exit_code = "error", _named(label, str(e)), e.exit_code
+        result.outputs = []
+    except MemoryError:
+        result.status, result.exit_code = "error", EXIT_ERROR
+        result.error = f"{label}: not enough memory; lower --max-memory or give a smaller image"
+    except (ValueError, ArithmeticError, OSError, RuntimeError, TypeError, IndexError) as e:
+        # A fault of ours or of a library on strange data: one line, the input named.
+        result.status, result.exit_code = "error", EXIT_ERROR
+        result.error = f"{label}: failed ({type(e).__name__}: {_one_line(e)})"
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def map_shape(f, image_shape: tuple[int, int, int], mode: str) -> tuple[int, ...]:
@@ -220,7 +486,8 @@ def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
              shapes: list[tuple[int, ...]], source: Source, options: Options):
     """Every output file of one input, in order, as (file name, chunks of bytes). Maps are
     computed one filter group at a time, so memory stays within Options.max_memory."""
-    about = {"convcli": __version__, "input": source.label, "bank": bank.name}
+    about = {"convcli": __version__, "input": source.label, "bank": bank.name,
+             "settings": settings_key(bank, options)}
     names = [f.name for f in bank.filters]
 
     def computed():

@@ -195,7 +195,7 @@ def test_contact_sheet_has_one_tile_per_input(tmp_path, photos):
 
 def test_usage_errors_for_batch_options(tmp_path, photos):
     assert run("apply", photos, "-o", tmp_path, "-j", "0").stderr == \
-        "convcli: error: --jobs must be at least 1, got 0\n"
+        "convcli: error: --jobs must be between 1 and 256, got 0\n"
     assert run("apply", photos, "-o", "-", "--json").exit_code == 2
     assert run("apply", "-o", tmp_path).stderr == (
         "convcli: error: give at least one INPUT (a file, folder, glob or -) or --files-from\n")

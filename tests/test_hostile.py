@@ -67,7 +67,8 @@ def test_image_smaller_than_the_kernel_with_valid_padding(tmp_path):
     r = run("apply", tmp_path / "small.png", "-f", "log_2", "--padding", "valid", "-o", tmp_path / "o")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[0] == (
-        "convcli: error: the image (4x4) is smaller than the kernel's footprint (17x17) with "
+        f"convcli: error: {tmp_path / 'small.png'}: the image (4x4) is smaller than the "
+        "kernel's footprint (17x17) with "
         "padding 'valid'; use padding 'same' or a smaller kernel")
 
 
@@ -101,7 +102,7 @@ def test_safe_name_collisions_get_numbered(tmp_path):
 
 def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
     Image.new("L", (16, 16), 9).save(tmp_path / "in.png")
-    real_fdopen = os.fdopen
+    real_open = open
 
     class FullDisk:
         def __init__(self, fh):
@@ -117,11 +118,13 @@ def test_full_disk_leaves_no_partial_file(tmp_path, monkeypatch):
             self.fh.write(data[: len(data) // 2])  # half of it lands, then the disk is full
             raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(images.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    monkeypatch.setattr(pipeline, "open", lambda path, mode: FullDisk(real_open(path, mode)),
+                        raising=False)
     r = run("apply", tmp_path / "in.png", "-f", "sobel_x", "-o", tmp_path / "o")
     assert r.exit_code == 1
-    assert r.stderr.splitlines()[0] == (f"convcli: error: {tmp_path / 'o' / 'in' / 'sobel_x.png'}: "
-                                        "cannot write: No space left on device")
+    assert r.stderr.splitlines()[0] == (
+        f"convcli: error: {tmp_path / 'in.png'}: {tmp_path / 'o' / 'in' / 'sobel_x.png'}: "
+        "cannot write: No space left on device")
     assert complete_files(tmp_path / "o") == []
 
 
