@@ -65,7 +65,7 @@ def _say(text: str) -> None:
     """One message on stderr, control characters made visible (input names come from
     strangers). A stderr that is closed or full never stops the work."""
     try:
-        sys.stderr.write("\n".join(printable(line) for line in text.split("\n")) + "\n")
+        sys.stderr.write(printable(text) + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
         pass

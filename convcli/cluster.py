@@ -268,6 +268,11 @@ class _Stream:
         running = {key for keys in self.client.processing().values() for key in keys}
         self.client.cancel([f for f in self.tasks if f.key not in running])
 
+    def abort(self) -> None:
+        """Asked twice to stop: as stop(); inputs that tasks have begun still finish (a
+        Dask task cannot be interrupted), and close() cancels the rest."""
+        self.stop()
+
     def close(self) -> None:
         if self.plugin is None:  # closed already
             return

@@ -296,8 +296,9 @@ def test_a_killed_worker_costs_only_a_retry(tmp_path, many):
 
 def test_json_into_head_ends_quietly(tmp_path, many):
     p = subprocess.run(" ".join(convcli("apply", many, "-f", "sobel_x", "-o", tmp_path / "o",
-                                        "--json", "-j", "1")) + " | head -n 1",
-                       shell=True, capture_output=True, text=True, timeout=300)
+                                        "--json", "-j", "1")) + " | head -n 1; exit ${PIPESTATUS[0]}",
+                       shell=True, executable="/bin/bash", capture_output=True, text=True,
+                       timeout=300)
     assert p.returncode == 0
     assert json.loads(p.stdout)["status"] == "ok"
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr

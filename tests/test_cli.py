@@ -73,7 +73,20 @@ def test_stack_metadata_names_every_tile(tmp_path, photo):
 def test_filter_selection_keeps_the_order_given(tmp_path, photo):
     r = run("apply", photo, "-f", "sobel_y", "-f", "sobel_x", "-o", tmp_path)
     assert r.exit_code == 0
-    assert sorted(p.name for p in (tmp_path / "face").iterdir()) == ["sobel_x.png", "sobel_y.png", "stack.png"]
+    with Image.open(tmp_path / "face" / "stack.png") as im:
+        tiles = json.loads(im.text["convcli"])["tiles"]
+    assert [t["name"] for t in tiles] == ["sobel_y", "sobel_x"]
+    r = run("apply", photo, "-f", "sobel_y", "-f", "sobel_x", "-f", "sobel_y", "--format", "npy",
+            "-o", tmp_path / "n")
+    assert r.exit_code == 0
+    assert json.loads((tmp_path / "n" / "face" / "maps.json").read_text())["filters"] == \
+        ["sobel_y", "sobel_x"]  # in the order given, a name given twice run once
+    edge = bank.load("edge")
+    maps = np.load(tmp_path / "n" / "face" / "maps.npy")
+    for k, name in enumerate(["sobel_y", "sobel_x"]):
+        f = edge.select([name]).filters[0]
+        want = conv2d(luminance(photo), f.weights[None], padding="same", border="replicate")[0]
+        np.testing.assert_allclose(maps[k], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("args, shape", [

@@ -111,8 +111,9 @@ def test_small_jobs_do_not_start_numba(tmp_path):
 
 
 def test_head_closing_the_pipe_is_quiet():
-    p = subprocess.run(f"{sys.executable} -m convcli apply {SAMPLE} -o - | head -c 10 > /dev/null",
-                       shell=True, capture_output=True, timeout=120)
+    p = subprocess.run(f"{sys.executable} -m convcli apply {SAMPLE} -o - | head -c 10 > /dev/null;"
+                       " exit ${PIPESTATUS[0]}",  # convcli's status, not head's
+                       shell=True, executable="/bin/bash", capture_output=True, timeout=120)
     assert p.returncode == 0 and p.stderr == b""
 
 
