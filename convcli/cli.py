@@ -147,6 +147,8 @@ def apply(
 
     if stack_by not in (None, "filter"):
         raise UsageError(f"--stack-by takes 'filter', got {stack_by!r}")
+    if max_pixels < 1:
+        raise UsageError(f"--max-pixels must be at least 1, got {max_pixels}")
     if jobs is not None and not 1 <= jobs <= MAX_JOBS:
         raise UsageError(f"--jobs must be between 1 and {MAX_JOBS}, got {jobs}")
     options = pipeline.Options(out=output, format=fmt, bits=bits, compression=compression,
@@ -270,8 +272,9 @@ def _size(text: str, option: str) -> int:
         value = float(body[:len(body) - len(unit)]) * units[unit]
     except ValueError:
         value = -1
-    if value < 1:
-        raise UsageError(f"{option} takes a size such as 512M or 8G, got {text!r}")
+    if not 2**20 <= value <= 2**50:  # nan fails both tests
+        raise UsageError(f"{option} takes a size from 1M to 1024T, such as 512M or 8G, "
+                         f"got {text!r}")
     return int(value)
 
 

@@ -202,11 +202,23 @@ def test_memory_budget_too_small_for_one_map_is_refused_with_numbers(tmp_path):
     assert complete_files(tmp_path / "o") == []
 
 
-@pytest.mark.parametrize("text", ["lots", "0", "-5M", "1.5X"])
+@pytest.mark.parametrize("text", ["lots", "0", "-5M", "1.5X", "1K", "1e400G", "nan", "inf",
+                                  "2000T", "1_000_000_000_000_000_000"])
 def test_bad_memory_sizes_are_usage_errors(tmp_path, text):
     r = run("apply", "x.png", "-o", tmp_path / "o", "--max-memory", text)
     assert r.exit_code == 2
-    assert r.stderr == f"convcli: error: --max-memory takes a size such as 512M or 8G, got {text!r}\n"
+    assert r.stderr == ("convcli: error: --max-memory takes a size from 1M to 1024T, such as "
+                        f"512M or 8G, got {text!r}\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-pixels", "0"], "--max-pixels must be at least 1, got 0"),
+    (["--max-pixels", "-7"], "--max-pixels must be at least 1, got -7"),
+    (["-j", "100000"], "--jobs must be between 1 and 256, got 100000"),
+])
+def test_absurd_limits_are_usage_errors(tmp_path, args, message):
+    r = run("apply", "x.png", "-o", tmp_path / "o", *args)
+    assert (r.exit_code, r.stderr) == (2, f"convcli: error: {message}\n")
 
 
 def test_unreadable_input_is_one_clear_line(tmp_path):
