@@ -27,6 +27,21 @@ MAX_KERNEL_CHANNELS = 64
 MAX_FILTERS = 4096
 MAX_WEIGHTS = 1 << 22  # numbers in one filter's weights
 MAX_NODES = 1 << 23  # values in a whole document, counting every alias expansion
+# The YAML reader (ruamel.yaml, pure Python) costs about 0.1 ms and 1 kB per list entry or
+# key (measured: 100,000 numbers in 13 s and 150 MB on a slow 2-core VM), so a file's size
+# is bounded *before* it is parsed, by counts that take milliseconds. The largest first
+# layers of well-known networks (AlexNet 23,232 weights, ResNet 9,408) are far inside.
+MAX_BANK_BYTES = 4 << 20  # 4 MiB
+MAX_BANK_LINES = 1 << 19  # 524,288 lines (a blank or comment line costs ~2-12 us)
+MAX_BANK_ITEMS = 1 << 18  # 262,144 list entries, keys and aliases written in the file
+# Weights a bank written by convcli (learn, import) may hold: dump() writes at most two
+# items per weight (a row of one: "- [w]") and about a dozen per filter, so such a bank
+# of at most MAX_FILTERS filters always stays under MAX_BANK_ITEMS.
+MAX_DUMP_WEIGHTS = 100_000
+MAX_PROVENANCE_VALUES = 1 << 16  # free-form notes, kept in memory with the bank
+MAX_NAME_CHARS = 200  # a bank's or filter's name: it labels tiles and names files
+MAX_TEXT_CHARS = 4096  # a description or source
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # ~3.4e38; weights and biases are float32
 
 BORDERS = ("zero", "reflect", "replicate", "wrap")
 ACTIVATIONS = ("relu", "none", "abs")
@@ -106,6 +121,12 @@ class KernelBank:
         """Apply command-line settings (already parsed, None = keep) to every filter."""
         geo = {k: v for k, v in settings.items() if k in GEOMETRY_KEYS and v is not None}
         scale = settings.get("scale")
+        if "dilation" in geo:
+            for f in self.filters:
+                try:
+                    geometry.check_footprint(f.weights.shape[1:], geo["dilation"])
+                except ValueError as e:
+                    raise UsageError(f"filter {_label(f.name)!r}: {e}") from None
         filters = tuple(
             replace(f, geometry=replace(f.geometry, **geo), scale=scale or f.scale)
             for f in self.filters
@@ -145,7 +166,9 @@ def parse_cli_setting(key: str, text: str | None) -> Any:
     if text is None:
         return None
     parts = [p.strip() for p in text.split(",")]
-    values: list[Any] = [int(p) if re.fullmatch(r"[+-]?\d+", p) else p for p in parts]
+    # ASCII digits only, and few enough for int() (Python refuses over 4,300 digits); the
+    # parsers then say what range the setting takes.
+    values: list[Any] = [int(p) if re.fullmatch(r"[+-]?[0-9]{1,4000}", p) else p for p in parts]
     try:
         return parse_setting(key, values[0] if len(values) == 1 else values)
     except ValueError as e:
@@ -173,7 +196,8 @@ def resolve(ref: str) -> Path:
     if looks_like_path or Path(ref).is_file():
         path = Path(ref)
         if not path.is_file():
-            raise UsageError(f"bank file {ref} not found")
+            what = "is not a regular file" if path.exists() else "not found"
+            raise UsageError(f"bank file {ref} {what}")
         return path
     names = builtin_names()
     if ref not in names:
@@ -185,10 +209,22 @@ def resolve(ref: str) -> Path:
 def load(ref: str) -> KernelBank:
     """Load a bank by built-in name or path; raises BankError listing every problem."""
     path = resolve(ref)
+
+    def refuse(message: str) -> BankError:
+        return BankError([Problem(str(path), None, None, None, message)])
+
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BankError([Problem(str(path), None, None, None, f"cannot read: {_reason(e)}")])
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BANK_BYTES + 1)  # never more than the limit, whatever the file
+    except OSError as e:
+        raise refuse(f"cannot read: {_reason(e)}") from None
+    if len(data) > MAX_BANK_BYTES:
+        raise refuse(f"is larger than {MAX_BANK_BYTES >> 20} MiB, the most a bank file may be")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise refuse(f"cannot read: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                     f"{e.start})") from None
     return parse(text, source=str(path))
 
 
@@ -203,11 +239,16 @@ class _Parser:
     def __init__(self, source: str):
         self.source = source
         self.problems: list[Problem] = []
+        self.sizes: dict[int, int] = {}  # expanded size of each node (see _screen)
+        self.shapes: dict = {}  # weights lists already measured and converted, by id: YAML
+        self.arrays: dict = {}  # aliases may repeat one list in many places
 
     def problem(self, line: int | None, filt: str | None, fld: str | None, msg: str) -> None:
         self.problems.append(Problem(self.source, line, filt, fld, msg))
 
     def parse(self, text: str) -> KernelBank:
+        if not self._prescan(text):
+            raise BankError(self.problems)
         doc = self._load_yaml(text)
         if self.problems:
             raise BankError(self.problems)
@@ -230,11 +271,39 @@ class _Parser:
         provenance = doc.get("provenance", {})
         if not isinstance(provenance, dict):
             self.problem(_line(doc, "provenance"), None, "provenance", "must be a mapping")
+        elif self.sizes.get(id(provenance), 0) > MAX_PROVENANCE_VALUES:
+            self.problem(_line(doc, "provenance"), None, "provenance",
+                         f"holds {self.sizes[id(provenance)]:,} values once aliases are "
+                         f"expanded; at most {MAX_PROVENANCE_VALUES:,} are allowed")
+            provenance = {}
         if self.problems:
             raise BankError(self.problems)
         return KernelBank(name=name, input=defaults["input"], filters=tuple(filters),
                           description=description, origin=self.source,
                           provenance=_plain(provenance) if isinstance(provenance, dict) else {})
+
+    def _prescan(self, text: str) -> bool:
+        """Bound what the YAML reader will cost before it starts, by counts that take
+        milliseconds even at the limits (str.count runs in C). Items are the indicators
+        every list entry, key or alias needs: ',', '[', '{', '*', and '-', ':', '?'
+        before a space or line break. Returns False if the text is too large to read."""
+        if len(text) > MAX_BANK_BYTES:
+            self.problem(None, None, None, f"is larger than {MAX_BANK_BYTES >> 20} MiB, the "
+                         "most a bank file may be")
+            return False
+        lines = sum(text.count(c) for c in "\n\r\x85\u2028\u2029") - text.count("\r\n")
+        if lines > MAX_BANK_LINES:
+            self.problem(None, None, None, f"has {lines:,} lines; a bank file may have at most "
+                         f"{MAX_BANK_LINES:,}")
+            return False
+        items = sum(text.count(c) for c in ",[{*") + sum(
+            text.count(mark + space) for mark in "-:?" for space in " \t\n\r")
+        if items > MAX_BANK_ITEMS:
+            self.problem(None, None, None, f"has about {items:,} list entries and keys; a bank "
+                         f"file may have at most {MAX_BANK_ITEMS:,} (counted before reading "
+                         "the YAML)")
+            return False
+        return True
 
     def _load_yaml(self, text: str) -> Any:
         from ruamel.yaml import YAML
@@ -278,6 +347,7 @@ class _Parser:
             return size
 
         total = visit(doc)
+        self.sizes = sizes
         if total > MAX_NODES:
             self.problem(None, None, None, f"the document expands to {total:,} values through "
                          f"aliases; at most {MAX_NODES:,} are allowed")
@@ -289,11 +359,12 @@ class _Parser:
         allowed = tuple(allowed)
         for key in mapping:
             if key not in allowed:
-                shown = f"{where}.{key}" if where else str(key)
+                shown = _label(f"{where}.{key}" if where else str(key))
                 self.problem(_line(mapping, key), filt, shown,
                              f"unknown key{_hint(str(key), allowed)}; allowed: {', '.join(allowed)}")
 
-    def _text(self, mapping: dict, key: str, filt: str | None, required: bool = False) -> str:
+    def _text(self, mapping: dict, key: str, filt: str | None, required: bool = False,
+              limit: int = MAX_TEXT_CHARS) -> str:
         if key not in mapping:
             if required:
                 self.problem(_node_line(mapping), filt, key, "missing (a non-empty string)")
@@ -301,6 +372,10 @@ class _Parser:
         value = mapping[key]
         if not isinstance(value, str) or (required and not value.strip()):
             self.problem(_line(mapping, key), filt, key, f"must be a non-empty string, got {_show(value)}")
+            return ""
+        if len(value) > limit:
+            self.problem(_line(mapping, key), filt, key, f"is {len(value):,} characters long; "
+                         f"at most {limit:,} are allowed")
             return ""
         return str(value)
 
@@ -317,6 +392,7 @@ class _Parser:
                     merged[key] = parse_setting(key, given[key])
                 except ValueError as e:
                     self.problem(_line(given, key), None, f"defaults.{key}", str(e))
+        merged["_lines"] = {k: _line(given, k) for k in given if isinstance(k, str)}
         return merged
 
     def _filters(self, doc: dict, defaults: dict[str, Any]) -> list[Filter]:
@@ -337,8 +413,9 @@ class _Parser:
                 self.problem(line, f"#{index + 1}", None, "a filter must be a mapping")
                 continue
             raw_name = item.get("name")
-            label = raw_name if isinstance(raw_name, str) and raw_name.strip() else f"#{index + 1}"
-            name = self._text(item, "name", label, required=True)
+            label = _label(raw_name) if isinstance(raw_name, str) and raw_name.strip() \
+                else f"#{index + 1}"
+            name = self._text(item, "name", label, required=True, limit=MAX_NAME_CHARS)
             if name in seen:
                 self.problem(_line(item, "name"), name, "name",
                              f"duplicate filter name (first used on line {seen[name]})")
@@ -352,7 +429,7 @@ class _Parser:
     def _filter(self, item: dict, label: str, defaults: dict[str, Any]) -> Filter | None:
         self._unknown_keys(item, FILTER_KEYS, label, None)
         n_before = len(self.problems)
-        weights = self._weights(item, label)
+        weights = self._weights(item, label, MODE_CHANNELS[defaults["input"]], defaults["input"])
         settings = dict(defaults)
         for key in GEOMETRY_KEYS + ("scale",):
             if key in item:
@@ -364,63 +441,96 @@ class _Parser:
         divisor = self._number(item, "divisor", label, 1.0)
         if divisor == 0:
             self.problem(_line(item, "divisor"), label, "divisor", "must not be zero")
-        if weights is not None:
-            want = MODE_CHANNELS[defaults["input"]]
-            if weights.shape[0] != want:
-                kind = "2-D (KH x KW) weights" if want == 1 else f"{want} x KH x KW weights"
-                self.problem(_line(item, "weights") or _line(item, "generator"), label, "weights",
-                             f"has {weights.shape[0]} channels but the bank's input mode "
-                             f"{defaults['input']!r} needs {kind}")
+        description = self._text(item, "description", label)
+        source = self._text(item, "source", label)
         if weights is None or len(self.problems) > n_before:
             return None
-        w = (weights / divisor).astype(np.float32)
+        try:
+            geometry.check_footprint(weights.shape[1:], settings["dilation"])
+        except ValueError as e:
+            line = _line(item, "dilation") or defaults["_lines"].get("dilation") or \
+                _line(item, "weights") or _line(item, "generator")
+            self.problem(line, label, "dilation", str(e))
+            return None
+        with np.errstate(all="ignore"):  # overflow and underflow are checked just below
+            w = (weights / divisor).astype(np.float32)
+        if divisor != 1 and not np.isfinite(w).all():
+            self.problem(_line(item, "divisor"), label, "divisor",
+                         f"weights / divisor leave float32's range (about ±{FLOAT32_MAX:.3g})")
+            return None
+        if np.any(weights) and not np.any(w):
+            why = "weights / divisor" if divisor != 1 else "the weights"
+            self.problem(_line(item, "divisor") if divisor != 1 else
+                         _line(item, "weights") or _line(item, "generator"), label,
+                         "divisor" if divisor != 1 else "weights",
+                         f"{why} are all too small for float32 (under about 1.4e-45) and would "
+                         "all be zero")
+            return None
         w.flags.writeable = False
-        geometry = Geometry(**{k: settings[k] for k in GEOMETRY_KEYS})
-        return Filter(name=label, weights=w, bias=float(bias), geometry=geometry,
-                      scale=settings["scale"], description=self._text(item, "description", label),
-                      source=self._text(item, "source", label))
+        geo = Geometry(**{k: settings[k] for k in GEOMETRY_KEYS})
+        return Filter(name=label, weights=w, bias=float(bias), geometry=geo,
+                      scale=settings["scale"], description=description, source=source)
 
     def _number(self, item: dict, key: str, label: str, default: float) -> float:
         if key not in item:
             return default
         value = item[key]
-        if not _is_number(value) or not math.isfinite(float(value)):
-            self.problem(_line(item, key), label, key, f"must be a finite number, got {_show(value)}")
+        number = _as_float(value) if _is_number(value) else math.nan
+        if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+            self.problem(_line(item, key), label, key, "must be a finite number within "
+                         f"float32's range (about ±{FLOAT32_MAX:.3g}), got {_show(value)}")
             return default
-        return float(value)
+        return number
 
-    def _weights(self, item: dict, label: str) -> np.ndarray | None:
+    def _weights(self, item: dict, label: str, want: int, mode: str) -> np.ndarray | None:
         has_w, has_g = "weights" in item, "generator" in item
         if has_w == has_g:
             self.problem(_node_line(item), label, "weights",
                          "give exactly one of 'weights' or 'generator'")
             return None
+        line = _line(item, "weights") or _line(item, "generator")
         if has_g:
-            return self._generated(item, label)
-        raw, line = item["weights"], _line(item, "weights")
-        shape = _nested_shape(raw)
-        if isinstance(shape, str):
-            self.problem(line, label, "weights", shape)
+            arr = self._generated(item, label)
+            channels = 1
+        else:
+            arr = None
+            raw = item["weights"]
+            shape = _nested_shape(raw, memo=self.shapes)
+            if isinstance(shape, str):
+                self.problem(line, label, "weights", shape)
+                return None
+            if len(shape) not in (2, 3):
+                self.problem(line, label, "weights",
+                             "must be a KH x KW matrix or a C x KH x KW list of matrices")
+                return None
+            sizes = shape[-2:]
+            if max(sizes) > MAX_KERNEL_SIDE or (len(shape) == 3 and shape[0] > MAX_KERNEL_CHANNELS):
+                self.problem(line, label, "weights",
+                             f"kernel of shape {' x '.join(map(str, shape))} is too large (at "
+                             f"most {MAX_KERNEL_CHANNELS} channels of {MAX_KERNEL_SIDE} x "
+                             f"{MAX_KERNEL_SIDE})")
+                return None
+            channels = shape[0] if len(shape) == 3 else 1
+        if channels != want:  # before reading the numbers: cheap, and says the real problem
+            kind = "2-D (KH x KW) weights" if want == 1 else f"{want} x KH x KW weights"
+            self.problem(line, label, "weights", f"has {channels} channels but the bank's "
+                         f"input mode {mode!r} needs {kind}")
             return None
-        if len(shape) not in (2, 3):
-            self.problem(line, label, "weights",
-                         "must be a KH x KW matrix or a C x KH x KW list of matrices")
+        if has_g:
+            return arr
+        try:
+            arr = _to_array(raw, len(shape), self.arrays)
+        except _NotANumber as e:
+            self.problem(_value_line(raw, e.value) or line, label, "weights",
+                         f"must hold numbers only, found {_show(e.value)}")
             return None
-        sizes = shape[-2:]
-        if max(sizes) > MAX_KERNEL_SIDE or (len(shape) == 3 and shape[0] > MAX_KERNEL_CHANNELS):
-            self.problem(line, label, "weights",
-                         f"kernel of shape {' x '.join(map(str, shape))} is too large (at most "
-                         f"{MAX_KERNEL_CHANNELS} channels of {MAX_KERNEL_SIDE} x {MAX_KERNEL_SIDE})")
-            return None
-        flat = list(_flatten(raw))
-        bad = next((v for v in flat if not _is_number(v)), None)
-        if bad is not None:
-            self.problem(_value_line(raw, bad) or line, label, "weights",
-                         f"must hold numbers only, found {_show(bad)}")
-            return None
-        arr = np.array([float(v) for v in flat], dtype=np.float64).reshape(shape)
-        if not np.isfinite(arr).all():
-            self.problem(line, label, "weights", "must be finite (no .nan or .inf)")
+        with np.errstate(invalid="ignore"):  # NaN compares False: counted as out of range
+            outside = ~(np.abs(arr) <= FLOAT32_MAX)
+        if outside.any():
+            first = _element(raw, np.unravel_index(int(np.flatnonzero(outside)[0]), shape))
+            self.problem(_value_line(raw, first) or line, label, "weights",
+                         "must be finite numbers within float32's range (about "
+                         f"±{FLOAT32_MAX:.3g}; no .nan or .inf), found {_show(first)}")
             return None
         return arr if arr.ndim == 3 else arr[None]
 
@@ -435,27 +545,38 @@ class _Parser:
         if func is None:
             self.problem(_line(spec, "type"), label, "generator.type",
                          f"unknown generator {_show(kind)}"
-                         f"{_hint(str(kind), generators.GENERATORS)}; known: "
-                         f"{', '.join(generators.GENERATORS)}")
+                         f"{_hint(str(kind), generators.GENERATORS) if isinstance(kind, str) else ''}"
+                         f"; known: {', '.join(generators.GENERATORS)}")
             return None
         params = {k: v for k, v in spec.items() if k != "type"}
         accepted = list(inspect.signature(func).parameters)
         unknown = [k for k in params if k not in accepted]
         for k in unknown:
-            self.problem(_line(spec, k), label, f"generator.{k}",
+            self.problem(_line(spec, k), label, f"generator.{_label(str(k))}",
                          f"unknown parameter for {kind}{_hint(str(k), accepted)}; "
                          f"accepted: {', '.join(accepted) or 'none'}")
         if unknown:
             return None
         try:
-            k2d = func(**_plain(params))
+            with np.errstate(all="ignore"):  # the result is checked below, never a warning
+                k2d = np.asarray(func(**_plain(params)), dtype=np.float64)
         except generators.ParameterError as e:
             self.problem(_line(spec, e.param) or line, label, f"generator.{e.param}", str(e))
             return None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, ArithmeticError) as e:
             self.problem(line, label, "generator", f"bad parameters for {kind}: {_one_line(str(e))}")
             return None
-        return np.asarray(k2d, dtype=np.float64)[None]
+        with np.errstate(invalid="ignore"):
+            finite = bool((np.abs(k2d) <= FLOAT32_MAX).all())
+        if not finite:
+            self.problem(line, label, "generator", f"these {kind} parameters give weights that "
+                         "are not finite in float32")
+            return None
+        if not np.any(k2d.astype(np.float32)):
+            self.problem(line, label, "generator", f"these {kind} parameters give a kernel of "
+                         "all zeros (every map would be zero)")
+            return None
+        return k2d[None]
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -498,6 +619,19 @@ def dump(*, name: str, description: str, defaults: dict, filters: list[dict],
 
 # --- small helpers ------------------------------------------------------------------------
 
+def _as_float(v: Any) -> float:
+    """float(v) that never raises: an int beyond float's range becomes +-inf."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+def _label(name: str) -> str:
+    """A filter's name as error messages show it: long ones shortened."""
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and not _is_yaml_bool(v)
 
@@ -507,8 +641,7 @@ def _is_yaml_bool(v: Any) -> bool:
 
 
 def _show(v: Any) -> str:
-    text = repr(_plain(v))
-    return text if len(text) <= 60 else text[:57] + "..."
+    return geometry.brief(v)
 
 
 def _one_line(text: str) -> str:
@@ -547,12 +680,20 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _nested_shape(raw: Any, depth: int = 0) -> tuple[int, ...] | str:
+def _nested_shape(raw: Any, depth: int = 0, memo: dict | None = None) -> tuple[int, ...] | str:
     """Shape of a nested list of equal-length lists, or a message saying what is wrong.
 
     Sizes are checked before children are visited, so a file that builds a huge list out of
-    YAML aliases is refused without walking it.
+    YAML aliases is refused without walking it; a list that aliases repeat is looked at once.
     """
+    memo = {} if memo is None else memo
+    key = (id(raw), depth)
+    if key not in memo:
+        memo[key] = _shape_of(raw, depth, memo)
+    return memo[key]
+
+
+def _shape_of(raw: Any, depth: int, memo: dict) -> tuple[int, ...] | str:
     if not isinstance(raw, list) or not raw:
         return "every row must be a non-empty list"
     if len(raw) > max(MAX_KERNEL_SIDE, MAX_KERNEL_CHANNELS):
@@ -562,13 +703,13 @@ def _nested_shape(raw: Any, depth: int = 0) -> tuple[int, ...] | str:
         return (len(raw),)
     if kinds != {True} or depth >= 2:
         return "must be a KH x KW matrix or a C x KH x KW list of matrices" + _at(raw, 0)
-    first = _nested_shape(raw[0], depth + 1)
+    first = _nested_shape(raw[0], depth + 1, memo)
     if isinstance(first, str):
         return first
     if len(raw) * math.prod(first) > MAX_WEIGHTS:
         return f"has more than {MAX_WEIGHTS} numbers"
     for i, row in enumerate(raw[1:], start=2):
-        shape = _nested_shape(row, depth + 1)
+        shape = _nested_shape(row, depth + 1, memo)
         if shape != first:
             got = "x".join(map(str, shape)) if isinstance(shape, tuple) else "not the same depth"
             return (f"ragged: row {i} has shape {got}, row 1 has {'x'.join(map(str, first))}"
@@ -581,12 +722,32 @@ def _at(seq: list, index: int) -> str:
     return f" (line {line})" if line else ""
 
 
-def _flatten(raw: Any) -> Iterable[Any]:
-    for v in raw:
-        if isinstance(v, list):
-            yield from _flatten(v)
-        else:
-            yield v
+class _NotANumber(Exception):
+    def __init__(self, value: Any):
+        self.value = value
+
+
+def _to_array(raw: list, ndim: int, memo: dict) -> np.ndarray:
+    """float64 array of a nested list whose shape is known to be regular; each distinct list
+    is converted once (YAML aliases repeat the same list object). Raises _NotANumber."""
+    got = memo.get(id(raw))
+    if got is not None and got.ndim == ndim:
+        return got
+    if ndim == 1:
+        for v in raw:
+            if not _is_number(v):
+                raise _NotANumber(v)
+        arr = np.array([_as_float(v) for v in raw], dtype=np.float64)
+    else:
+        arr = np.stack([_to_array(r, ndim - 1, memo) for r in raw])
+    memo[id(raw)] = arr
+    return arr
+
+
+def _element(raw: list, index: tuple[int, ...]) -> Any:
+    for i in index:
+        raw = raw[i]
+    return raw
 
 
 def _line(mapping: Any, key: Any) -> int | None:

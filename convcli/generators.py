@@ -24,23 +24,80 @@ class ParameterError(ValueError):
 
 
 MAX_GENERATED_SIZE = 1025  # larger kernels are almost always a typo in sigma
+# Every sigma, in pixels. Below 0.01 a sampled Gaussian is a lone impulse anyway, and the
+# LoG's 1/sigma^4 would overflow float32; above 10,000 it is flat over the largest kernel.
+SIGMA_RANGE = (0.01, 10_000.0)
+MIN_WAVELENGTH = 0.01  # pixels; under 2 the cosine aliases already, under this it is noise
+GAMMA_RANGE = (0.01, 100.0)  # Gabor aspect ratio; gamma^2 stays far from over/underflow
 
 
-def _positive(param: str, value: float) -> float:
-    if not value > 0:
-        raise ParameterError(param, f"must be > 0, got {value}")
-    return float(value)
+def _show(value: object) -> str:
+    from .geometry import brief
+
+    return brief(value)
 
 
-def _odd_size(param: str, size: int | None, radius: float) -> int:
+def _real(param: str, value: object, lo: float | None = None, hi: float | None = None,
+          above: float | None = None) -> float:
+    """A finite number (not a bool, not a string), optionally in [lo, hi] or > above."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and \
+        not isinstance(value, (bool, np.bool_))
+    try:
+        number = float(value) if ok else math.nan  # type: ignore[arg-type]
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not ok:
+        raise ParameterError(param, f"must be a number, got {_show(value)}")
+    if not math.isfinite(number):
+        raise ParameterError(param, f"must be a finite number, got {_show(value)}")
+    if above is not None and not number > above:
+        raise ParameterError(param, f"must be > {above:g}, got {_show(value)}")
+    if hi is None or hi == math.inf:
+        if lo is not None and number < lo:
+            raise ParameterError(param, f"must be at least {lo:g}, got {_show(value)}")
+    elif (lo is not None and number < lo) or number > hi:
+        raise ParameterError(param, f"must be between {lo:g} and {hi:g}, got {_show(value)}")
+    return number
+
+
+def _whole(param: str, value: object, lo: int, hi: int) -> int:
+    """A whole number in lo..hi (2.0 counts; True, 2.5 and '2' do not)."""
+    number = _real(param, value) if not isinstance(value, (int, np.integer)) or \
+        isinstance(value, (bool, np.bool_)) else value
+    if number != int(number) or not lo <= number <= hi:
+        raise ParameterError(param, f"must be a whole number in {lo}..{hi}, got {_show(value)}")
+    return int(number)
+
+
+def _positive(param: str, value: object) -> float:
+    return _real(param, value, above=0.0)
+
+
+def _sigma(param: str, value: object) -> float:
+    return _real(param, value, *SIGMA_RANGE)
+
+
+def _odd_size(param: str, size: object, radius: float) -> int:
     """The kernel size: the given one (must be odd and positive) or 2*ceil(radius)+1."""
     if size is None:
+        if radius > MAX_GENERATED_SIZE:  # say so before making a huge whole number of it
+            raise ParameterError(param, f"gives a kernel wider than {MAX_GENERATED_SIZE} pixels "
+                                        f"(radius {radius:.4g})")
         size = 2 * max(1, int(math.ceil(radius))) + 1
+    if not isinstance(size, (int, np.integer)) or isinstance(size, (bool, np.bool_)):
+        size = _real(param, size)
     if int(size) != size or size < 1 or size % 2 == 0:
-        raise ParameterError(param, f"must be an odd whole number >= 1, got {size}")
+        raise ParameterError(param, f"must be an odd whole number >= 1, got {_show(size)}")
     if size > MAX_GENERATED_SIZE:
-        raise ParameterError(param, f"kernel of {size}x{size} is larger than {MAX_GENERATED_SIZE}")
+        raise ParameterError(param, f"kernel of {_show(size)}x{_show(size)} is larger than "
+                                    f"{MAX_GENERATED_SIZE}")
     return int(size)
+
+
+def _rounded(radius: float) -> float:
+    """round(radius) as scipy sizes Gaussians, left alone when too large to matter (even inf):
+    _odd_size refuses it with a message instead of building a huge whole number."""
+    return float(math.floor(radius + 0.5)) if radius <= MAX_GENERATED_SIZE else radius
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,10 +107,16 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(ax, ax, indexing="xy")
 
 
-def _choice(param: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ParameterError(param, f"must be one of {', '.join(allowed)}; got {value!r}")
+def _choice(param: str, value: object, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ParameterError(param, f"must be one of {', '.join(allowed)}; got {_show(value)}")
     return value
+
+
+def _flag(param: str, value: object) -> bool:
+    if not isinstance(value, (bool, np.bool_)) and type(value).__name__ != "ScalarBoolean":
+        raise ParameterError(param, f"must be true or false, got {_show(value)}")
+    return bool(value)
 
 
 def _gaussian_2d(sigma: float, size: int) -> np.ndarray:
@@ -74,11 +137,9 @@ def identity(size: int = 1) -> np.ndarray:
 
 def box(size: int = 3, height: int | None = None) -> np.ndarray:
     """Mean over a size x height window (height defaults to size); any size, odd or even."""
-    height = size if height is None else height
-    for name, v in (("size", size), ("height", height)):
-        if int(v) != v or v < 1 or v > MAX_GENERATED_SIZE:
-            raise ParameterError(name, f"must be a whole number in 1..{MAX_GENERATED_SIZE}, got {v}")
-    return np.full((int(height), int(size)), 1.0 / (int(size) * int(height)))
+    size = _whole("size", size, 1, MAX_GENERATED_SIZE)
+    height = size if height is None else _whole("height", height, 1, MAX_GENERATED_SIZE)
+    return np.full((height, size), 1.0 / (size * height))
 
 
 def gaussian(sigma: float = 1.0, size: int | None = None, truncate: float = 4.0) -> np.ndarray:
@@ -86,8 +147,8 @@ def gaussian(sigma: float = 1.0, size: int | None = None, truncate: float = 4.0)
 
     Default size follows scipy.ndimage.gaussian_filter: radius = round(truncate * sigma).
     """
-    sigma = _positive("sigma", sigma)
-    size = _odd_size("size", size, int(_positive("truncate", truncate) * sigma + 0.5))
+    sigma = _sigma("sigma", sigma)
+    size = _odd_size("size", size, _rounded(_positive("truncate", truncate) * sigma))
     return _gaussian_2d(sigma, size)
 
 
@@ -97,7 +158,7 @@ def disk(radius: float = 2.0) -> np.ndarray:
     size = _odd_size("radius", None, radius)
     x, y = _grid(size)
     k = (x * x + y * y <= radius * radius + 1e-9).astype(np.float64)
-    return k / k.sum()
+    return k / k.sum()  # the centre is always in: the sum is at least 1
 
 
 def motion(length: float = 9.0, angle: float = 0.0) -> np.ndarray:
@@ -109,12 +170,12 @@ def motion(length: float = 9.0, angle: float = 0.0) -> np.ndarray:
     length = _positive("length", length)
     size = _odd_size("length", None, length / 2.0)
     x, y = _grid(size)
-    t = math.radians(float(angle))
+    t = math.radians(_real("angle", angle))
     ux, uy = math.cos(t), -math.sin(t)  # y grows down, angles turn counter-clockwise on screen
     along = np.clip(x * ux + y * uy, -length / 2.0, length / 2.0)
     d = np.hypot(x - along * ux, y - along * uy)
     k = np.clip(1.0 - d, 0.0, None)
-    return k / k.sum()
+    return k / k.sum()  # the centre lies on the segment: the sum is at least 1
 
 
 # --- band-pass and oriented ---------------------------------------------------------------
@@ -127,8 +188,8 @@ def log(sigma: float = 1.0, size: int | None = None, truncate: float = 4.0) -> n
     negative (the sign of the Laplacian, as in scipy.ndimage.gaussian_laplace): a dark blob
     on a bright ground answers positively.
     """
-    sigma = _positive("sigma", sigma)
-    size = _odd_size("size", size, int(_positive("truncate", truncate) * sigma + 0.5))
+    sigma = _sigma("sigma", sigma)
+    size = _odd_size("size", size, _rounded(_positive("truncate", truncate) * sigma))
     x, y = _grid(size)
     r2 = x * x + y * y
     k = (r2 - 2.0 * sigma * sigma) / sigma**2 * np.exp(-r2 / (2.0 * sigma * sigma))
@@ -140,11 +201,11 @@ def dog(sigma: float = 1.0, sigma2: float | None = None, size: int | None = None
     """Difference of Gaussians G(sigma) - G(sigma2), each normalised; sigma2 defaults to
     1.6 sigma, the ratio Marr & Hildreth (1980) give as closest to the LoG. Positive centre,
     sums to zero."""
-    sigma = _positive("sigma", sigma)
-    sigma2 = 1.6 * sigma if sigma2 is None else _positive("sigma2", sigma2)
+    sigma = _sigma("sigma", sigma)
+    sigma2 = 1.6 * sigma if sigma2 is None else _sigma("sigma2", sigma2)
     if sigma2 <= sigma:
-        raise ParameterError("sigma2", f"must be larger than sigma ({sigma}), got {sigma2}")
-    size = _odd_size("size", size, int(4.0 * sigma2 + 0.5))
+        raise ParameterError("sigma2", f"must be larger than sigma ({sigma:g}), got {sigma2:g}")
+    size = _odd_size("size", size, _rounded(4.0 * sigma2))
     return _gaussian_2d(sigma, size) - _gaussian_2d(sigma2, size)
 
 
@@ -157,23 +218,27 @@ def gabor(
     size: int | None = None,
     zero_mean: bool = True,
 ) -> np.ndarray:
-    """Gabor filter exp(-(x'^2 + gamma^2 y'^2) / 2 sigma^2) * cos(2 pi x' / wavelength + psi).
+    """Gabor filter exp(-(u^2 + gamma^2 v^2) / 2 sigma^2) * cos(2 pi u / wavelength + psi).
 
-    Daugman (1985); x' = x cos(theta) + y' sin(theta) in screen axes, theta in degrees
-    (0: stripes are vertical, the filter answers to horizontal change), psi in degrees.
-    With zero_mean (the default) the mean is removed so flat regions give zero.
+    Daugman (1985). u is the coordinate along the direction theta, counter-clockwise on
+    screen from pointing right: with x right and y down, u = x cos(theta) - y sin(theta) and
+    v = x sin(theta) + y cos(theta). theta 0: the stripes are vertical and the filter answers
+    to change from left to right; 90: horizontal stripes, change from bottom to top. theta
+    and psi in degrees. With zero_mean (the default) the mean is removed so flat regions
+    give zero.
     """
-    sigma = _positive("sigma", sigma)
-    wavelength = _positive("wavelength", wavelength)
-    gamma = _positive("gamma", gamma)
+    sigma = _sigma("sigma", sigma)
+    wavelength = _real("wavelength", wavelength, lo=MIN_WAVELENGTH)
+    gamma = _real("gamma", gamma, *GAMMA_RANGE)
+    t = math.radians(_real("theta", theta))
+    phase = math.radians(_real("psi", psi))
+    zero_mean = _flag("zero_mean", zero_mean)
     size = _odd_size("size", size, 3.0 * sigma / min(1.0, gamma))
     x, y = _grid(size)
-    t = math.radians(float(theta))
-    yu = -y  # make y grow upwards so theta turns counter-clockwise on screen
-    xr = x * math.cos(t) + yu * math.sin(t)
-    yr = -x * math.sin(t) + yu * math.cos(t)
-    env = np.exp(-(xr * xr + gamma * gamma * yr * yr) / (2.0 * sigma * sigma))
-    k = env * np.cos(2.0 * math.pi * xr / wavelength + math.radians(float(psi)))
+    u = x * math.cos(t) - y * math.sin(t)
+    v = x * math.sin(t) + y * math.cos(t)
+    env = np.exp(-(u * u + gamma * gamma * v * v) / (2.0 * sigma * sigma))
+    k = env * np.cos(2.0 * math.pi * u / wavelength + phase)
     if zero_mean:
         k = k - k.mean()
     return k
@@ -211,6 +276,7 @@ def roberts(diagonal: str = "a") -> np.ndarray:
 def laplacian(neighbours: int = 4) -> np.ndarray:
     """Discrete Laplacian, 4- or 8-neighbour stencil (Gonzalez & Woods, Digital Image
     Processing, 3rd ed., fig. 3.37)."""
+    neighbours = _whole("neighbours", neighbours, 4, 8)
     if neighbours == 4:
         return np.array([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
     if neighbours == 8:

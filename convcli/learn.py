@@ -30,6 +30,17 @@ from .errors import InputError, UsageError
 NORM_EPS = 10.0 / 255.0**2  # Coates et al.'s +10 on 0-255 variances, for pixels in [0, 1]
 ZCA_EPS = 0.1  # their whitening regulariser (on normalised patches)
 KMEANS_ITERATIONS = 10
+METHODS = ("kmeans", "pca")
+CHANNELS = ("gray", "rgb")
+
+# Bounds on the options, so that what is asked can be done in memory and in reasonable time.
+MAX_SIZE = 32  # patch side: the covariance is (C S^2)^2, eigendecomposed in O((C S^2)^3)
+MAX_PATCHES = 1_000_000
+# patches x (values per patch + filters): the patch matrix and k-means' projections, as
+# float64 (2**25 numbers = 256 MiB per copy; a few copies are alive at once).
+MAX_NUMBERS = 1 << 25
+MAX_IMAGE_VALUES = 1 << 29  # all images are held in memory as float32: 2 GiB
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -44,6 +55,8 @@ class Learned:
 def patches(pixels_list: list[np.ndarray], size: int, count: int, rng: np.random.Generator
             ) -> np.ndarray:
     """count random size x size patches, spread evenly over the images: (count, C*size*size)."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
     out = []
     per_image = [count // len(pixels_list) + (i < count % len(pixels_list))
                  for i in range(len(pixels_list))]
@@ -53,8 +66,10 @@ def patches(pixels_list: list[np.ndarray], size: int, count: int, rng: np.random
             raise InputError(f"an image of {w}x{h} is smaller than the {size}x{size} patches")
         ys = rng.integers(0, h - size + 1, n)
         xs = rng.integers(0, w - size + 1, n)
-        out.extend(px[:, y:y + size, x:x + size].reshape(-1) for y, x in zip(ys, xs))
-    return np.asarray(out, np.float64)
+        # Every window as a view (no copy); fancy indexing copies just the n chosen ones.
+        windows = sliding_window_view(px, (size, size), axis=(1, 2))  # (C, h', w', S, S)
+        out.append(np.moveaxis(windows[:, ys, xs], 1, 0).reshape(n, -1))
+    return np.concatenate(out).astype(np.float64)
 
 
 def normalise(x: np.ndarray) -> np.ndarray:
@@ -67,8 +82,14 @@ def zca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, P): whitened = (x - mean) @ P, with P = V diag(1/sqrt(d + eps)) V^T."""
     mean = x.mean(axis=0)
     cov = np.cov(x - mean, rowvar=False)
-    d, v = np.linalg.eigh(cov)
+    d, v = np.linalg.eigh(np.atleast_2d(cov))
     return mean, (v / np.sqrt(np.maximum(d, 0) + ZCA_EPS)) @ v.T
+
+
+def _unit_rows(d: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1; a row that came out all zero keeps its previous value."""
+    norms = np.linalg.norm(d, axis=1, keepdims=True)
+    return np.where(norms > 0, d / np.where(norms > 0, norms, 1.0), previous)
 
 
 def spherical_kmeans(x: np.ndarray, k: int, rng: np.random.Generator,
@@ -83,34 +104,95 @@ def spherical_kmeans(x: np.ndarray, k: int, rng: np.random.Generator,
         best = np.abs(proj).argmax(axis=1)
         s = np.zeros_like(proj)
         s[np.arange(len(x)), best] = proj[np.arange(len(x)), best]
-        d = s.T @ x + d  # keeps empty clusters where they were
-        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        d = _unit_rows(s.T @ x + d, d)  # "+ d" keeps empty clusters where they were
         if progress is not None:
             progress()
     return d
 
 
+def check_options(filters: int, size: int, method: str, seed: int, count: int,
+                  channels: int | None = None) -> None:
+    """UsageError naming the first option that cannot work (channels: of the images, if
+    known, to check what the options cost)."""
+    from . import bank
+    from .geometry import brief, is_int
+
+    def whole(value, what: str, lo: int, hi: int) -> None:
+        if not (is_int(value) and lo <= value <= hi):
+            raise UsageError(f"{what} must be a whole number from {lo:,} to {hi:,}, "
+                             f"got {brief(value)}")
+
+    if method not in METHODS:
+        raise UsageError(f"the method must be kmeans or pca, got {brief(method)}")
+    whole(filters, "the number of filters", 1, bank.MAX_FILTERS)
+    whole(size, "the patch size", 1, MAX_SIZE)
+    whole(count, "the number of patches", 2, MAX_PATCHES)
+    whole(seed, "the seed", 0, MAX_SEED)
+    if count < filters:
+        raise UsageError(f"{count:,} patches are fewer than the {filters:,} filters to learn; "
+                         "give at least one patch per filter")
+    if channels is None:
+        return
+    dim = channels * size * size
+    if method == "pca" and filters > dim:
+        raise UsageError(f"PCA of {size}x{size}x{channels} patches has at most {dim} "
+                         f"components; asked for {filters}")
+    if filters * dim > bank.MAX_DUMP_WEIGHTS:
+        raise UsageError(f"{filters:,} filters of {channels}x{size}x{size} are "
+                         f"{filters * dim:,} weights; a learned bank holds at most "
+                         f"{bank.MAX_DUMP_WEIGHTS:,}")
+    if count * (dim + filters) > MAX_NUMBERS:
+        raise UsageError(f"{count:,} patches of {channels}x{size}x{size} for {filters:,} "
+                         f"filters need {count * (dim + filters):,} numbers in memory; at most "
+                         f"{MAX_NUMBERS:,} (use fewer patches)")
+
+
 def learn(pixels_list: list[np.ndarray], filters: int, size: int, method: str, seed: int,
-          count: int = 20000, progress=None) -> Learned:
-    """Learn a bank; ``progress`` (optional) is called once per k-means iteration."""
-    if method not in ("kmeans", "pca"):
-        raise UsageError(f"--method must be kmeans or pca, got {method!r}")
-    if filters < 1 or size < 1:
-        raise UsageError("--filters and --size must be at least 1")
-    rng = np.random.default_rng(seed)
+          count: int = 20000, progress=None, *, labels: list[str] | None = None) -> Learned:
+    """Learn a bank; ``progress`` (optional) is called once per k-means iteration.
+    ``labels`` name the images in messages (their paths; default: their positions)."""
+    check_options(filters, size, method, seed, count)
+    if not pixels_list:
+        raise UsageError("no images to learn from")
+    labels = list(labels) if labels is not None else \
+        [f"image {i + 1} of {len(pixels_list)}" for i in range(len(pixels_list))]
     c = pixels_list[0].shape[0]
+    for px, label in zip(pixels_list, labels):
+        if px.ndim != 3 or px.shape[0] != c:
+            raise InputError(f"{label}: has {px.shape[0] if px.ndim == 3 else '?'} channels, "
+                             f"the first image {c}; all images must have the same")
+        if px.shape[1] < size or px.shape[2] < size:
+            raise InputError(f"{label}: the image ({px.shape[2]}x{px.shape[1]}) is smaller "
+                             f"than the {size}x{size} patches")
+    check_options(filters, size, method, seed, count, channels=c)
+    rng = np.random.default_rng(seed)
     x = patches(pixels_list, size, count, rng)
-    if method == "pca":
-        if filters > x.shape[1]:
-            raise UsageError(f"PCA of {size}x{size}x{c} patches has at most {x.shape[1]} "
-                             f"components; asked for {filters}")
-        mean = x.mean(axis=0)
-        _, v = np.linalg.eigh(np.cov(x - mean, rowvar=False))
-        comps = v[:, ::-1][:, :filters].T  # largest variance first
-        comps *= np.sign(comps[np.arange(filters), np.abs(comps).argmax(axis=1)])[:, None]
-        return Learned(comps.reshape(filters, c, size, size), -(comps @ mean), mean, None)
-    mean, p = zca(normalise(x))
-    d = spherical_kmeans((normalise(x) - mean) @ p, filters, rng, progress=progress)
+    # Overflow (pixel values near float64's limits) shows as non-finite weights, refused
+    # below with one line; no NumPy warning escapes.
+    with np.errstate(all="ignore"):
+        result = _pca(x, filters, c, size) if method == "pca" else \
+            _kmeans(x, filters, c, size, rng, progress)
+        sane = all(np.isfinite(a).all() and (np.abs(a) <= np.finfo(np.float32).max).all()
+                   for a in (result.weights, result.bias))
+    if not sane:
+        raise InputError(f"{labels[0] if len(labels) == 1 else 'the images'}: learning gave "
+                         "weights that are not finite in float32 (are the pixel values huge?)")
+    return result
+
+
+def _pca(x: np.ndarray, filters: int, c: int, size: int) -> Learned:
+    mean = x.mean(axis=0)
+    _, v = np.linalg.eigh(np.atleast_2d(np.cov(x - mean, rowvar=False)))
+    comps = v[:, ::-1][:, :filters].T  # largest variance first
+    comps *= np.sign(comps[np.arange(filters), np.abs(comps).argmax(axis=1)])[:, None]
+    return Learned(comps.reshape(filters, c, size, size), -(comps @ mean), mean, None)
+
+
+def _kmeans(x: np.ndarray, filters: int, c: int, size: int, rng: np.random.Generator,
+            progress) -> Learned:
+    normalised = normalise(x)
+    mean, p = zca(normalised)
+    d = spherical_kmeans((normalised - mean) @ p, filters, rng, progress=progress)
     folded = d @ p  # rows: (P d_k)^T, P symmetric
     return Learned(folded.reshape(filters, c, size, size), -(folded @ mean), mean, p, d)
 
@@ -146,6 +228,24 @@ def to_yaml(result: Learned, *, name: str, method: str, channels: str, seed: int
 
 
 def read_for_learning(paths: list[str], channels: str) -> list[np.ndarray]:
-    if channels not in ("gray", "rgb"):
-        raise UsageError(f"--channels must be gray or rgb, got {channels!r}")
-    return [images.as_channels(images.read_image(p).pixels, channels) for p in paths]
+    """The images as float32 (C, H, W) in the channel mode; InputError naming the file for
+    one that cannot be read or learned from."""
+    if channels not in CHANNELS:
+        raise UsageError(f"channels must be gray or rgb, got {channels!r}")
+    if not paths:
+        raise UsageError("no images to learn from")
+    want = 1 if channels == "gray" else 3
+    out, held = [], 0
+    for p in paths:
+        px = images.as_channels(images.read_image(p).pixels, channels)
+        if px.ndim != 3 or px.shape[0] != want:
+            raise InputError(f"{p}: has {px.shape[0]} channels; learning in {channels} needs "
+                             f"{want}")
+        if not np.isfinite(px).all():
+            raise InputError(f"{p}: holds values that are not finite (NaN or infinite)")
+        held += px.size
+        if held > MAX_IMAGE_VALUES:
+            raise UsageError(f"the images hold more than {MAX_IMAGE_VALUES:,} values, all "
+                             "kept in memory while learning; give fewer or smaller images")
+        out.append(px)
+    return out

@@ -89,7 +89,8 @@ def test_yaml_1_2_numbers_and_strings():
           - name: k
             weights: [[1]]
             bias: no
-    """) == ["b.yaml:6: filter 'k': field 'bias': must be a finite number, got 'no'"]
+    """) == ["b.yaml:6: filter 'k': field 'bias': must be a finite number within float32's "
+             "range (about ±3.4e+38), got 'no'"]
 
 
 def test_multichannel_and_odd_shapes():
@@ -116,7 +117,8 @@ def test_multichannel_and_odd_shapes():
     ("name: x\nfilters:\n  - name: k\n    weights: [[1, true]]\n",
      ["b.yaml:4: filter 'k': field 'weights': must hold numbers only, found True"]),
     ("name: x\nfilters:\n  - name: k\n    weights: [[1, .nan]]\n",
-     ["b.yaml:4: filter 'k': field 'weights': must be finite (no .nan or .inf)"]),
+     ["b.yaml:4: filter 'k': field 'weights': must be finite numbers within float32's range "
+      "(about ±3.4e+38; no .nan or .inf), found nan"]),
     ("name: x\nfilters:\n  - name: k\n    weights: [1, 2]\n",
      ["b.yaml:4: filter 'k': field 'weights': must be a KH x KW matrix or a C x KH x KW list of matrices"]),
     ("name: x\nfilters:\n  - name: k\n    weights: [[1]]\n    generator: {type: box}\n",
@@ -131,7 +133,7 @@ def test_multichannel_and_odd_shapes():
       "'gaussian'?); known: identity, box, gaussian, disk, motion, log, dog, gabor, sobel, "
       "scharr, prewitt, roberts, laplacian, kirsch"]),
     ("name: x\nfilters:\n  - name: k\n    generator: {type: gaussian, sigma: -1}\n",
-     ["b.yaml:4: filter 'k': field 'generator.sigma': must be > 0, got -1"]),
+     ["b.yaml:4: filter 'k': field 'generator.sigma': must be between 0.01 and 10000, got -1"]),
     ("name: x\nfilters:\n  - name: k\n    generator: {type: gaussian, sigam: 1}\n",
      ["b.yaml:4: filter 'k': field 'generator.sigam': unknown parameter for gaussian (did you "
       "mean 'sigma'?); accepted: sigma, size, truncate"]),
