@@ -122,14 +122,31 @@ def _font(cell_w: int):
     return font, size + 8
 
 
+LABEL_MAX_CHARS = 256  # more never fits a tile (the widest is a few thousand pixels)
+
+
 def _draw_label(labels: np.ndarray, name: str, font, x0: int, y0: int, w: int, h: int) -> None:
     from PIL import Image, ImageDraw
 
     strip = Image.new("L", (w, h), 60)
     draw = ImageDraw.Draw(strip)
-    shown = printable(name)
-    while shown and draw.textlength(shown, font=font) > w - 6:
-        shown = shown[:-2] + "…" if len(shown) > 2 else ""
+    room = w - 6
+    # Measure at most LABEL_MAX_CHARS characters (zero-width ones such as combining marks
+    # would otherwise let a huge name "fit"), then find the longest prefix that fits with
+    # an ellipsis by bisection: a few measurements, not one per character.
+    shown = printable(name[:LABEL_MAX_CHARS])
+    cut = len(name) > LABEL_MAX_CHARS
+    if len(shown) > LABEL_MAX_CHARS:  # escapes (\x1b ...) lengthen it
+        shown, cut = shown[:LABEL_MAX_CHARS], True
+    if cut or draw.textlength(shown, font=font) > room:
+        lo, hi = 0, len(shown)  # the prefix of lo characters fits with "…"; of hi+1 does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if draw.textlength(shown[:mid] + "…", font=font) <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        shown = shown[:lo] + "…" if lo or draw.textlength("…", font=font) <= room else ""
     draw.text((3, h // 2), shown, fill=255, font=font, anchor="lm")
     labels[y0:y0 + h, x0:x0 + w] = np.asarray(strip)
 
