@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -65,11 +66,42 @@ class Stream(Protocol):
     ``close()``: release the workers. An interrupt (KeyboardInterrupt) raised while
     iterating leaves the stream usable: call stop() or abort() and iterate on."""
 
+    method: str  # the engine path the batch takes (see plan_engine)
+
     def __iter__(self) -> Iterator[Result]: ...
     def __next__(self) -> Result: ...
     def stop(self) -> None: ...
     def abort(self) -> None: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a batch runs. ``scheduler``: a Dask scheduler's address, or "local" for a
+    LocalCluster; else this machine, with ``jobs`` worker processes (None: one per core;
+    one runs in this process). ``engine``: the engine's method (auto, jit, numpy, fft)."""
+
+    jobs: int | None = None
+    scheduler: str | None = None
+    engine: str = "auto"
+    fail_fast: bool = False
+    verbose: bool = False  # a local Dask cluster's own log on stderr
+
+
+def apply(sources: list[Source], bank: KernelBank, options: Options,
+          backend: Backend = Backend()) -> Stream:
+    """Run a bank over many inputs on a back-end; the one entry point for batches. Returns
+    a Stream of Results (see Stream), whose ``method`` says which engine path it took."""
+    method = plan_engine(sources, bank, backend.engine)
+    if backend.scheduler is not None:
+        from . import cluster
+
+        stream: Stream = cluster.run(backend.scheduler, sources, bank, options,
+                                     backend.fail_fast, method, backend.verbose)
+    else:
+        stream = run(sources, bank, options, backend.jobs, backend.fail_fast, method)
+    stream.method = method
+    return stream
 
 
 def run(sources: list[Source], bank: KernelBank, options: Options, jobs: int | None = None,

@@ -27,7 +27,9 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except ConvcliError as e:
-            for line in str(e).splitlines() or [type(e).__name__]:
+            lines = str(e).splitlines() or [type(e).__name__]
+            lines[-1] = _with_flags(lines[-1], e.settings)
+            for line in lines:
                 _say(f"convcli: error: {line}")
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
@@ -55,6 +57,19 @@ app.add_typer(bank_app, name="bank")
 cache_app = typer.Typer(cls=_Group, no_args_is_help=True, rich_markup_mode=None,
                         help="Manage the compiled-engine (JIT) cache.")
 app.add_typer(cache_app, name="cache")
+
+
+# The flags that set each library setting named by an error (ConvcliError.settings).
+FLAGS = {"max_memory": "--max-memory", "stack": "--no-stack", "max_pixels": "--max-pixels",
+         "filter": "--filter", "padding": "--padding", "files_from": "--files-from",
+         "null": "-0", "scheduler": "--scheduler", "format": "--format", "bits": "--bits",
+         "compression": "--compression", "stride": "--stride", "dilation": "--dilation"}
+
+
+def _with_flags(message: str, settings: tuple[str, ...]) -> str:
+    """An error message with the flags that can fix it, e.g. '... (see --max-memory)'."""
+    flags = [FLAGS[s] for s in settings if s in FLAGS]
+    return f"{message} (see {', '.join(flags)})" if flags else message
 
 
 # More worker processes than this only costs memory and start-up, on any machine today.
@@ -142,125 +157,119 @@ def apply(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail on stderr."),
 ) -> None:
     """Run every filter of a bank over every input; write one PNG per filter and a stack."""
-    from . import bank as banks
     from . import batch, pipeline
 
+    _check_apply_options(stack_by, jobs, max_pixels, output, json_report, scheduler)
+    options = pipeline.Options(out=output, format=fmt, bits=bits, compression=compression,
+                               max_pixels=max_pixels, stack=stack, resume=resume,
+                               max_memory=_size(max_memory, "--max-memory"))
+    pipeline.check_options(options)
+    kernel_bank = _load_bank(bank, filters, stride=stride, padding=padding, dilation=dilation,
+                             border=border, activation=activation, scale=scale)
+    if not inputs and files_from is None:
+        raise UsageError("give at least one INPUT (a file, folder, glob or -) or --files-from")
+    found = _expand_inputs(inputs or [], files_from, null, recursive, output)
+    if not found.sources:
+        raise UsageError("no images to process: " + (found.warnings[0] if found.warnings
+                                                    else "the inputs are empty"))
+    if output == pipeline.STDOUT and len(found.sources) != 1:
+        raise UsageError(f"-o - writes one result, but {len(found.sources)} inputs were given; "
+                         "give one input or an output folder")
+    pipeline.check_output_folder(output)
+    report = _Report(len(found.sources), quiet=quiet, verbose=verbose, json_lines=json_report)
+    for warning in found.warnings:
+        report.warn(warning)
+    backend = batch.Backend(jobs=jobs, scheduler=scheduler, engine=engine,
+                            fail_fast=fail_fast, verbose=verbose)
+    stream = batch.apply(found.sources, kernel_bank, options, backend)
+    report.detail(_engine_line(stream.method))
+    results, stopped_by = _drain(stream, report)
+    if isinstance(stopped_by, (KeyboardInterrupt, Terminated)):
+        report.summary(output, interrupted=True)
+        raise typer.Exit(EXIT_TERMINATED if isinstance(stopped_by, Terminated)
+                         else EXIT_INTERRUPTED)
+    if stack_by == "filter":
+        for sheet in batch.write_filter_sheets(results, found.sources, kernel_bank, options):
+            report.detail(f"contact sheet: {sheet}")
+    report.summary(output, interrupted=stopped_by is not None)
+    raise typer.Exit(EXIT_ERROR if isinstance(stopped_by, OSError) and
+                     not isinstance(stopped_by, BrokenPipeError) else report.exit_code(fail_fast))
+
+
+def _check_apply_options(stack_by, jobs, max_pixels, output, json_report, scheduler) -> None:
+    """Refuse option values and combinations that cannot work, before anything is read."""
     if stack_by not in (None, "filter"):
         raise UsageError(f"--stack-by takes 'filter', got {stack_by!r}")
     if max_pixels < 1:
         raise UsageError(f"--max-pixels must be at least 1, got {max_pixels}")
     if jobs is not None and not 1 <= jobs <= MAX_JOBS:
         raise UsageError(f"--jobs must be between 1 and {MAX_JOBS}, got {jobs}")
-    options = pipeline.Options(out=output, format=fmt, bits=bits, compression=compression,
-                               max_pixels=max_pixels, stack=stack, resume=resume,
-                               max_memory=_size(max_memory, "--max-memory"))
-    pipeline.check_options(options)
-    settings = {key: banks.parse_cli_setting(key, value) for key, value in (
-        ("stride", stride), ("padding", padding), ("dilation", dilation), ("border", border),
-        ("activation", activation), ("scale", scale))}
-    kernel_bank = banks.load(bank).override(**settings)
-    if filters:  # a filter named twice is run once, like an input named twice
-        kernel_bank = kernel_bank.select(list(dict.fromkeys(filters)))
-    to_stdout = output == pipeline.STDOUT
-    if to_stdout and (json_report or stack_by):
-        raise UsageError("-o - puts image data on stdout; it cannot be combined with --json "
-                         "or --stack-by")
-    if not inputs and files_from is None:
-        raise UsageError("give at least one INPUT (a file, folder, glob or -) or --files-from")
-    found = _expand_inputs(inputs or [], files_from, null, recursive, output)
-    sources = found.sources
-    if not sources:
-        raise UsageError("no images to process: " + (found.warnings[0] if found.warnings
-                                                    else "the inputs are empty"))
-    if to_stdout:
-        if len(sources) != 1:
-            raise UsageError(f"-o - writes one result, but {len(sources)} inputs were given; "
-                             "give one input or an output folder")
+    if output == "-":
+        if json_report or stack_by or scheduler:
+            raise UsageError("-o - puts image data on stdout; it cannot be combined with "
+                             "--json, --stack-by or --scheduler")
         if sys.stdout.isatty():
             raise UsageError("refusing to write binary image data to a terminal; redirect "
                              "stdout (> file.png) or give an output folder with -o")
-    pipeline.check_output_folder(output)
 
-    report = _Report(len(sources), quiet=quiet, verbose=verbose, json_lines=json_report)
-    for warning in found.warnings:
-        report.warn(warning)
-    path = batch.plan_engine(sources, kernel_bank, engine)
-    if verbose:
-        from . import engine as engines
 
-        if path == "jit":
-            report.say(f"engine: jit; {engines.cache_status()}")
-        else:
-            why = {"numpy": "a small job: numba is not started",
-                   "fft": "every filter through the FFT",
-                   "auto": "chosen by the image's size: numba only for large work"}[path]
-            report.say(f"engine: {path} ({why})")
-    results = []
-    client = None
-    if scheduler is not None:
-        from . import cluster
+def _load_bank(ref: str, filters: list[str] | None, **overrides: str | None):
+    """The bank named on the command line, with its settings overridden and its filters
+    selected (a filter named twice is run once, like an input named twice)."""
+    from . import bank as banks
 
-        if to_stdout:
-            raise UsageError("--scheduler writes to an output folder; it cannot be used with -o -")
-        client = cluster.connect(scheduler, path, verbose)
-        stream = cluster.run(client, sources, kernel_bank, options, fail_fast, path,
-                             local=scheduler == "local")
-    else:
-        stream = batch.run(sources, kernel_bank, options, jobs, fail_fast, path)
+    settings = {key: banks.parse_cli_setting(key, value) for key, value in overrides.items()}
+    kernel_bank = banks.load(ref).override(**settings)
+    return kernel_bank.select(list(dict.fromkeys(filters))) if filters else kernel_bank
 
-    def take(result) -> None:
-        results.append(result)
-        if result.payload is not None:
-            sys.stdout.buffer.write(result.payload)
-            sys.stdout.buffer.flush()
-        report.add(result)
 
+def _engine_line(method: str) -> str:
+    if method == "jit":
+        from . import engine
+
+        return f"engine: jit; {engine.cache_status()}"
+    why = {"numpy": "a small job: numba is not started", "fft": "every filter through the FFT",
+           "auto": "chosen by the image's size: numba only for large work"}[method]
+    return f"engine: {method} ({why})"
+
+
+def _drain(stream, report: "_Report"):
+    """Take every result of a batch into the report (and its payload to stdout). Ctrl-C or
+    SIGTERM: the first stops the batch (running inputs finish and are reported), a second
+    abandons running inputs. A stdout that goes away stops it quietly, a failing one with
+    a line. Returns (results, what stopped it or None)."""
+    results: list = []
     stopped_by: BaseException | None = None
-    stdout_failed: OSError | None = None
     previous = signal.signal(signal.SIGTERM, _raise_terminated)  # stop like Ctrl-C
     try:
         with report:
             while True:
                 try:
                     for result in stream:
-                        take(result)
+                        results.append(result)
+                        if result.payload is not None:
+                            sys.stdout.buffer.write(result.payload)
+                            sys.stdout.buffer.flush()
+                        report.add(result)
                     break
                 except (KeyboardInterrupt, Terminated) as stop:
-                    # First: what is running finishes and is reported. Again: abandon it.
                     if stopped_by is None:
                         stopped_by = stop
                         stream.stop()
                     else:
                         stream.abort()
-                except BrokenPipeError:  # the reader of stdout went away: stop quietly
-                    _quiet_broken_pipe()
-                    report.json_lines = False
-                    stopped_by = stopped_by or BrokenPipeError()
-                    stream.stop()
-                except OSError as e:  # stdout failed otherwise (a full disk): say so, stop
-                    if stdout_failed is None:
+                except OSError as e:  # stdout: the reader went away (| head), or it failed
+                    if not isinstance(e, BrokenPipeError) and stopped_by is None:
                         _say(f"convcli: error: cannot write to stdout: {e.strerror or e}; "
                              "stopping")
                     _quiet_broken_pipe()
                     report.json_lines = False
-                    stdout_failed = stopped_by = stopped_by or e
+                    stopped_by = stopped_by or e
                     stream.stop()
     finally:
         stream.close()
         signal.signal(signal.SIGTERM, previous)
-        if client is not None:
-            client.close()
-            if scheduler == "local" and client.cluster is not None:
-                client.cluster.close()
-    if isinstance(stopped_by, (KeyboardInterrupt, Terminated)):
-        report.summary(output, interrupted=True)
-        raise typer.Exit(EXIT_TERMINATED if isinstance(stopped_by, Terminated)
-                         else EXIT_INTERRUPTED)
-    if stack_by == "filter":
-        for sheet in batch.write_filter_sheets(results, sources, kernel_bank, options):
-            report.detail(f"contact sheet: {sheet}")
-    report.summary(output, interrupted=stopped_by is not None)
-    raise typer.Exit(EXIT_ERROR if stdout_failed else report.exit_code(fail_fast))
+    return results, stopped_by
 
 
 def _size(text: str, option: str) -> int:
@@ -353,7 +362,7 @@ class _Report:
             self.warn(note)
         if result.status == "error":
             self.codes.add(result.exit_code)
-            self.say(f"convcli: error: {result.error}")
+            self.say(f"convcli: error: {_with_flags(result.error, result.settings)}")
         elif result.outputs:
             self.detail(f"{result.input}: {result.status}, {len(result.outputs)} files in "
                         f"{Path(result.outputs[0]).parent} ({result.seconds:.2f} s)")

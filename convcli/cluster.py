@@ -46,7 +46,8 @@ def connect(address: str, path: str = "auto", verbose: bool = False):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise UsageError("--scheduler needs Dask: pip install 'convcli[dask]'") from None
+        raise UsageError("running on a cluster needs Dask: pip install 'convcli[dask]'",
+                         settings=("scheduler",)) from None
     if address == "local":
         import logging
 
@@ -80,7 +81,8 @@ def connect(address: str, path: str = "auto", verbose: bool = False):
     try:
         return Client(address, timeout="10s")
     except OSError as e:
-        raise UsageError(f"--scheduler {address}: cannot reach the Dask scheduler ({e})") from None
+        raise UsageError(f"{address}: cannot reach the Dask scheduler ({e})",
+                         settings=("scheduler",)) from None
 
 
 class _WorkerSetup(WorkerPlugin):
@@ -159,13 +161,28 @@ def task_sizes(inputs: int, threads: int) -> list[int]:
     return sizes
 
 
-def run(client, sources: list[Source], bank: KernelBank, options: Options, fail_fast: bool,
-        path: str, local: bool = False) -> "_Stream":
-    """Submit every input; iterate the returned stream for Results as they complete (see
-    _Stream for stopping). ``local``: the client started this cluster itself."""
+def run(address: str, sources: list[Source], bank: KernelBank, options: Options,
+        fail_fast: bool, path: str, verbose: bool = False) -> "_Stream":
+    """Connect to the scheduler at ``address`` (or start a LocalCluster for "local"), submit
+    every input, and return the stream of Results as they complete (see batch.Stream). The
+    stream owns the connection: its close() ends it, and the cluster if it started one."""
     if any(s.data is not None for s in sources):
-        raise UsageError("- (an image on stdin) cannot go to a cluster; give a path")
-    return _Stream(client, sources, bank, options, fail_fast, path, local)
+        raise UsageError("an image on stdin cannot go to a cluster; give a path")
+    if options.out == "-":
+        raise UsageError("a cluster writes to an output folder, not to stdout")
+    client = connect(address, path, verbose)
+    try:
+        return _Stream(client, sources, bank, options, fail_fast, path, address == "local")
+    except BaseException:
+        _disconnect(client, address == "local")
+        raise
+
+
+def _disconnect(client, local: bool) -> None:
+    cluster = client.cluster if local else None
+    client.close()
+    if cluster is not None:
+        cluster.close()
 
 
 class _Stream:
@@ -176,7 +193,7 @@ class _Stream:
     def __init__(self, client, sources, bank, options, fail_fast, path, local):
         from distributed import as_completed
 
-        self.client, self.fail_fast = client, fail_fast
+        self.client, self.fail_fast, self.local = client, fail_fast, local
         # Reports name outputs as the local pool does, from the -o given.
         self.given_out, self.out = options.out, os.path.abspath(options.out)
         sources = [s if s.path is None else replace(s, path=Path(os.path.abspath(s.path)))
@@ -276,9 +293,10 @@ class _Stream:
     def close(self) -> None:
         if self.plugin is None:  # closed already
             return
-        self.client.cancel(list(self.tasks))
         try:
+            self.client.cancel(list(self.tasks))
             self.client.unregister_worker_plugin(self.plugin)
         except Exception:  # e.g. the scheduler is gone: nothing is left to tidy
             pass
         self.plugin = None
+        _disconnect(self.client, self.local)

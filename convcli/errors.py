@@ -21,9 +21,17 @@ class Terminated(BaseException):
 
 
 class ConvcliError(Exception):
-    """Base of every error convcli reports as one clear line (or one line per problem)."""
+    """Base of every error convcli reports as one clear line (or one line per problem).
+
+    Messages name concepts (the memory budget, padding), not command-line flags; ``settings``
+    names the settings that can fix it (keys of the library's options, such as
+    "max_memory"), which the command line shows as its flags."""
 
     exit_code = EXIT_ERROR
+
+    def __init__(self, message: str = "", *, settings: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.settings = tuple(settings)
 
 
 class UsageError(ConvcliError, ValueError):

@@ -59,9 +59,11 @@ def expand(args: Iterable[str], *, files_from: str | None = None, null_separated
     args = list(args)
     uses_stdin = args.count(STDIN) + (files_from == STDIN)
     if uses_stdin > 1:
-        raise UsageError("stdin can feed only one of: an image (-) or --files-from -")
+        raise UsageError("stdin can feed only one of: an image (-) or the list of inputs",
+                         settings=("files_from",))
     if null_separated and files_from is None:
-        raise UsageError("-0 applies to --files-from; give --files-from FILE too")
+        raise UsageError("NUL-separated applies to a list of inputs; give the list too",
+                         settings=("files_from", "null"))
     found: list[tuple[Source, Path | None]] = []  # source and the folder that holds it
     warnings: list[str] = []
     excluded = exclude.resolve() if exclude is not None else None
@@ -99,13 +101,14 @@ def expand(args: Iterable[str], *, files_from: str | None = None, null_separated
 def _read_list(files_from: str, null_separated: bool, read_stdin) -> list[str]:
     if files_from == STDIN:
         if read_stdin is None:
-            raise UsageError("--files-from - is not available here")
+            raise UsageError("a list of inputs on stdin is not available here")
         raw = read_stdin()
     else:
         try:
             raw = Path(files_from).read_bytes()
         except OSError as e:
-            raise UsageError(f"--files-from {files_from}: cannot read: {e.strerror or e}") from None
+            raise UsageError(f"{files_from}: cannot read the list of inputs: {e.strerror or e}",
+                             settings=("files_from",)) from None
     text = os.fsdecode(raw) if isinstance(raw, bytes) else raw
     items = text.split("\0") if null_separated else text.splitlines()
     return [item for item in items if item]
@@ -206,11 +209,12 @@ def _dedupe(sources: list[Source]) -> list[Source]:
     taken: set[str] = set(reserved)
     for s in sources:
         rel = s.rel
-        top = key(rel.split("/")[0])
-        if (counts[key(rel)] > 1 or top in reserved) and s.path is not None and s.path.suffix:
-            head, _, tail = rel.partition("/")
-            suffix = s.path.suffix.lstrip(".").lower()
-            rel = f"{rel}_{suffix}" if not tail else f"_{head}/{tail}"
+        head, _, tail = rel.partition("/")
+        suffix = s.path.suffix.lstrip(".").lower() if s.path is not None else ""
+        if key(head) in reserved and (tail or not suffix):
+            rel = f"_{rel}"  # a folder, or a file without extension, named like ours
+        elif (counts[key(rel)] > 1 or key(rel) in reserved) and suffix:
+            rel = f"{rel}_{suffix}"
         candidate, n = rel, 1
         while key(candidate) in taken:
             n += 1

@@ -67,16 +67,20 @@ class Result:
     exit_code: int = 0
     notes: list[str] = field(default_factory=list)
     payload: bytes | None = None  # the data for stdout when Options.out == "-"
+    settings: tuple[str, ...] = ()  # settings that can fix the error (see ConvcliError)
 
 
 def check_options(options: Options) -> None:
     """Refuse combinations that cannot work before any input is read."""
     if options.format not in ("png", "npy"):
-        raise UsageError(f"--format must be png or npy, got {options.format!r}")
+        raise UsageError(f"the output format must be png or npy, got {options.format!r}",
+                         settings=("format",))
     if options.bits not in (8, 16):
-        raise UsageError(f"--bits must be 8 or 16, got {options.bits}")
+        raise UsageError(f"bits per sample must be 8 or 16, got {options.bits}",
+                         settings=("bits",))
     if not 0 <= options.compression <= 9:
-        raise UsageError(f"--compression must be 0-9, got {options.compression}")
+        raise UsageError(f"the compression level must be 0-9, got {options.compression}",
+                         settings=("compression",))
 
 
 def work_per_image(bank: KernelBank, height: int, width: int, channels: int = 3) -> float:
@@ -420,10 +424,11 @@ def process(source: Source, bank: KernelBank, options: Options,
                 staging.discard()
     except ConvcliError as e:
         result.status, result.error, result.exit_code = "error", _named(label, str(e)), e.exit_code
-        result.outputs = []
+        result.settings, result.outputs = e.settings, []
     except MemoryError:
         result.status, result.exit_code = "error", EXIT_ERROR
-        result.error = f"{label}: not enough memory; lower --max-memory or give a smaller image"
+        result.error = f"{label}: not enough memory; lower the memory budget or give a smaller image"
+        result.settings = ("max_memory",)
     except (ValueError, ArithmeticError, OSError, RuntimeError, TypeError, IndexError) as e:
         # A fault of ours or of a library on strange data: one line, the input named.
         result.status, result.exit_code = "error", EXIT_ERROR
@@ -465,8 +470,9 @@ def plan_groups(bank: KernelBank, image_shape: tuple[int, int, int],
         raise InputError(
             f"{label}: needs at least {_mib(fixed + max(map_bytes))} (image {_mib(image_bytes)}, "
             f"largest map {_mib(max(map_bytes))}" + (f", stack {_mib(keep)}" if keep else "")
-            + f"), over the memory budget of {_mib(budget)}; raise --max-memory"
-            + (" or use --no-stack" if keep else "") + ", or give a smaller image")
+            + f"), over the memory budget of {_mib(budget)}; raise the budget"
+            + (", leave out the stack" if keep else "") + " or give a smaller image",
+            settings=("max_memory", "stack") if keep else ("max_memory",))
     groups: list[list[int]] = [[]]
     used = 0
     for i, size in enumerate(map_bytes):
@@ -498,7 +504,8 @@ def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
         if len(set(shapes)) != 1:
             sizes = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in zip(names, shapes))
             raise InputError(f"{source.label}: the maps differ in size ({sizes}) and cannot "
-                             "share one .npy; pick filters with --filter or use --padding same")
+                             "share one array; pick filters or use padding 'same'",
+                             settings=("filter", "padding"))
         shape = (len(names),) + shapes[0]
         yield "maps.npy", images.npy_chunks(shape, (np.stack([m.data for m in maps])
                                                      for maps in computed()))

@@ -200,7 +200,8 @@ def test_usage_errors_for_batch_options(tmp_path, photos):
     assert run("apply", "-o", tmp_path).stderr == (
         "convcli: error: give at least one INPUT (a file, folder, glob or -) or --files-from\n")
     assert run("apply", "-", "--files-from", "-", "-o", tmp_path).stderr == (
-        "convcli: error: stdin can feed only one of: an image (-) or --files-from -\n")
+        "convcli: error: stdin can feed only one of: an image (-) or the list of inputs "
+        "(see --files-from)\n")
     r = run("apply", photos, "-o", tmp_path, "--stack-by", "input")
     assert r.exit_code == 2 and r.stderr == "convcli: error: --stack-by takes 'filter', got 'input'\n"
 

@@ -121,7 +121,7 @@ def test_npy_refuses_maps_of_different_sizes(tmp_path, photo):
     assert r.exit_code == 1
     assert r.stderr.splitlines()[0] == (
         f"convcli: error: {photo}: the maps differ in size (sobel_x 94x94, log_2 80x80) and "
-        "cannot share one .npy; pick filters with --filter or use --padding same")
+        "cannot share one array; pick filters or use padding 'same' (see --filter, --padding)")
     assert not (tmp_path / "face").exists()
 
 
@@ -217,9 +217,11 @@ def test_multi_frame_warning_and_quiet(tmp_path):
                                "replicate, wrap; got 'mirror'"),
     (["--scale", "log"], 2, "convcli: error: --scale: scale must be one of auto, global, clip, "
                            "symmetric; got 'log'"),
-    (["--bits", "12"], 2, "convcli: error: --bits must be 8 or 16, got 12"),
-    (["--format", "jpg"], 2, "convcli: error: --format must be png or npy, got 'jpg'"),
-    (["--compression", "10"], 2, "convcli: error: --compression must be 0-9, got 10"),
+    (["--bits", "12"], 2, "convcli: error: bits per sample must be 8 or 16, got 12 (see --bits)"),
+    (["--format", "jpg"], 2, "convcli: error: the output format must be png or npy, got 'jpg' "
+                              "(see --format)"),
+    (["--compression", "10"], 2, "convcli: error: the compression level must be 0-9, got 10 "
+                                  "(see --compression)"),
 ])
 def test_usage_errors(tmp_path, photo, args, code, message):
     r = run("apply", photo, "-o", tmp_path / "o", *args)

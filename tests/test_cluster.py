@@ -157,7 +157,8 @@ def test_without_dask_the_option_says_how_to_get_it(tmp_path, photos, monkeypatc
     monkeypatch.setitem(sys.modules, "distributed", None)
     r = run("apply", photos / "p0.png", "-o", tmp_path / "o", "--scheduler", "local")
     assert r.exit_code == 2
-    assert r.stderr == "convcli: error: --scheduler needs Dask: pip install 'convcli[dask]'\n"
+    assert r.stderr == ("convcli: error: running on a cluster needs Dask: pip install "
+                        "'convcli[dask]' (see --scheduler)\n")
 
 
 def _descendants(pid: int) -> list[int]:

@@ -197,8 +197,8 @@ def test_memory_budget_too_small_for_one_map_is_refused_with_numbers(tmp_path):
     assert r.exit_code == 1
     assert r.stderr.splitlines()[0] == (
         f"convcli: error: {photo}: needs at least 19 MiB (image 9 MiB, largest map 2 MiB, "
-        "stack 8 MiB), over the memory budget of 2 MiB; raise --max-memory or use --no-stack, "
-        "or give a smaller image")
+        "stack 8 MiB), over the memory budget of 2 MiB; raise the budget, leave out the stack "
+        "or give a smaller image (see --max-memory, --no-stack)")
     assert complete_files(tmp_path / "o") == []
 
 
