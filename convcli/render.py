@@ -54,17 +54,23 @@ def joint_range(maps: list[np.ndarray]) -> tuple[float, float]:
     return min(los), max(his)
 
 
+_BLOCK = 1 << 18  # values scaled at a time by to_pixels
+
+
 def to_pixels(data: np.ndarray, policy: str, bits: int = 8,
               global_range: tuple[float, float] | None = None) -> Rendered:
     """One map, (H, W) or (C, H, W) with C in (1, 3), to pixels under a policy."""
     lo, hi = value_range(data, policy, global_range)
     top = 2**bits - 1
+    pix = np.zeros(data.shape, np.uint8 if bits == 8 else np.uint16)
     if hi > lo:
-        scaled = (data.astype(np.float64) - lo) * (top / (hi - lo))
-    else:
-        scaled = np.zeros(data.shape)
-    scaled = np.nan_to_num(scaled, nan=0.0, posinf=top, neginf=0.0)
-    pix = np.clip(np.rint(scaled), 0, top).astype(np.uint8 if bits == 8 else np.uint16)
+        # In blocks: the float64 temporaries of a whole 4096x4096 map would cost more than
+        # the map itself several times over (the memory budget counts the maps).
+        flat_in, flat_out = data.reshape(-1), pix.reshape(-1)
+        for start in range(0, flat_in.size, _BLOCK):
+            scaled = (flat_in[start:start + _BLOCK].astype(np.float64) - lo) * (top / (hi - lo))
+            scaled = np.nan_to_num(scaled, nan=0.0, posinf=top, neginf=0.0)
+            flat_out[start:start + _BLOCK] = np.clip(np.rint(scaled), 0, top)
     if pix.ndim == 3:
         pix = pix[0] if pix.shape[0] == 1 else np.moveaxis(pix, 0, 2)
     return Rendered(np.ascontiguousarray(pix), lo, hi)
@@ -95,19 +101,17 @@ def stack(tiles: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, list[dict]]:
     width = GAP + cols * (cell_w + GAP)
     height = GAP + rows * (label_h + cell_h + GAP)
     canvas = np.zeros((height, width, 3) if colour else (height, width), dtype)
-    labels = np.zeros((height, width), np.uint8)  # text drawn at 8 bits, scaled to the depth
+    strip = np.zeros((label_h, cell_w), np.uint8)  # text drawn at 8 bits, scaled to the depth
     boxes = []
     for n, (name, tile) in enumerate(tiles):
         x0 = GAP + (n % cols) * (cell_w + GAP)
         y0 = GAP + (n // cols) * (label_h + cell_h + GAP)
-        _draw_label(labels, name, font, x0, y0, cell_w, label_h)
+        _draw_label(strip, name, font, 0, 0, cell_w, label_h)
+        text = strip.astype(dtype) * dtype.type(top // 255)  # 255 -> 65535 exactly at 16 bits
+        canvas[y0:y0 + label_h, x0:x0 + cell_w] = text[:, :, None] if colour else text
         ty = y0 + label_h
         canvas[ty:ty + tile.shape[0], x0:x0 + tile.shape[1]] = tile
         boxes.append({"name": name, "box": [x0, ty, int(tile.shape[1]), int(tile.shape[0])]})
-    text = (labels.astype(np.float64) * (top / 255.0)).astype(dtype)
-    if colour:
-        text = text[:, :, None]
-    canvas = np.maximum(canvas, text)
     return canvas, boxes
 
 
