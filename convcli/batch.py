@@ -28,9 +28,6 @@ from .errors import EXIT_ERROR
 from .inputs import SHEETS_FOLDER, Source
 from .pipeline import Options, Result
 
-SHEET_TILE = 256  # contact-sheet tiles are shrunk to at most this many pixels per side
-
-
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -339,17 +336,20 @@ def _worker_process(source: Source) -> Result:
 def write_filter_sheets(results: list[Result], sources: list[Source], bank: KernelBank,
                         options: Options) -> list[str]:
     """For each filter, one labelled PNG of that filter's map for every input that has one,
-    written to OUT/by-filter/<filter>.png. Built from the files on disk, so inputs skipped
-    by --resume take part too. Returns the paths written."""
-    ok = {r.input for r in results if r.status in ("ok", "skipped")}
-    done = [s for s in sources if s.label in ok]
+    written to OUT/by-filter/<filter>.png, from the small pictures the Results carry (run
+    with Options.thumbnails); an input skipped by --resume brings its pictures from its
+    files. Returns the paths written."""
+    by_label = {r.input: r for r in results if r.status in ("ok", "skipped")}
+    done = [(s, by_label[s.label]) for s in sources if s.label in by_label]
     if not done:
         return []
     folder = Path(options.out) / SHEETS_FOLDER
     names = pipeline.safe_names([f.name for f in bank.filters])
     written = []
     for k, (filt, safe) in enumerate(zip(bank.filters, names)):
-        tiles = [(s.rel, _thumbnail(_map_pixels(s, k, safe, filt.scale, options))) for s in done]
+        tiles = [(s.rel, r.thumbnails[filt.name] if r.thumbnails else
+                  render.thumbnail(_map_pixels(s, k, safe, filt.scale, options)))
+                 for s, r in done]
         pixels, boxes = render.stack(tiles)
         meta = {"filter": filt.name, "bank": bank.name, "tiles": boxes}
         target = folder / f"{safe}.png"
@@ -360,22 +360,11 @@ def write_filter_sheets(results: list[Result], sources: list[Source], bank: Kern
 
 
 def _map_pixels(source: Source, index: int, safe: str, scale: str, options: Options) -> np.ndarray:
+    """The picture of one map of an input done in an earlier run, from its files."""
     folder = pipeline.output_folder(source, options)
     if options.format == "npy":
-        data = np.load(folder / "maps.npy", mmap_mode="r")[index]
+        data = np.load(folder / "maps.npy", mmap_mode="r", allow_pickle=False)[index]
         return render.to_pixels(np.asarray(data), "auto" if scale == "global" else scale,
                                 options.bits).pixels
-    from PIL import Image
-
-    with Image.open(folder / f"{safe}.png") as im:
-        return np.asarray(im)
-
-
-def _thumbnail(pixels: np.ndarray) -> np.ndarray:
-    """Shrink by a whole factor (mean over blocks) so neither side exceeds SHEET_TILE."""
-    factor = -(-max(pixels.shape[:2]) // SHEET_TILE)
-    if factor <= 1:
-        return pixels
-    h, w = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
-    blocks = pixels[:h, :w].reshape(h // factor, factor, w // factor, factor, *pixels.shape[2:])
-    return blocks.mean(axis=(1, 3)).round().astype(pixels.dtype)
+    image = images.read_image(folder / f"{safe}.png")
+    return render.to_pixels(image.pixels, "clip", options.bits).pixels

@@ -162,7 +162,8 @@ def apply(
     _check_apply_options(stack_by, jobs, max_pixels, output, json_report, scheduler)
     options = pipeline.Options(out=output, format=fmt, bits=bits, compression=compression,
                                max_pixels=max_pixels, stack=stack, resume=resume,
-                               max_memory=_size(max_memory, "--max-memory"))
+                               max_memory=_size(max_memory, "--max-memory"),
+                               thumbnails=stack_by == "filter")
     pipeline.check_options(options)
     kernel_bank = _load_bank(bank, filters, stride=stride, padding=padding, dilation=dilation,
                              border=border, activation=activation, scale=scale)

@@ -47,6 +47,7 @@ class Options:
     stack: bool = True  # write OUT/REL/stack.png
     resume: bool = False  # skip inputs whose outputs are all present
     max_memory: int = 4 * 2**30  # bytes for one input's maps at a time (see plan_groups)
+    thumbnails: bool = False  # keep a small picture of every map in the Result
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     payload: bytes | None = None  # the data for stdout when Options.out == "-"
     settings: tuple[str, ...] = ()  # settings that can fix the error (see ConvcliError)
+    thumbnails: dict[str, np.ndarray] | None = None  # filter name -> small picture of its map
 
 
 def check_options(options: Options) -> None:
@@ -405,7 +407,9 @@ def process(source: Source, bank: KernelBank, options: Options,
         shapes = [map_shape(f, image.pixels.shape, bank.input) for f in bank.filters]
         result.shape = (len(shapes),) + shapes[0] if len(set(shapes)) == 1 else None
         groups = plan_groups(bank, image.pixels.shape, shapes, options, label)
-        files = _outputs(image.pixels, bank, groups, shapes, source, options)
+        if options.thumbnails:
+            result.thumbnails = {}
+        files = _outputs(image.pixels, bank, groups, shapes, source, options, result.thumbnails)
         if options.out == STDOUT:
             wanted = "maps.npy" if options.format == "npy" else (
                 "stack.png" if len(bank.filters) > 1 else None)
@@ -489,9 +493,11 @@ def _mib(n: int) -> str:
 
 
 def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
-             shapes: list[tuple[int, ...]], source: Source, options: Options):
+             shapes: list[tuple[int, ...]], source: Source, options: Options,
+             thumbnails: dict[str, np.ndarray] | None = None):
     """Every output file of one input, in order, as (file name, chunks of bytes). Maps are
-    computed one filter group at a time, so memory stays within Options.max_memory."""
+    computed one filter group at a time, so memory stays within Options.max_memory. With
+    ``thumbnails``, a small picture of each map is kept there too (for contact sheets)."""
     about = {"convcli": __version__, "input": source.label, "bank": bank.name,
              "settings": settings_key(bank, options)}
     names = [f.name for f in bank.filters]
@@ -507,8 +513,16 @@ def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
                              "share one array; pick filters or use padding 'same'",
                              settings=("filter", "padding"))
         shape = (len(names),) + shapes[0]
-        yield "maps.npy", images.npy_chunks(shape, (np.stack([m.data for m in maps])
-                                                     for maps in computed()))
+
+        def blocks():
+            for maps in computed():
+                if thumbnails is not None:
+                    for m in maps:  # the picture the PNG output would show, made small
+                        scale = "auto" if m.scale == "global" else m.scale
+                        thumbnails[m.name] = render.thumbnail(
+                            render.to_pixels(m.data, scale, options.bits).pixels)
+                yield np.stack([m.data for m in maps])
+        yield "maps.npy", images.npy_chunks(shape, blocks())
         meta = dict(about, filters=names, shape=list(shape), input_mode=bank.input,
                     dtype="float32")
         yield "maps.json", [(json.dumps(meta, indent=2) + "\n").encode()]
@@ -536,6 +550,8 @@ def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
                 r.pixels, {"convcli": json.dumps(meta)}, options.compression)]
             if stacking:
                 tiles.append((m, r))
+            if thumbnails is not None:
+                thumbnails[m.name] = render.thumbnail(r.pixels)
     if stacking:
         pixels_, boxes = render.stack([(m.name, r.pixels) for m, r in tiles])
         for box, (m, r) in zip(boxes, tiles):

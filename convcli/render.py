@@ -155,6 +155,19 @@ def _draw_label(labels: np.ndarray, name: str, font, x0: int, y0: int, w: int, h
     labels[y0:y0 + h, x0:x0 + w] = np.asarray(strip)
 
 
+THUMBNAIL = 256  # contact-sheet tiles are shrunk to at most this many pixels per side
+
+
+def thumbnail(pixels: np.ndarray, side: int = THUMBNAIL) -> np.ndarray:
+    """Shrink by a whole factor (mean over blocks) so neither side exceeds ``side``."""
+    factor = -(-max(pixels.shape[:2]) // side)
+    if factor <= 1:
+        return pixels
+    h, w = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
+    blocks = pixels[:h, :w].reshape(h // factor, factor, w // factor, factor, *pixels.shape[2:])
+    return blocks.mean(axis=(1, 3)).round().astype(pixels.dtype)
+
+
 KERNEL_TILE = 96  # pixels a side for each kernel in kernel_grid
 
 

@@ -193,6 +193,26 @@ def test_contact_sheet_has_one_tile_per_input(tmp_path, photos):
     assert [t["name"] for t in meta["tiles"]] == ["a", "b", "trip/c", "trip/deep/d"]
 
 
+def test_contact_sheet_tiles_are_the_maps_made_small_also_after_resume(tmp_path, photos):
+    from convcli import render
+
+    args = ("apply", photos, "-r", "-f", "log_2", "-f", "sobel_x", "-o", tmp_path / "o",
+            "--stack-by", "filter", "--bits", "16")
+    assert run(*args).exit_code == 0
+    sheet = tmp_path / "o" / "by-filter" / "sobel_x.png"
+    first = sheet.read_bytes()
+    with Image.open(sheet) as im:
+        pixels, meta = np.asarray(im), json.loads(im.text["convcli"])
+    for tile in meta["tiles"]:
+        with Image.open(tmp_path / "o" / tile["name"] / "sobel_x.png") as im:
+            small = render.thumbnail(np.asarray(im))
+        x, y, w, h = tile["box"]
+        np.testing.assert_array_equal(pixels[y:y + h, x:x + w], small)
+    sheet.unlink()
+    assert run(*args, "--resume").exit_code == 0  # every input skipped: pictures from files
+    assert sheet.read_bytes() == first
+
+
 def test_usage_errors_for_batch_options(tmp_path, photos):
     assert run("apply", photos, "-o", tmp_path, "-j", "0").stderr == \
         "convcli: error: --jobs must be between 1 and 256, got 0\n"
