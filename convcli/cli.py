@@ -23,6 +23,30 @@ from .errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_T
 class _Group(TyperGroup):
     """The one exit point: library errors become a message on stderr and an exit code."""
 
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """Run; the command-line framework's own usage errors (unknown option, missing
+        value) become one ``convcli: error:`` line with a hint and exit 2, like ours."""
+        from typer._click import exceptions as click_errors
+
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as e:  # a bare group: its help
+            e.show()
+            code = e.exit_code
+        except click_errors.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            where = ctx.command_path if ctx is not None else "convcli"
+            _say(f"convcli: error: {' '.join(e.format_message().split())} "
+                 f"(see '{where} --help')")
+            code = e.exit_code
+        except click_errors.Abort:
+            _say("convcli: interrupted")
+            code = EXIT_INTERRUPTED
+        code = code if isinstance(code, int) else EXIT_OK
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
