@@ -52,11 +52,12 @@ def _real(param: str, value: object, lo: float | None = None, hi: float | None =
         raise ParameterError(param, f"must be a finite number, got {_show(value)}")
     if above is not None and not number > above:
         raise ParameterError(param, f"must be > {above:g}, got {_show(value)}")
-    if hi is None or hi == math.inf:
-        if lo is not None and number < lo:
-            raise ParameterError(param, f"must be at least {lo:g}, got {_show(value)}")
-    elif (lo is not None and number < lo) or number > hi:
-        raise ParameterError(param, f"must be between {lo:g} and {hi:g}, got {_show(value)}")
+    if lo is not None and lo > 0 and number <= 0:
+        raise ParameterError(param, f"must be > 0, got {_show(value)}")
+    if lo is not None and number < lo:
+        raise ParameterError(param, f"must be at least {lo:g}, got {_show(value)}")
+    if hi is not None and number > hi:
+        raise ParameterError(param, f"must be at most {hi:g}, got {_show(value)}")
     return number
 
 

@@ -236,9 +236,10 @@ def _from_onnx(p: Path, node_name: str | None):
         raise InputError(f"{where} has kernel_shape {kernel_shape} but weights of "
                          f"{shape[2]}x{shape[3]}")
     defaults: dict = {"border": "zero", "activation": "relu", "scale": "auto"}
+    strides, dilations = ints("strides", 2, [1, 1]), ints("dilations", 2, [1, 1])
     try:
-        stride = geometry.pair(ints("strides", 2, [1, 1]), "stride")
-        dilation = geometry.pair(ints("dilations", 2, [1, 1]), "dilation")
+        stride = geometry.pair(strides, "stride")
+        dilation = geometry.pair(dilations, "dilation")
         geometry.check_footprint(shape[2:], dilation)
     except ValueError as e:
         raise InputError(f"{where}: {e}") from None

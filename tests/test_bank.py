@@ -2,6 +2,7 @@
 
 import re
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -133,7 +134,7 @@ def test_multichannel_and_odd_shapes():
       "'gaussian'?); known: identity, box, gaussian, disk, motion, log, dog, gabor, sobel, "
       "scharr, prewitt, roberts, laplacian, kirsch"]),
     ("name: x\nfilters:\n  - name: k\n    generator: {type: gaussian, sigma: -1}\n",
-     ["b.yaml:4: filter 'k': field 'generator.sigma': must be between 0.01 and 10000, got -1"]),
+     ["b.yaml:4: filter 'k': field 'generator.sigma': must be > 0, got -1"]),
     ("name: x\nfilters:\n  - name: k\n    generator: {type: gaussian, sigam: 1}\n",
      ["b.yaml:4: filter 'k': field 'generator.sigam': unknown parameter for gaussian (did you "
       "mean 'sigma'?); accepted: sigma, size, truncate"]),
@@ -267,3 +268,195 @@ def test_file_errors_name_the_file(tmp_path):
         bank.load(str(p))
     with pytest.raises(UsageError, match="bank file nothere.yaml not found"):
         bank.load("nothere.yaml")
+
+
+# --- hostile banks: bounded cost, float32 range, absurd settings ---------------------------
+
+def one_filter(extra: str = "", weights: str = "[[1]]") -> str:
+    return f"name: x\nfilters:\n  - name: k\n    weights: {weights}\n{extra}"
+
+
+def test_files_over_the_size_limits_are_refused_before_the_yaml_is_read():
+    n = bank.MAX_BANK_ITEMS
+    many = one_filter(weights="[[" + ",".join(["0"] * n) + "]]")
+    assert problems(many) == [f"b.yaml: has about {n + 6:,} list entries and keys; a bank file "
+                              f"may have at most {n:,} (counted before reading the YAML)"]
+    lines = one_filter() + "\n" * bank.MAX_BANK_LINES
+    assert problems(lines) == [f"b.yaml: has {bank.MAX_BANK_LINES + 4:,} lines; a bank file may "
+                               f"have at most {bank.MAX_BANK_LINES:,}"]
+    assert problems(one_filter() + "#" * bank.MAX_BANK_BYTES) == [
+        "b.yaml: is larger than 4 MiB, the most a bank file may be"]
+
+
+def test_a_huge_file_is_not_read_whole(tmp_path):
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as fh:  # sparse: 64 GiB on paper, nothing on disk
+        fh.write(one_filter().encode())
+        fh.truncate(64 << 30)
+    with pytest.raises(BankError) as info:
+        bank.load(str(big))
+    assert str(info.value) == f"{big}: is larger than 4 MiB, the most a bank file may be"
+
+
+def test_unreadable_bank_files_name_the_reason(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"name: caf\xe9\nfilters: []\n")
+    with pytest.raises(BankError, match=rf"^{re.escape(str(latin))}: cannot read: not UTF-8 text "
+                                        r"\(byte 0xe9 at offset 9\)$"):
+        bank.load(str(latin))
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(UsageError, match=r"dir.yaml is not a regular file$"):
+        bank.load(str(tmp_path / "dir.yaml"))
+
+
+@pytest.mark.parametrize("extra, weights, expected", [
+    ("", "[[1e39]]", "4: filter 'k': field 'weights': must be finite numbers within float32's "
+                     "range (about ±3.4e+38; no .nan or .inf), found 1e+39"),
+    ("", "[[1, 2], [3, -3.5e38]]", "4: filter 'k': field 'weights': must be finite numbers "
+                                   "within float32's range (about ±3.4e+38; no .nan or .inf), "
+                                   "found -3.5e+38"),
+    ("", "[[" + "9" * 400 + "]]", "4: filter 'k': field 'weights': must be finite numbers within "
+                                  "float32's range (about ±3.4e+38; no .nan or .inf), found "
+                                  "9999999999999999999999999999...99999999999999999999999999999"),
+    ("", "[[1.0e+400]]", "4: filter 'k': field 'weights': must be finite numbers within "
+                         "float32's range (about ±3.4e+38; no .nan or .inf), found inf"),
+    ("    bias: 1e39\n", "[[1]]", "5: filter 'k': field 'bias': must be a finite number within "
+                                  "float32's range (about ±3.4e+38), got 1e+39"),
+    ("    bias: " + "9" * 400 + "\n", "[[1]]",
+     "5: filter 'k': field 'bias': must be a finite number within float32's range (about "
+     "±3.4e+38), got 9999999999999999999999999999...99999999999999999999999999999"),
+    ("    divisor: 1e-30\n", "[[1e30]]", "5: filter 'k': field 'divisor': weights / divisor "
+                                         "leave float32's range (about ±3.4e+38)"),
+    ("    divisor: 1e38\n", "[[1e-10, 2e-10]]", "5: filter 'k': field 'divisor': weights / divisor are "
+                                         "all too small for float32 (under about 1.4e-45) and "
+                                         "would all be zero"),
+    ("", "[[1e-50, -1e-60]]", "4: filter 'k': field 'weights': the weights are all too small "
+                              "for float32 (under about 1.4e-45) and would all be zero"),
+    ("    divisor: .inf\n", "[[1]]", "5: filter 'k': field 'divisor': must be a finite number "
+                                     "within float32's range (about ±3.4e+38), got inf"),
+])
+def test_numbers_outside_float32_are_refused_where_they_are(extra, weights, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumPy RuntimeWarning may escape
+        assert problems(one_filter(extra, weights)) == [f"b.yaml:{expected}"]
+
+
+def test_generated_kernels_are_checked_too():
+    found = problems("""
+        name: g
+        filters:
+          - name: tiny
+            generator: {type: log, sigma: 1e-300}
+          - name: flat
+            generator: {type: gabor, size: 1}
+          - name: word
+            generator: {type: gaussian, sigma: '2'}
+          - name: bool
+            generator: {type: box, size: true}
+          - name: endless
+            generator: {type: gaussian, truncate: .inf}
+    """)
+    assert found == [
+        "b.yaml:5: filter 'tiny': field 'generator.sigma': must be at least 0.01, got 1e-300",
+        "b.yaml:7: filter 'flat': field 'generator': these gabor parameters give a kernel of "
+        "all zeros (every map would be zero)",
+        "b.yaml:9: filter 'word': field 'generator.sigma': must be a number, got '2'",
+        "b.yaml:11: filter 'bool': field 'generator.size': must be a number, got True",
+        "b.yaml:13: filter 'endless': field 'generator.truncate': must be a finite number, "
+        "got inf",
+    ]
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("stride: 9223372036854775808", "field 'stride': stride must be at most 1024, got "
+                                    "9223372036854775808"),
+    ("stride: [1, 1025]", "field 'stride': stride must be at most 1024, got [1, 1025]"),
+    ("dilation: 1000000000000000000", "field 'dilation': dilation must be at most 1024, got "
+                                      "1000000000000000000"),
+    ("dilation: -2", "field 'dilation': dilation must be a whole number >= 1 or a pair [y, x], "
+                     "got -2"),
+    ("stride: true", "field 'stride': stride must be a whole number >= 1 or a pair [y, x], "
+                     "got True"),
+    ("stride: [1, 2, 3]", "field 'stride': stride must be a whole number >= 1 or a pair [y, x], "
+                          "got [1, 2, 3]"),
+    ("padding: 4097", "field 'padding': padding must be at most 4096 pixels on each side, "
+                      "got 4097"),
+    ("padding: [0, 0, 0, 18446744073709551616]", "field 'padding': padding must be at most "
+                                                 "4096 pixels on each side, got [0, 0, 0, "
+                                                 "18446744073709551616]"),
+    ("padding: -1", "field 'padding': padding must be same, valid, a whole number >= 0, a pair "
+                    "[y, x] or [top, bottom, left, right], got -1"),
+])
+def test_absurd_settings_name_the_setting(extra, expected):
+    assert problems(one_filter(f"    {extra}\n")) == [f"b.yaml:5: filter 'k': {expected}"]
+
+
+def test_dilation_may_not_spread_a_kernel_beyond_the_footprint_limit():
+    nine = "[" + ", ".join(["[" + ", ".join(["1"] * 9) + "]"] * 9) + "]"
+    ok = parse(one_filter("    dilation: 512\n", nine))  # (9 - 1) * 512 + 1 = 4097
+    assert ok.filters[0].geometry.dilation == (512, 512)
+    assert problems(one_filter("    dilation: [1, 513]\n", nine)) == [
+        "b.yaml:5: filter 'k': field 'dilation': dilation 1,513 spreads the 9x9 kernel over "
+        "9x4105 pixels; at most 4097 along each axis are allowed"]
+    with pytest.raises(UsageError, match=r"^filter 'k': dilation 1024,1024 spreads the 9x9 "
+                                         r"kernel over 8193x8193 pixels; at most 4097"):
+        ok.override(dilation=(1024, 1024))
+
+
+@pytest.mark.parametrize("key, text, message", [
+    ("stride", "99999999999999999999", "--stride: stride must be at most 1024, got "
+                                       "99999999999999999999"),
+    ("stride", "1" * 4000, "--stride: stride must be at most 1024, got "
+                           "1111111111111111111111111111...11111111111111111111111111111"),
+    ("stride", "1" * 4001, "--stride: stride must be a whole number >= 1 or a pair [y, x], "
+                           "got '111111111111111111111111111...1111111111111111111111111111'"),
+    ("dilation", "\u0663", "--dilation: dilation must be a whole number >= 1 or a pair [y, x], "
+                           "got '\u0663'"),
+    ("padding", "1,2,3,5000", "--padding: padding must be at most 4096 pixels on each side, "
+                              "got [1, 2, 3, 5000]"),
+    ("padding", "", "--padding: padding must be same, valid, a whole number >= 0, a pair [y, x] "
+                    "or [top, bottom, left, right], got ''"),
+])
+def test_absurd_command_line_settings(key, text, message):
+    with pytest.raises(UsageError) as info:
+        bank.parse_cli_setting(key, text)
+    assert str(info.value) == message
+
+
+def test_names_and_descriptions_are_bounded():
+    long = "n" * 10_000
+    found = problems(f"""
+        name: x
+        filters:
+          - name: {long}
+            weights: [[1]]
+          - name: ok
+            description: {"d" * 5000}
+            weights: [[1]]
+    """)
+    assert found == [
+        f"b.yaml:4: filter '{'n' * 57}...': field 'name': is 10,000 characters long; at most "
+        "200 are allowed",
+        "b.yaml:7: filter 'ok': field 'description': is 5,000 characters long; at most 4,096 "
+        "are allowed"]
+    assert parse(f"name: x\nfilters:\n  - {{name: {'n' * 200}, weights: [[1]]}}\n").filters
+
+
+def test_aliases_repeating_one_big_kernel_are_read_once():
+    # Seven filters of 1025 x 1025 built from one row: 7.4 million values once expanded,
+    # under MAX_NODES; each distinct list is converted once, so this takes a fraction of a
+    # second rather than one Python step per value.
+    row = "&r [" + ", ".join(["0.5"] * 1025) + "]"
+    rows = "&m [" + row + ", *r" * 1024 + "]"
+    text = "name: x\nfilters:\n  - name: f0\n    weights: " + rows + "\n" + "".join(
+        f"  - name: f{i}\n    weights: *m\n" for i in range(1, 7))
+    b = bank.parse(text, source="b.yaml")
+    assert len(b.filters) == 7
+    assert all(f.weights.shape == (1, 1025, 1025) and (f.weights == 0.5).all() for f in b.filters)
+
+
+def test_provenance_may_not_expand_to_much():
+    text = "\n".join(["name: p", "provenance:"] + _laughs(5)
+                     + ["filters:", "  - {name: k, weights: [[1]]}"])
+    assert problems(text) == ["b.yaml:2: field 'provenance': holds 1,234,567 values once aliases "
+                              "are expanded; at most 65,536 are allowed"]

@@ -4,6 +4,8 @@ error (BankError, InputError) with a one-line message per problem, never anythin
 (A longer, coverage-guided run: see the README, section Development.)"""
 
 import io
+import json
+import warnings
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from PIL import Image
 
 from convcli import bank, images
 from convcli.errors import BankError, InputError
+from test_hostile_banks import GEOMETRY, NAMES, NUMBERS
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))
@@ -23,13 +26,18 @@ TREES = st.recursive(SCALARS, lambda kids: st.lists(kids, max_size=5)
 
 
 def check_bank(text: str) -> None:
-    try:
-        b = bank.parse(text, source="fuzz.yaml")
-    except BankError as e:
-        assert e.problems and all(str(p).startswith("fuzz.yaml") for p in e.problems)
-        assert all("\n" not in str(p) for p in e.problems)
-    else:
-        assert b.filters and all(np.isfinite(f.weights).all() for f in b.filters)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning (or other warning) may escape
+        try:
+            b = bank.parse(text, source="fuzz.yaml")
+        except BankError as e:
+            assert e.problems and all(str(p).startswith("fuzz.yaml") for p in e.problems)
+            assert all("\n" not in str(p) for p in e.problems)
+            return
+    assert b.filters
+    for f in b.filters:
+        assert f.weights.dtype == np.float32 and np.isfinite(f.weights).all()
+        assert np.isfinite(np.float32(f.bias))
 
 
 @given(st.text(max_size=400))
@@ -61,6 +69,36 @@ def test_bank_loader_on_bank_shaped_documents(top, filters):
     buf = io.StringIO()
     YAML(typ="safe", pure=True).dump(doc, buf)
     check_bank(buf.getvalue())
+
+
+# Scalars written raw into the text (not quoted by a YAML dumper): number spellings of
+# every kind, absurd geometry, odd names; see tests/test_hostile_banks.py.
+RAW = st.one_of(NUMBERS, GEOMETRY, NAMES.map(json.dumps), st.sampled_from(
+    ["gaussian", "gabor", "log", "dog", "box", "motion", "sobel", "x", "rgb", "same"]))
+RAW_KEYS = st.sampled_from(list(bank.FILTER_KEYS) + ["type", "sigma", "sigma2", "size",
+                                                     "truncate", "theta", "wavelength",
+                                                     "gamma", "psi", "length", "angle"])
+
+
+def _flow(pairs: list[tuple[str, str]]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
+
+
+@given(st.lists(st.tuples(
+    st.lists(st.tuples(RAW_KEYS, RAW), max_size=6, unique_by=lambda kv: kv[0]),
+    st.lists(st.tuples(RAW_KEYS, RAW), max_size=4, unique_by=lambda kv: kv[0]),
+    st.lists(RAW, min_size=1, max_size=4)), min_size=1, max_size=3))
+def test_bank_loader_on_raw_scalars_in_bank_shaped_text(filters):
+    lines = ["name: fuzz", "filters:"]
+    for n, (fields, generator, row) in enumerate(filters):
+        fields = [(k, v) for k, v in fields if k not in ("name", "weights", "generator")]
+        lines.append(f"  - name: f{n}")
+        if generator:
+            lines.append(f"    generator: {_flow([('type', 'gaussian')] + generator)}")
+        else:
+            lines.append(f"    weights: [[{', '.join(row)}]]")
+        lines.extend(f"    {k}: {v}" for k, v in fields)
+    check_bank("\n".join(lines) + "\n")
 
 
 def _valid_images() -> list[bytes]:

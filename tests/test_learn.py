@@ -188,3 +188,203 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     assert plain.returncode == 0 and "k-means" not in plain.stderr
     code, seen = stderr_on_a_terminal(cmd)
     assert code == 0 and b"k-means" in seen
+
+
+# --- options out of range, odd images, hostile weight files --------------------------------
+
+def flat_images(value=0.5, n=2, shape=(1, 24, 24)):
+    return [np.full(shape, value, np.float32) for _ in range(n)]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(filters=0), "the number of filters must be a whole number from 1 to 4,096, got 0"),
+    (dict(filters=4097), "the number of filters must be a whole number from 1 to 4,096, got 4097"),
+    (dict(filters=True), "the number of filters must be a whole number from 1 to 4,096, got True"),
+    (dict(size=0), "the patch size must be a whole number from 1 to 32, got 0"),
+    (dict(size=10**18), "the patch size must be a whole number from 1 to 32, got "
+                        "1000000000000000000"),
+    (dict(count=1), "the number of patches must be a whole number from 2 to 1,000,000, got 1"),
+    (dict(count=10**7), "the number of patches must be a whole number from 2 to 1,000,000, got "
+                        "10000000"),
+    (dict(seed=-1), "the seed must be a whole number from 0 to 4,294,967,295, got -1"),
+    (dict(seed=2**32), "the seed must be a whole number from 0 to 4,294,967,295, got 4294967296"),
+    (dict(method="svm"), "the method must be kmeans or pca, got 'svm'"),
+    (dict(filters=8, count=5), "5 patches are fewer than the 8 filters to learn; give at least "
+                               "one patch per filter"),
+    (dict(method="pca", filters=10, size=3), "PCA of 3x3x1 patches has at most 9 components; "
+                                             "asked for 10"),
+    (dict(filters=4096, size=5, count=5000), "4,096 filters of 1x5x5 are 102,400 weights; a "
+                                             "learned bank holds at most 100,000"),
+    (dict(filters=16, size=20, count=100_000), "100,000 patches of 1x20x20 for 16 filters need "
+                                               "41,600,000 numbers in memory; at most "
+                                               "33,554,432 (use fewer patches)"),
+])
+def test_learn_options_out_of_range(kwargs, message):
+    args = dict(filters=4, size=3, method="kmeans", seed=0, count=100) | kwargs
+    with pytest.raises(learn.UsageError) as info:
+        learn.learn(flat_images(shape=(1, 40, 40)), **args)
+    assert str(info.value) == message
+
+
+def test_images_smaller_than_the_patches_are_named():
+    small = [np.zeros((1, 30, 30), np.float32), np.zeros((1, 4, 6), np.float32)]
+    with pytest.raises(learn.InputError) as info:
+        learn.learn(small, 4, 7, "kmeans", 0, 100, labels=["big.png", "small.png"])
+    assert str(info.value) == "small.png: the image (6x4) is smaller than the 7x7 patches"
+    with pytest.raises(learn.InputError, match=r"^image 2 of 2: the image \(6x4\)"):
+        learn.learn(small, 4, 7, "kmeans", 0, 100)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "pca"])
+def test_constant_images_give_a_finite_bank_without_warnings(method):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = learn.learn(flat_images(0.25), 4, 3, method, 0, 200)
+    assert np.isfinite(got.weights).all() and np.isfinite(got.bias).all()
+    text = learn.to_yaml(got, name="flat", method=method, channels="gray", seed=0, size=3,
+                         sources=["a.png"], command="convcli learn", count=200)
+    assert len(bank.parse(text).filters) == 4
+
+
+def test_read_for_learning_refuses_bad_images(tmp_path):
+    import tifffile
+
+    with pytest.raises(learn.UsageError, match="^channels must be gray or rgb, got 'cmyk'$"):
+        learn.read_for_learning([], "cmyk")
+    with pytest.raises(learn.UsageError, match="^no images to learn from$"):
+        learn.read_for_learning([], "gray")
+    data = np.random.default_rng(0).random((10, 10)).astype(np.float32)
+    data[2, 2] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", data)
+    with pytest.raises(learn.InputError) as info:
+        learn.read_for_learning([str(tmp_path / "nan.tif")], "gray")
+    assert str(info.value) == f"{tmp_path / 'nan.tif'}: holds values that are not finite (NaN or infinite)"
+
+
+def import_error(path, node=None) -> str:
+    from convcli import importers
+
+    with pytest.raises((importers.InputError, importers.UsageError)) as info:
+        importers.load_weights(str(path), node)
+    return str(info.value)
+
+
+def test_numpy_files_of_the_wrong_kind(tmp_path):
+    cases = {
+        "object.npy": np.array([{"a": 1}, None], dtype=object),
+        "text.npy": np.array([["a", "b"]] * 2),
+        "complex.npy": np.ones((2, 1, 3, 3), np.complex64),
+        "flags.npy": np.ones((2, 1, 3, 3), bool),
+        "flat.npy": np.ones(9),
+        "plane.npy": np.ones((3, 3)),
+        "five.npy": np.ones((2, 1, 1, 3, 3)),
+        "empty.npy": np.ones((0, 1, 3, 3)),
+        "nan.npy": np.full((2, 1, 3, 3), np.nan),
+        "big.npy": np.full((2, 1, 3, 3), 1e300),
+    }
+    for name, arr in cases.items():
+        np.save(tmp_path / name, arr, allow_pickle=True)
+    np.savez(tmp_path / "objects.npz", weights=np.array([None] * 4, dtype=object))
+    (tmp_path / "cut.npy").write_bytes((tmp_path / "nan.npy").read_bytes()[:100])
+    (tmp_path / "fake.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    p = tmp_path
+    want = {
+        "object.npy": f"{p / 'object.npy'}: weights have shape (2,); want (F, C, KH, KW) or (F, KH, KW)",
+        "text.npy": f"{p / 'text.npy'}: weights have shape (2, 2); want (F, C, KH, KW) or (F, KH, KW)",
+        "complex.npy": f"{p / 'complex.npy'}: weights are stored as complex64; want real numbers (float or int)",
+        "flags.npy": f"{p / 'flags.npy'}: weights are stored as bool; want real numbers (float or int)",
+        "flat.npy": f"{p / 'flat.npy'}: weights have shape (9,); want (F, C, KH, KW) or (F, KH, KW)",
+        "plane.npy": f"{p / 'plane.npy'}: weights have shape (3, 3); want (F, C, KH, KW) or (F, KH, KW)",
+        "five.npy": f"{p / 'five.npy'}: weights have shape (2, 1, 1, 3, 3); want (F, C, KH, KW) or (F, KH, KW)",
+        "empty.npy": f"{p / 'empty.npy'}: weights have shape (0, 1, 3, 3); want (F, C, KH, KW) or (F, KH, KW)",
+        "nan.npy": f"{p / 'nan.npy'}: the weights or biases are not all finite numbers within float32's range (about ±3.4e+38)",
+        "big.npy": f"{p / 'big.npy'}: the weights or biases are not all finite numbers within float32's range (about ±3.4e+38)",
+        "objects.npz": f"{p / 'objects.npz'}: weights have shape (4,); want (F, C, KH, KW) or (F, KH, KW)",
+    }
+    for name, message in want.items():
+        assert import_error(p / name) == message, name
+    np.save(tmp_path / "obj4.npy", np.full((2, 1, 3, 3), None, dtype=object), allow_pickle=True)
+    assert import_error(p / "obj4.npy") == (f"{p / 'obj4.npy'}: weights are stored as object; "
+                                            "want real numbers (float or int)")
+    assert import_error(p / "cut.npy").startswith(f"{p / 'cut.npy'}: not a readable NumPy file (")
+    assert import_error(p / "fake.npz").startswith(f"{p / 'fake.npz'}: not a readable NumPy file (")
+
+
+def test_a_header_declaring_a_huge_array_is_refused_without_allocating_it(tmp_path):
+    import zipfile
+
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**12, 3, 7, 7)}
+    buf = __import__("io").BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
+        z.writestr("weights.npy", buf.getvalue() + b"\0" * 64)
+    assert import_error(tmp_path / "huge.npz") == (
+        f"{tmp_path / 'huge.npz'}: weights of shape 1000000000000x3x7x7 are too large: a bank "
+        "holds at most 4096 filters of at most 1025x1025, and convcli writes at most 100,000 "
+        "weights in all")
+
+
+def _onnx_conv(path, weight_shape, inputs=("x", "W", "B"), **attrs):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal(weight_shape).astype(np.float32)
+    conv = helper.make_node("Conv", list(inputs), ["y"], name="c", **attrs)
+    graph = helper.make_graph(
+        [conv], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(w, "W"),
+                     numpy_helper.from_array(np.zeros(weight_shape[0], np.float32), "B")])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+@pytest.mark.parametrize("shape, attrs, inputs, message", [
+    ((4, 1, 3), dict(strides=[2]), ("x", "W", "B"),
+     "is a 1-D convolution (weights of shape (4, 1, 3)); only 2-D convolutions can become a bank"),
+    ((4, 3, 3), dict(pads=[1, 1]), ("x", "W", "B"),
+     "is a 1-D convolution (weights of shape (4, 3, 3)); only 2-D convolutions can become a bank"),
+    ((4, 1, 3, 3, 3), {}, ("x", "W", "B"),
+     "is a 3-D convolution (weights of shape (4, 1, 3, 3, 3)); only 2-D convolutions can become "
+     "a bank"),
+    ((4, 1, 3, 3), dict(pads=[1, 1, 1]), ("x", "W", "B"),
+     "has pads=[1, 1, 1]; a 2-D convolution needs 4 whole numbers"),
+    ((4, 1, 3, 3), dict(strides=[2]), ("x", "W", "B"),
+     "has strides=[2]; a 2-D convolution needs 2 whole numbers"),
+    ((4, 1, 3, 3), dict(strides=[0, 1]), ("x", "W", "B"),
+     ": stride must be a whole number >= 1 or a pair [y, x], got [0, 1]"),
+    ((4, 1, 3, 3), dict(dilations=[2**40, 1]), ("x", "W", "B"),
+     ": dilation must be at most 1024, got [1099511627776, 1]"),
+    ((4, 1, 3, 3), dict(pads=[0, 0, -1, 0]), ("x", "W", "B"),
+     ": padding must be same, valid, a whole number >= 0, a pair [y, x] or [top, bottom, left, "
+     "right], got [0, -1, 0, 0]"),
+    ((4, 1, 3, 3), dict(pads=[0, 0, 10**6, 0]), ("x", "W", "B"),
+     ": padding must be at most 4096 pixels on each side, got [0, 1000000, 0, 0]"),
+    ((4, 1, 3, 3), dict(kernel_shape=[5, 5]), ("x", "W", "B"),
+     "has kernel_shape [5, 5] but weights of 3x3"),
+    ((4, 1, 3, 3), dict(auto_pad="SAME_LOWER"), ("x", "W", "B"),
+     "uses auto_pad='SAME_LOWER', which convcli's padding cannot express (SAME_LOWER puts the "
+     "extra pixel first)"),
+    ((4, 1, 3, 3), dict(group=2), ("x", "W", "B"),
+     "is grouped (group=2); only dense first layers (group 1) can become a bank"),
+    ((4, 1, 3, 3), {}, ("x",), "has no weights input"),
+    ((4, 1, 3, 3), {}, ("x", "W", "missing"),
+     "takes 'missing' from another node; only weights stored as initializers can be imported"),
+])
+def test_onnx_convs_that_cannot_become_a_bank(tmp_path, shape, attrs, inputs, message):
+    path = _onnx_conv(tmp_path / "m.onnx", shape, inputs, **attrs)
+    got = import_error(path)
+    assert got == f"{path}: Conv node 'c' {message}".replace("'c' :", "'c':"), got
+
+
+def test_onnx_weights_in_an_external_file_are_not_followed(tmp_path):
+    import onnx
+
+    path = _onnx_conv(tmp_path / "m.onnx", (4, 1, 3, 3))
+    model = onnx.load(str(path))
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    assert import_error(path) == (f"{path}: Conv node 'c' keeps its weights in an external data "
+                                  "file; convcli reads only models that hold their weights")
