@@ -26,6 +26,7 @@ class _Group(TyperGroup):
     def main(self, *args, standalone_mode: bool = True, **kwargs):
         """Run; the command-line framework's own usage errors (unknown option, missing
         value) become one ``convcli: error:`` line with a hint and exit 2, like ours."""
+        from typer import exceptions as typer_errors
         from typer._click import exceptions as click_errors
 
         try:
@@ -39,7 +40,7 @@ class _Group(TyperGroup):
             _say(f"convcli: error: {' '.join(e.format_message().split())} "
                  f"(see '{where} --help')")
             code = e.exit_code
-        except click_errors.Abort:
+        except typer_errors.Abort:
             _say("convcli: interrupted")
             code = EXIT_INTERRUPTED
         code = code if isinstance(code, int) else EXIT_OK
@@ -66,7 +67,7 @@ class _Group(TyperGroup):
 
 app = typer.Typer(
     cls=_Group,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help text: rendering it with rich costs ~100 ms of imports
@@ -134,49 +135,85 @@ def _root(
     """Apply banks of convolution filters (one CNN conv layer) to images."""
 
 
-@app.command()
+def _complete_bank(incomplete: str) -> list[str]:
+    from . import bank as banks
+
+    return [n for n in banks.builtin_names() if n.startswith(incomplete)]
+
+
+def _complete_filter(ctx: typer.Context, incomplete: str) -> list[str]:
+    from . import bank as banks
+
+    ref = ctx.params.get("bank") or ctx.params.get("ref") or "edge"
+    try:
+        names = [f.name for f in banks.load(ref).filters]
+    except Exception:  # completion never fails loudly
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+@app.command(epilog="""\b
+Examples:
+  convcli apply photo.png -b edge -o out/
+  convcli apply photos/ -r -o out/ -j 4 --resume --json > report.jsonl
+  convcli apply photo.png -f sobel_x --format npy -o - > sobel.npy""")
 def apply(
     inputs: Optional[List[str]] = typer.Argument(
         None, metavar="INPUT...",
         help="Image files, folders, quoted globs ('photos/**/*.jpg'); - reads one image from stdin."),
-    output: str = typer.Option(..., "--output", "-o",
+    output: str = typer.Option(..., "--output", "-o", metavar="FOLDER|-",
                                help="Output folder, or - to write one result to stdout."),
-    bank: str = typer.Option("edge", "--bank", "-b", help="Built-in bank name or a .yaml file."),
-    filters: Optional[List[str]] = typer.Option(None, "--filter", "-f",
-                                                help="Only this filter (repeat for more)."),
-    stride: Optional[str] = typer.Option(None, help="Override: N or Y,X."),
-    padding: Optional[str] = typer.Option(None, help="Override: same, valid, N, Y,X or T,B,L,R."),
-    dilation: Optional[str] = typer.Option(None, help="Override: N or Y,X."),
-    border: Optional[str] = typer.Option(None, help="Override: zero, reflect, replicate, wrap."),
-    activation: Optional[str] = typer.Option(None, help="Override: relu, none, abs."),
-    scale: Optional[str] = typer.Option(None, help="Override: auto, global, clip, symmetric."),
-    bits: int = typer.Option(8, help="Bits per sample of the PNGs: 8 or 16."),
-    fmt: str = typer.Option("png", "--format", help="png (maps + stack) or npy (float32 array)."),
-    compression: int = typer.Option(1, help="PNG zlib level, 0 (fastest) to 9 (smallest)."),
+    bank: str = typer.Option("edge", "--bank", "-b", metavar="NAME|FILE",
+                             help="Built-in bank name or a .yaml file.",
+                             autocompletion=_complete_bank),
+    filters: Optional[List[str]] = typer.Option(None, "--filter", "-f", metavar="NAME",
+                                                help="Only this filter (repeat for more).",
+                                                autocompletion=_complete_filter),
+    stride: Optional[str] = typer.Option(None, metavar="N|Y,X", help="Override every filter's stride."),
+    padding: Optional[str] = typer.Option(None, metavar="PAD",
+                                          help="Override: same, valid, N, Y,X or T,B,L,R."),
+    dilation: Optional[str] = typer.Option(None, metavar="N|Y,X", help="Override every filter's dilation."),
+    border: Optional[str] = typer.Option(None, metavar="zero|reflect|replicate|wrap",
+                                         help="Override how pixels beyond the border are read."),
+    activation: Optional[str] = typer.Option(None, metavar="relu|none|abs",
+                                             help="Override every filter's activation."),
+    scale: Optional[str] = typer.Option(None, metavar="auto|global|clip|symmetric",
+                                        help="Override how maps become pixels."),
+    bits: int = typer.Option(8, metavar="8|16", help="Bits per sample of the PNGs."),
+    fmt: str = typer.Option("png", "--format", metavar="png|npy",
+                            help="png (maps + stack) or npy (float32 array + names)."),
+    compression: int = typer.Option(1, metavar="0-9",
+                                    help="PNG deflate level, 0 (fastest) to 9 (smallest); "
+                                         "1-3 use ISA-L where installed, the rest zlib."),
     stack: bool = typer.Option(True, "--stack/--no-stack", help="Write each input's stack.png."),
     stack_by: Optional[str] = typer.Option(
-        None, "--stack-by", help="filter: also write OUT/by-filter/<filter>.png, one sheet of "
-                                 "that filter's maps across all inputs."),
-    max_pixels: int = typer.Option(100_000_000, help="Refuse images with more pixels than this."),
+        None, "--stack-by", metavar="filter",
+        help="Also write OUT/by-filter/<filter>.png, one sheet of that filter's maps across "
+             "all inputs."),
+    max_pixels: int = typer.Option(100_000_000, metavar="N",
+                                   help="Refuse images with more pixels than this."),
     max_memory: str = typer.Option(
-        "4G", "--max-memory", help="Memory for one input's maps per process (e.g. 512M, 8G); "
+        "4G", "--max-memory", metavar="SIZE",
+        help="Memory for one input's maps per process (e.g. 512M, 8G); "
                                    "more filters than fit are done in groups."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
     files_from: Optional[str] = typer.Option(
-        None, "--files-from", help="Read input paths from FILE (- for stdin), one per line."),
+        None, "--files-from", metavar="FILE",
+        help="Read input paths from FILE (- for stdin), one per line."),
     null: bool = typer.Option(False, "--null", "-0", help="--files-from is NUL-separated."),
-    jobs: Optional[int] = typer.Option(None, "--jobs", "-j",
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", metavar="N",
                                        help="Worker processes [default: all cores]."),
     resume: bool = typer.Option(False, help="Skip inputs whose outputs are all present."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed input."),
     json_report: bool = typer.Option(False, "--json",
                                      help="One JSON object per input on stdout (JSON Lines)."),
     scheduler: Optional[str] = typer.Option(
-        None, "--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local for a "
+        None, "--scheduler", metavar="ADDRESS|local",
+        help="Run on a Dask cluster: tcp://HOST:8786, or local for a "
                                   "LocalCluster (pip install 'convcli[dask]')."),
-    engine: str = typer.Option("auto", "--engine",
-                               help="auto, jit (numba), numpy or fft: same results, different "
-                                    "speed."),
+    engine: str = typer.Option("auto", "--engine", metavar="auto|jit|numpy|fft",
+                               help="The engine's path: jit and numpy give identical bits, "
+                                    "fft agrees to float32 rounding; only speed differs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More detail on stderr."),
 ) -> None:
@@ -195,8 +232,10 @@ def apply(
         raise UsageError("give at least one INPUT (a file, folder, glob or -) or --files-from")
     found = _expand_inputs(inputs or [], files_from, null, recursive, output)
     if not found.sources:
-        raise UsageError("no images to process: " + (found.warnings[0] if found.warnings
-                                                    else "the inputs are empty"))
+        raise UsageError("no images to process: " + (
+            found.warnings[0] if found.warnings else
+            f"{_plural(len(found.skipped), 'file')} found, none an image by its extension"
+            if found.skipped else "the inputs are empty"))
     if output == pipeline.STDOUT and len(found.sources) != 1:
         raise UsageError(f"-o - writes one result, but {len(found.sources)} inputs were given; "
                          "give one input or an output folder")
@@ -204,6 +243,13 @@ def apply(
     report = _Report(len(found.sources), quiet=quiet, verbose=verbose, json_lines=json_report)
     for warning in found.warnings:
         report.warn(warning)
+    if found.skipped:
+        n = len(found.skipped)
+        report.warn(f"skipped {n} " + ("file that is not an image" if n == 1 else
+                                        "files that are not images")
+                    + " (by extension)" + ("" if verbose else "; -v lists them"))
+        for path in found.skipped:
+            report.detail(f"skipped: {path}")
     backend = batch.Backend(jobs=jobs, scheduler=scheduler, engine=engine,
                             fail_fast=fail_fast, verbose=verbose)
     stream = batch.apply(found.sources, kernel_bank, options, backend)
@@ -418,9 +464,10 @@ class _Report:
         if self.counts["error"]:
             parts.append(f"{self.counts['error']} failed")
         head = "interrupted after" if interrupted else "finished"
-        _say(f"convcli: {head} {done} of {self.total} input{'s' if self.total != 1 else ''}: "
-             f"{', '.join(parts)} in {seconds:.1f} s ({done / max(seconds, 1e-9):.1f} images/s) "
-             f"-> {output}")
+        rate = (f" ({self.counts['ok'] / max(seconds, 1e-9):.1f} images/s)"
+                if self.counts["ok"] else "")  # the rate of work done, not of failures
+        _say(f"convcli: {head} {done} of {_plural(self.total, 'input')}: "
+             f"{', '.join(parts)} in {seconds:.1f} s{rate} -> {output}")
 
     def exit_code(self, fail_fast: bool) -> int:
         failed = self.counts["error"]
@@ -431,102 +478,203 @@ class _Report:
         return EXIT_PARTIAL
 
 
-@app.command("banks")
-def list_banks() -> None:
-    """List the built-in banks and their filters."""
-    from rich.console import Console
-    from rich.table import Table
+# --- the other commands: listings that pipe, files that may be "-" ------------------------
 
+def _quiet_option():
+    return typer.Option(False, "--quiet", "-q", help="Only errors on stderr.")
+
+
+def _verbose_option():
+    return typer.Option(False, "--verbose", "-v", help="More detail on stderr.")
+
+
+def _json_option(what: str):
+    return typer.Option(False, "--json", help=f"{what} as JSON on stdout (one object per line).")
+
+
+def _note(text: str, quiet: bool) -> None:
+    if not quiet:
+        _say(text)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _emit(lines: list[str]) -> None:
+    """Lines of a listing on stdout, as they are: never wrapped or padded."""
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+
+
+def _write_output(target: str, data: bytes, binary: bool) -> str:
+    """Write a command's file, or stdout for "-" (binary data never to a terminal).
+    Returns how to name where it went."""
+    if target == "-":
+        if binary and sys.stdout.isatty():
+            raise UsageError("refusing to write binary image data to a terminal; redirect "
+                             "stdout (> file.png) or give a file name")
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return "stdout"
+    from . import images
+
+    images.write_atomic(Path(target), data)
+    return target
+
+
+@app.command("banks", epilog="""\b
+Examples:
+  convcli banks
+  convcli banks --json | jq -r .name""")
+def list_banks(
+    json_out: bool = _json_option("One line per bank"),
+    quiet: bool = _quiet_option(), verbose: bool = _verbose_option(),
+) -> None:
+    """List the built-in banks and their filters."""
     from . import bank as banks
 
-    table = Table(box=None, pad_edge=False)
-    for col in ("bank", "input", "filters", "description"):
-        table.add_column(col)
-    for name in banks.builtin_names():
-        b = banks.load(name)
-        table.add_row(name, b.input, str(len(b.filters)), b.description)
-        table.add_row("", "", "", ", ".join(f.name for f in b.filters), style="dim")
-    Console().print(table)
+    loaded = [banks.load(name) for name in banks.builtin_names()]
+    if json_out:
+        _emit([json.dumps({"name": b.name, "input": b.input, "filters": [f.name for f in b.filters],
+                           "description": b.description, "file": b.origin}) for b in loaded])
+    elif sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False)
+        for col in ("bank", "input", "filters", "description"):
+            table.add_column(col)
+        for b in loaded:
+            table.add_row(b.name, b.input, str(len(b.filters)), printable(b.description))
+            table.add_row("", "", "", ", ".join(printable(f.name) for f in b.filters), style="dim")
+        Console().print(table)
+    else:  # one tab-separated line per bank, for cut, awk and grep
+        _emit([f"{b.name}\t{b.input}\t{len(b.filters)}\t{printable(b.description)}\t"
+               + ",".join(printable(f.name) for f in b.filters) for b in loaded])
+    if verbose:
+        _say(f"convcli: {_plural(len(loaded), 'bank')} in {banks.kernels_dir()}")
 
 
-@bank_app.command("show")
+@bank_app.command("show", epilog="""\b
+Examples:
+  convcli bank show edge -f sobel_x
+  convcli bank show my-bank.yaml --png kernels.png
+  convcli bank show learned --json | jq '.filters[0].weights'""")
 def bank_show(
-    ref: str = typer.Argument(..., metavar="NAME|FILE", help="Built-in bank or .yaml file."),
-    filters: Optional[List[str]] = typer.Option(None, "--filter", "-f", help="Only this filter."),
-    png: Optional[str] = typer.Option(None, "--png", help="Also draw the kernels as a grid "
-                                                          "in this PNG file."),
+    ref: str = typer.Argument(..., metavar="NAME|FILE", help="Built-in bank or .yaml file.",
+                              autocompletion=_complete_bank),
+    filters: Optional[List[str]] = typer.Option(None, "--filter", "-f", metavar="NAME",
+                                                help="Only this filter (repeat for more).",
+                                                autocompletion=_complete_filter),
+    png: Optional[str] = typer.Option(None, "--png", metavar="FILE",
+                                      help="Also draw the kernels as a grid in this PNG "
+                                           "file (- for stdout)."),
+    json_out: bool = _json_option("The bank, with every weight,"),
+    quiet: bool = _quiet_option(), verbose: bool = _verbose_option(),
 ) -> None:
     """Print a bank's filters: settings, source and weights."""
-    from rich.console import Console
-    from rich.table import Table
-
     from . import bank as banks
-
-    from rich.markup import escape
 
     b = banks.load(ref)
     if filters:
-        b = b.select(filters)
+        b = b.select(list(dict.fromkeys(filters)))
     if png:
         from . import images, render
 
-        images.write_atomic(Path(png), images.encode_png(render.kernel_grid(b.filters)))
-        _say(f"convcli: drew {len(b.filters)} kernels in {png}")
-    console = Console()
-    safe = lambda text: escape(printable(text))  # noqa: E731  (names come from strangers' files)
-    console.print(f"[bold]{safe(b.name)}[/bold]: {safe(b.description)}  (input: {b.input}, "
-                  f"{len(b.filters)} filters, from {safe(b.origin)})", highlight=False)
+        where = _write_output(png, images.encode_png(render.kernel_grid(b.filters)), binary=True)
+        _note(f"convcli: drew {_plural(len(b.filters), 'kernel')} in {where}", quiet)
+        if png == "-":
+            return  # stdout holds the picture
+    if json_out:
+        _emit([json.dumps(_bank_record(b))])
+        return
+    lines = _bank_lines(b)
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        console = Console(soft_wrap=True, highlight=False)
+        for line in lines:
+            console.print(line, markup=False, style="bold" if line and line[0] != " " else None)
+    else:
+        _emit(lines)
+
+
+def _bank_record(b) -> dict:
+    return {"name": b.name, "description": b.description, "input": b.input, "file": b.origin,
+            "filters": [{"name": f.name, "shape": list(f.weights.shape), "bias": f.bias,
+                         "stride": list(f.geometry.stride),
+                         "padding": _padding_text(f.geometry.padding),
+                         "dilation": list(f.geometry.dilation), "border": f.geometry.border,
+                         "activation": f.geometry.activation, "scale": f.scale,
+                         "description": f.description, "source": f.source,
+                         "weights": f.weights.tolist()} for f in b.filters]}
+
+
+def _bank_lines(b) -> list[str]:
+    """A bank as text: a head line, then per filter its settings and weight grid."""
+    lines = [f"{printable(b.name)}: {printable(b.description)} (input: {b.input}, "
+             f"{_plural(len(b.filters), 'filter')}, from {printable(b.origin)})"]
     for f in b.filters:
         g = f.geometry
         c, kh, kw = f.weights.shape
-        console.print(f"\n[bold]{safe(f.name)}[/bold]  {c}x{kh}x{kw}  bias {f.bias:g}  "
+        lines += ["", f"{printable(f.name)}  {c}x{kh}x{kw}  bias {f.bias:g}  "
                       f"stride {g.stride[0]},{g.stride[1]}  padding {_padding_text(g.padding)}  "
                       f"dilation {g.dilation[0]},{g.dilation[1]}  border {g.border}  "
-                      f"activation {g.activation}  scale {f.scale}", highlight=False)
-        for text in (f.description, f.source and f"source: {f.source}"):
-            if text:
-                console.print(f"  {printable(text)}", highlight=False, markup=False)
+                      f"activation {g.activation}  scale {f.scale}"]
+        lines += [f"  {printable(text)}" for text in
+                  (f.description, f.source and f"source: {f.source}") if text]
         for ch in range(c):
-            grid = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
-            for _ in range(kw):
-                grid.add_column(justify="right")
-            for row in f.weights[ch]:
-                grid.add_row(*(f"{v:.4g}" for v in row))
+            cells = [[f"{v:.4g}" for v in row] for row in f.weights[ch]]
+            width = max(len(cell) for row in cells for cell in row)
             if c > 1:
-                console.print(f"  channel {ch}")
-            console.print(grid)
+                lines.append(f"  channel {ch}")
+            lines += ["  " + " ".join(cell.rjust(width) for cell in row) for row in cells]
+    return lines
 
 
 def _padding_text(p) -> str:
     return p if isinstance(p, str) else ",".join(map(str, p))
 
 
-@bank_app.command("import")
+@bank_app.command("import", epilog="""\b
+Examples:
+  convcli bank import resnet18.onnx -o resnet-stem.yaml
+  convcli bank import weights.npy -o mine.yaml --name mine""")
 def bank_import(
     source: str = typer.Argument(..., metavar="WEIGHTS", help=".npy, .npz or .onnx file."),
-    output: str = typer.Option(..., "--output", "-o", help="The bank file to write (.yaml)."),
-    node: Optional[str] = typer.Option(None, "--node", help="ONNX: the Conv node's name "
-                                                            "[default: the first Conv]."),
-    name: Optional[str] = typer.Option(None, "--name", help="Bank name [default: file stem]."),
+    output: str = typer.Option(..., "--output", "-o", metavar="FILE",
+                               help="The bank file to write (.yaml), or - for stdout."),
+    node: Optional[str] = typer.Option(None, "--node", metavar="NAME",
+                                       help="ONNX: the Conv node's name [default: the first Conv]."),
+    name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
+                                       help="Bank name [default: the output file's stem]."),
+    quiet: bool = _quiet_option(), verbose: bool = _verbose_option(),
 ) -> None:
     """Turn first-layer weights of a trained network into a bank."""
     from . import bank as banks
-    from . import images, importers
+    from . import importers
 
     weights, bias, defaults, about = importers.load_weights(source, node)
     filters = [{"name": f"filter_{k:02d}", "source": f"imported from {source}", "bias": b,
                 "weights": w} for k, (w, b) in enumerate(zip(weights, bias))]
-    text = banks.dump(name=name or Path(output).stem, defaults=defaults, filters=filters,
+    bank_name = name or (Path(output).stem if output != "-" else Path(source).stem)
+    text = banks.dump(name=bank_name, defaults=defaults, filters=filters,
                       description=f"{len(filters)} filters imported from {Path(source).name}",
                       provenance=about)
-    images.write_atomic(Path(output), text.encode())
-    _say(f"convcli: wrote {output}: {len(filters)} filters of "
-         f"{'x'.join(map(str, weights.shape[1:]))} ({defaults['input']})")
+    where = _write_output(output, text.encode(), binary=False)
+    _note(f"convcli: wrote {where}: {_plural(len(filters), 'filter')} of "
+          f"{'x'.join(map(str, weights.shape[1:]))} ({defaults['input']})", quiet)
 
 
-@bank_app.command("check")
+@bank_app.command("check", epilog="""\b
+Examples:
+  convcli bank check my-bank.yaml
+  convcli bank check banks/*.yaml --json""")
 def bank_check(
     files: List[str] = typer.Argument(..., metavar="FILE...", help="Bank files to validate."),
+    json_out: bool = _json_option("One line per file (ok, or its problems)"),
+    quiet: bool = _quiet_option(), verbose: bool = _verbose_option(),
 ) -> None:
     """Validate bank files; list every problem with file, line, filter and field."""
     from . import bank as banks
@@ -538,31 +686,45 @@ def bank_check(
             b = banks.load(ref)
         except BankError as e:
             problems.extend(e.problems)
+            if json_out:
+                _emit([json.dumps({"file": ref, "ok": False,
+                                   "problems": [str(p) for p in e.problems]})])
             continue
-        _say(f"ok: {ref}: bank {b.name!r}, {len(b.filters)} filters, input {b.input}")
+        if json_out:
+            _emit([json.dumps({"file": ref, "ok": True, "name": b.name,
+                               "filters": len(b.filters), "input": b.input})])
+        _note(f"ok: {printable(ref)}: bank {b.name!r}, {_plural(len(b.filters), 'filter')}, "
+              f"input {b.input}", quiet)
     if problems:
         raise BankError(problems)
 
 
-@app.command()
+@app.command(epilog="""\b
+Examples:
+  convcli learn samples/*.png -o mine.yaml --filters 32 --size 7
+  convcli learn photos/ -o - --method pca > pca.yaml""")
 def learn(
     image_paths: List[str] = typer.Argument(..., metavar="IMAGES...", help="Images to learn from."),
-    output: str = typer.Option(..., "--output", "-o", help="The bank file to write (.yaml)."),
-    filters: int = typer.Option(16, "--filters", "-k", help="How many filters."),
-    size: int = typer.Option(7, "--size", help="Kernel size S (S x S)."),
-    channels: str = typer.Option("gray", "--channels", help="gray (2-D kernels) or rgb (3 x S x S)."),
-    method: str = typer.Option("kmeans", "--method", help="kmeans (Coates et al. 2011) or pca."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same bank."),
-    count: int = typer.Option(20000, "--patches", help="Random patches to learn from."),
-    name: Optional[str] = typer.Option(None, "--name", help="Bank name [default: file stem]."),
+    output: str = typer.Option(..., "--output", "-o", metavar="FILE",
+                               help="The bank file to write (.yaml), or - for stdout."),
+    filters: int = typer.Option(16, "--filters", "-k", metavar="N", help="How many filters."),
+    size: int = typer.Option(7, "--size", metavar="S", help="Kernel size S (S x S)."),
+    channels: str = typer.Option("gray", "--channels", metavar="gray|rgb",
+                                 help="gray (2-D kernels) or rgb (3 x S x S)."),
+    method: str = typer.Option("kmeans", "--method", metavar="kmeans|pca",
+                               help="kmeans (Coates et al. 2011) or pca."),
+    seed: int = typer.Option(0, "--seed", metavar="N",
+                             help="Random seed: the same seed gives the same bank."),
+    count: int = typer.Option(20000, "--patches", metavar="N", help="Random patches to learn from."),
+    name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
+                                       help="Bank name [default: the output file's stem]."),
+    quiet: bool = _quiet_option(), verbose: bool = _verbose_option(),
 ) -> None:
     """Learn a bank of filters from random patches of images."""
-    from . import bank as banks
-    from . import images
     from . import learn as learning
 
     pixels = learning.read_for_learning(image_paths, channels)
-    if method == "kmeans" and sys.stderr.isatty():  # a bar only on a terminal
+    if method == "kmeans" and not quiet and sys.stderr.isatty():  # a bar only on a terminal
         from rich.console import Console
         from rich.progress import Progress
 
@@ -575,27 +737,34 @@ def learn(
     command = " ".join(["convcli", "learn", *image_paths, "-o", output, "--filters",
                         str(filters), "--size", str(size), "--channels", channels, "--method",
                         method, "--seed", str(seed), "--patches", str(count)])
-    text = learning.to_yaml(result, name=name or Path(output).stem, method=method,
-                            channels=channels, seed=seed, size=size, sources=image_paths,
-                            command=command, count=count)
-    images.write_atomic(Path(output), text.encode())
-    _say(f"convcli: wrote {output}: {filters} {method} filters of {size}x{size} ({channels})")
+    bank_name = name or (Path(output).stem if output != "-" else "learned")
+    text = learning.to_yaml(result, name=bank_name, method=method, channels=channels, seed=seed,
+                            size=size, sources=image_paths, command=command, count=count)
+    where = _write_output(output, text.encode(), binary=False)
+    _note(f"convcli: wrote {where}: {_plural(filters, f'{method} filter')} of {size}x{size} "
+          f"({channels})", quiet)
 
 
 @cache_app.command("info")
-def cache_info() -> None:
+def cache_info(json_out: bool = _json_option("Where and what"),
+               quiet: bool = _quiet_option(), verbose: bool = _verbose_option()) -> None:
     """Where the JIT cache is, and what it holds."""
     from . import jitcache
 
     files = jitcache.cache_files()
     kernels = sorted({p.name.split("-")[0] for p in files if p.suffix == ".nbi"})
-    typer.echo(f"folder: {jitcache.cache_dir()}")
-    typer.echo(f"files: {len(files)} ({sum(p.stat().st_size for p in files) / 2**20:.1f} MiB)")
-    typer.echo(f"compiled kernels: {', '.join(kernels) if kernels else 'none (run convcli cache warm)'}")
+    size = sum(p.stat().st_size for p in files)
+    if json_out:
+        _emit([json.dumps({"folder": str(jitcache.cache_dir()), "files": len(files),
+                           "bytes": size, "kernels": kernels})])
+        return
+    _emit([f"folder: {jitcache.cache_dir()}",
+           f"files: {len(files)} ({size / 2**20:.1f} MiB)",
+           f"compiled kernels: {', '.join(kernels) if kernels else 'none (run convcli cache warm)'}"])
 
 
 @cache_app.command("warm")
-def cache_warm() -> None:
+def cache_warm(quiet: bool = _quiet_option(), verbose: bool = _verbose_option()) -> None:
     """Compile the engine now (or check that the cache loads), so later runs start at once."""
     import time
 
@@ -603,16 +772,18 @@ def cache_warm() -> None:
 
     start = time.perf_counter()
     engine.prepare()
-    _say(f"convcli: engine ready in {time.perf_counter() - start:.1f} s; {engine.cache_status()}")
+    _note(f"convcli: engine ready in {time.perf_counter() - start:.1f} s; "
+          f"{engine.cache_status()}", quiet)
 
 
 @cache_app.command("clear")
-def cache_clear() -> None:
+def cache_clear(quiet: bool = _quiet_option(), verbose: bool = _verbose_option()) -> None:
     """Delete the compiled engine from the cache (the next large job compiles it again)."""
     from . import jitcache
 
     files, size = jitcache.clear()
-    _say(f"convcli: removed {files} files ({size / 2**20:.1f} MiB) from {jitcache.cache_dir()}")
+    _note(f"convcli: removed {_plural(files, 'file')} ({size / 2**20:.1f} MiB) from "
+          f"{jitcache.cache_dir()}", quiet)
 
 
 def main() -> None:

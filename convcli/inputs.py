@@ -14,9 +14,8 @@ name (``x_png``, ``x_jpg``), then ``-2``, ``-3``, ... in path order if still nee
 
 from __future__ import annotations
 
-import glob
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -50,6 +49,30 @@ class Source:
 class Expansion:
     sources: list[Source]
     warnings: list[str]
+    skipped: list[str] = field(default_factory=list)  # files found that are not images
+
+
+# Patterns are matched by wcmatch (a well-kept glob library) rather than the standard glob
+# module: braces ('*.{png,jpg}'), '**' across folders, and names matched without regard to
+# case, so '*.png' takes A.PNG as a folder scan does. Dot files are left out, as in a scan.
+def _glob_flags() -> int:
+    from wcmatch import glob as wc
+
+    return wc.BRACE | wc.GLOBSTAR | wc.IGNORECASE
+
+
+def _is_pattern(text: str) -> bool:
+    if not any(ch in text for ch in "*?[{"):
+        return False  # the common case, without importing wcmatch
+    from wcmatch import glob as wc
+
+    return bool(wc.is_magic(text, flags=_glob_flags()))
+
+
+def _glob(pattern: str) -> list[str]:
+    from wcmatch import glob as wc
+
+    return sorted(wc.glob(pattern, flags=_glob_flags()))
 
 
 def expand(args: Iterable[str], *, files_from: str | None = None, null_separated: bool = False,
@@ -66,6 +89,7 @@ def expand(args: Iterable[str], *, files_from: str | None = None, null_separated
                          settings=("files_from", "null"))
     found: list[tuple[Source, Path | None]] = []  # source and the folder that holds it
     warnings: list[str] = []
+    skipped: list[str] = []
     excluded = exclude.resolve() if exclude is not None else None
 
     def scan(folder: Path) -> None:
@@ -73,7 +97,7 @@ def expand(args: Iterable[str], *, files_from: str | None = None, null_separated
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 found.append((Source.from_path(path), folder))
             else:
-                warnings.append(f"{path}: skipped, not an image file (by its extension)")
+                skipped.append(str(path))
 
     for arg in args + (_read_list(files_from, null_separated, read_stdin) if files_from else []):
         if arg == STDIN:
@@ -82,8 +106,8 @@ def expand(args: Iterable[str], *, files_from: str | None = None, null_separated
             found.append((Source.from_bytes(read_stdin()), None))
         elif Path(arg).is_dir():
             scan(Path(arg))
-        elif not os.path.lexists(arg) and glob.has_magic(arg):
-            matches = sorted(glob.glob(arg, recursive=True))
+        elif not os.path.lexists(arg) and _is_pattern(arg):
+            matches = _glob(arg)
             if not matches:
                 found.append((Source(label=arg, problem=f"{arg}: no files match this pattern"), None))
             for m in matches:
@@ -92,10 +116,10 @@ def expand(args: Iterable[str], *, files_from: str | None = None, null_separated
                 elif Path(m).suffix.lower() in IMAGE_SUFFIXES:
                     found.append((Source.from_path(m), _glob_root(arg)))
                 else:
-                    warnings.append(f"{m}: skipped, not an image file (by its extension)")
+                    skipped.append(m)
         else:
             found.append((Source.from_path(arg), None))
-    return Expansion(_name_outputs(_unique_paths(found)), warnings)
+    return Expansion(_name_outputs(_unique_paths(found)), warnings, skipped)
 
 
 def _read_list(files_from: str, null_separated: bool, read_stdin) -> list[str]:
@@ -132,7 +156,7 @@ def _glob_root(pattern: str) -> Path:
     parts = Path(pattern).parts
     fixed = []
     for part in parts:
-        if glob.has_magic(part):
+        if _is_pattern(part):
             break
         fixed.append(part)
     return Path(*fixed) if fixed else Path(".")

@@ -54,7 +54,8 @@ def test_folder_scan_is_flat_unless_recursive(tmp_path, photos):
     r = run("apply", photos, "-f", "sobel_x", "--no-stack", "-o", tmp_path / "flat")
     assert r.exit_code == 0, r.output
     assert tree(tmp_path / "flat") == ["a/sobel_x.png", "b/sobel_x.png"]
-    assert f"convcli: warning: {photos / 'notes.txt'}: skipped, not an image file (by its extension)" in r.stderr
+    assert ("convcli: warning: skipped 1 file that is not an image (by extension); -v lists "
+            "them\n") in r.stderr
     r = run("apply", photos, "-r", "-f", "sobel_x", "--no-stack", "-o", tmp_path / "deep")
     assert r.exit_code == 0
     assert tree(tmp_path / "deep") == ["a/sobel_x.png", "b/sobel_x.png", "trip/c/sobel_x.png",
@@ -323,3 +324,18 @@ def test_json_into_head_ends_quietly(tmp_path, many):
     assert p.returncode == 0
     assert json.loads(p.stdout)["status"] == "ok"
     assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+def test_globs_take_braces_and_any_case_and_skips_are_one_line(tmp_path):
+    for name in ("a.png", "B.PNG", "c.Jpg", "d.gif"):
+        tiny(tmp_path / "in" / name)
+    for k in range(40):
+        (tmp_path / "in" / f"side{k}.json").write_text("{}")
+    r = run("apply", str(tmp_path / "in" / "*.{png,jpg}"), "-f", "sobel_x", "-o", tmp_path / "g")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["B", "a", "c"]
+    r = run("apply", tmp_path / "in", "-f", "sobel_x", "-o", tmp_path / "s")
+    assert r.stderr.splitlines()[0] == ("convcli: warning: skipped 40 files that are not images "
+                                        "(by extension); -v lists them")
+    r = run("apply", tmp_path / "in", "-f", "sobel_x", "-o", tmp_path / "v", "-v")
+    assert sum(line.startswith("skipped: ") for line in r.stderr.splitlines()) == 40

@@ -272,7 +272,7 @@ def test_bank_check(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: b\nfilters:\n  - {name: k, weights: [[1]], stride: -1}\n")
     r = run("bank", "check", good)
-    assert r.exit_code == 0 and r.stderr == f"ok: {good}: bank 'g', 1 filters, input gray\n"
+    assert r.exit_code == 0 and r.stderr == f"ok: {good}: bank 'g', 1 filter, input gray\n"
     r = run("bank", "check", good, bad)
     assert r.exit_code == 1
     assert r.stderr.splitlines()[1] == (f"convcli: error: {bad}:3: filter 'k': field 'stride': "
