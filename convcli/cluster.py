@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .bank import KernelBank
-from .errors import OutputError, UsageError
+from .errors import ConvcliError, OutputError, UsageError
 from .inputs import Source
 from .pipeline import Options, Result
 
@@ -81,8 +81,9 @@ def connect(address: str, path: str = "auto", verbose: bool = False):
     try:
         return Client(address, timeout="10s")
     except OSError as e:
-        raise UsageError(f"{address}: cannot reach the Dask scheduler ({e})",
-                         settings=("scheduler",)) from None
+        # Not a usage error: the address may be right and the scheduler down (exit 1).
+        raise ConvcliError(f"{address}: cannot reach the Dask scheduler ({_one_line(e)}); "
+                           "is it running?", settings=("scheduler",)) from None
 
 
 class _WorkerSetup(WorkerPlugin):
@@ -176,6 +177,10 @@ def run(address: str, sources: list[Source], bank: KernelBank, options: Options,
     except BaseException:
         _disconnect(client, address == "local")
         raise
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__
 
 
 def _disconnect(client, local: bool) -> None:
