@@ -1,89 +1,457 @@
-"""The convolution engine: public wrappers, and the choice between its two paths.
+"""The convolution engine: public wrappers, their explicit configuration, and its routes.
 
-Public wrappers validate, cast to float32 C-contiguous arrays (one signature, one compile),
-pad the input by the border mode, turn the kernels into tap lists and allocate the output.
-Semantics are those of ``torch.nn.functional.conv2d`` (cross-correlation, no flip):
+Semantics are those of ``torch.nn.functional.conv2d`` (cross-correlation, no flip, torch's
+``groups``):
 
-    out[f, y, x] = act(bias[f] + sum_c sum_i sum_j w[f, c, i, j] * in[c, y*sy + i*dy - pt, x*sx + j*dx - pl])
+    out[f, y, x] = act(bias[f] + sum_c sum_i sum_j w[f, c, i, j] * in[g(f)*Cg + c, y*sy + i*dy - pt, x*sx + j*dx - pl])
 
-Two paths compute exactly the same thing, in the same order of float32 operations:
-``jit`` (the numba kernel in convcli.jit: parallel, vectorised) and ``numpy`` (whole-plane
-NumPy operations, one tap group at a time). Importing and starting numba costs about half a
-second per process, so small jobs take the NumPy path: ``auto`` picks it when the whole
-job (see ``plan``) is under LEAN_MAX_WORK multiply-adds and numba is not loaded yet.
-Large kernels that do not split into separable terms go through the FFT instead (``fft``,
-float64 transforms; see FFT_MIN_TAPS), on either path.
+with Cg = C / groups input channels per group and g(f) = f // (F / groups).
+
+Choices travel as a value: ``EngineConfig(method, algorithm, threads)`` (frozen), passed
+with each call. Nothing a call does changes what a later call computes: the only state kept
+between calls is memoised plans (pure functions of the weights and geometry) and, for the
+library default, the time spent on the NumPy executor (which only picks between executors
+that give the same bits, see below).
+
+Algorithms (``EngineConfig.algorithm``; ``auto`` picks one from the layer alone: its
+shapes, geometry, weights and whether the input is finite; never from the thread count,
+the executor or earlier calls):
+
+- ``direct``: taps applied to whole rows (convcli.jit's kernels); kernels whose SVD shows a
+  low rank run as vertical-then-horizontal passes (separable). Small and sparse layers.
+- ``gemm``: im2col + BLAS matrix products, band by band (convcli.gemm). Deep layers.
+- ``winograd``: F(4x4, 3x3) for 3x3 kernels at stride 1 and dilation 1 (convcli.winograd);
+  a non-finite input takes ``gemm`` instead (a tile's transform would spread one inf or
+  NaN over all 16 of its outputs).
+- ``fft``: large kernels that do not split into separable terms (FFT_MIN_TAPS), float64
+  transforms.
+
+Each algorithm sums in its own order, so they agree to float32 rounding, not bit for bit:
+within 1e-5 of sum |w x| (plus |bias|) for direct, gemm and fft, 1e-4 for winograd (the
+test suite checks both bounds against a float64 oracle).
+
+Executors (``EngineConfig.method``): ``jit`` (numba kernels) or ``numpy`` (whole-array
+NumPy operations in the same order of float32 operations): for every algorithm the two give
+identical bits (the gemm and fft routes are NumPy either way; winograd's transforms and the
+direct kernels have NumPy twins). ``auto`` (the library default) is therefore free to
+decide from history: numba costs about half a second to import and load per process, so
+auto takes NumPy until the NumPy time spent in this process exceeds that (rent or buy,
+JIT_START_SECONDS), or at once when numba is already loaded or a call is large
+(LEAN_MAX_WORK multiply-adds). ``plan_for_job`` decides for a whole job up front instead, so
+a one-shot command on a small job never starts numba. ``method="fft"`` is kept as a
+shorthand for ``algorithm="fft"``.
+
+Threads (``EngineConfig.threads``, default every core this process may use): the direct
+kernels run on numba's threads, set for the calling thread for the duration of the call and
+put back (numba keeps the count per thread); the gemm and winograd routes run bands on
+that many Python threads while BLAS is held to one thread (see convcli.gemm for what that
+means for the host). Results do not depend on the number of threads.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from . import geometry
+from . import activation, geometry
 from .errors import InputError, UsageError
 
 BORDER_MODES = {"zero": "constant", "reflect": "reflect", "replicate": "edge", "wrap": "wrap"}
-ACTIVATIONS = {"none": 0, "relu": 1, "abs": 2}
-
+ACTIVATIONS = activation.CODES
 
 METHODS = ("auto", "jit", "numpy", "fft")
-# Below this many multiply-adds for a whole job, NumPy finishes before numba has started.
-# NumPy runs a tap over a 512x512 plane in ~0.3 ms (~1 per ns); numba costs ~0.6 s to load.
+ALGORITHMS = ("auto", "direct", "gemm", "winograd", "fft")
+# Below this many multiply-adds, a call (or, with plan_for_job, a whole job) finishes on
+# NumPy before numba has started: NumPy runs a tap over a 512x512 plane in ~0.3 ms (~1 per
+# ns); numba costs ~0.6 s to load (JIT_START_SECONDS).
 LEAN_MAX_WORK = 3e8
-_plan = {"method": "auto", "work": None, "threads": None}
+JIT_START_SECONDS = 0.6
 
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine runs a call; results depend on the algorithm only (see the module's
+    docstring). method: auto | jit | numpy (| fft: shorthand for algorithm fft).
+    algorithm: auto | direct | gemm | winograd | fft. threads: None (every core this
+    process may use) or a whole number >= 1."""
+
+    method: str = "auto"
+    algorithm: str = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise UsageError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got "
+                             f"{self.algorithm!r}")
+        if self.method == "fft" and self.algorithm not in ("auto", "fft"):
+            raise UsageError(f"method 'fft' is the fft algorithm; it cannot be combined with "
+                             f"algorithm {self.algorithm!r}")
+        if self.threads is not None and not (geometry.is_int(self.threads) and self.threads >= 1):
+            raise UsageError(f"threads must be a whole number >= 1, got {self.threads!r}")
+
+
+DEFAULT = EngineConfig()
+
+
+def plan_for_job(total_work: float | None, method: str = "auto",
+                 threads: int | None = None) -> EngineConfig:
+    """The configuration for a whole job of ``total_work`` multiply-adds (None: unknown).
+    ``auto`` becomes ``numpy`` below LEAN_MAX_WORK and ``jit`` from there, decided here
+    once, so that a small job never starts numba; with an unknown size it stays ``auto``
+    (decided per call). Other methods are kept as they are."""
+    if method not in METHODS:
+        raise UsageError(f"engine must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "auto" and total_work is not None:
+        method = "numpy" if total_work < LEAN_MAX_WORK else "jit"
+    return EngineConfig(method=method, threads=threads)
+
+
+# --- the old module-level interface, kept while callers move to EngineConfig -----------------
 
 def plan(total_work: float | None = None, method: str = "auto", threads: int | None = None
          ) -> str:
-    """Decide, for this process and the workers it forks, which path ``auto`` takes.
-
-    total_work: multiply-adds the whole job will need (None: decide per call). Returns the
-    path chosen for a job of that size.
-    """
-    if method not in METHODS:
-        raise UsageError(f"engine must be one of {', '.join(METHODS)}, got {method!r}")
-    _plan.update(method=method, work=total_work)
-    if threads is not None:
-        _plan["threads"] = threads
-    return _choose(total_work or 0.0)
+    """The path ``plan_for_job`` chooses: "auto", "jit", "numpy" or "fft". Deprecated: it
+    changes nothing for later calls (pass ``config=plan_for_job(...)`` to them). When it
+    says "jit" it imports numba now, which only moves later ``auto`` calls to the executor
+    that gives the same bits."""
+    config = plan_for_job(total_work, method, threads)
+    if config.method == "jit":
+        import_compiler()
+    return config.method
 
 
-def _choose(work: float) -> str:
-    method = _plan["method"]
-    if method != "auto":
-        return method
-    if "convcli.jit" in sys.modules:  # already paid for
-        return "jit"
-    total = _plan["work"] if _plan["work"] is not None else work
-    return "numpy" if total < LEAN_MAX_WORK else "jit"
+def set_threads(n: int) -> None:
+    """Deprecated, and without effect: threads are ``EngineConfig.threads`` of each call."""
+    if not (geometry.is_int(n) and n >= 1):
+        raise UsageError(f"threads must be a whole number >= 1, got {n!r}")
 
 
-def _jit():
-    from . import jit
-
-    if _plan["threads"] is not None:
-        jit.set_threads(_plan["threads"])
-    return jit
+def import_compiler() -> None:
+    """Import numba (about 0.4 s) but load no kernel: numba's threading layer starts with the
+    first kernel, and must not be inherited by a process forked from a thread other than
+    the main one (Dask forks its local workers from a background thread)."""
+    from . import jit  # noqa: F401
 
 
 def cache_status() -> str:
     """Where the JIT cache is (or why there is none); loads numba."""
-    return _jit().CACHE_STATUS
+    from . import jit
+
+    return jit.CACHE_STATUS
 
 
-# --- the plan both paths execute ---------------------------------------------------------
+def prepare(config: EngineConfig | None = None) -> None:
+    """Compile (or load from the cache) every numba kernel ``config`` may run, without
+    running them, so no threads start: safe right before forking worker processes. Nothing
+    to do for ``method="numpy"`` or ``"fft"``."""
+    if config is not None and config.method in ("numpy", "fft"):
+        return
+    from . import jit
+
+    source = _source(np.zeros((1, 5, 5), np.float32), 1)
+    w = np.ones((1, 1, 5, 5), np.float32)  # rank 1: has a separable plan too
+    b, out = np.zeros(1, np.float32), np.zeros((1, 1, 1, 1), np.float32)
+    dense = _dense_plan(w, source, 1, 1, 1, True, 1)
+    sep = _separable_plan(_separable_terms(w), source, 1, 1, 1, 1)
+    z = np.zeros
+    jit.prepare({
+        jit.correlate: (source.src, 5, 1, *dense, b, 1, out),
+        jit.correlate_separable: (source.src, 5, 1, *sep, b, 1, 1, out),
+        jit.winograd_input: (z((1, 6, 6), np.float32), 0, 1, z((36, 1, 1), np.float32)),
+        jit.winograd_output: (z((36, 1, 1), np.float32), b, 1, 0, 1, 1,
+                              z((1, 4, 4), np.float32)),
+    })
+
+
+# --- the public wrappers --------------------------------------------------------------------
+
+def conv2d(image: Any, weights: Any, bias: Any = None, *, stride: Any = 1, padding: Any = 0,
+           dilation: Any = 1, groups: int = 1, border: str = "zero", activation: str = "relu",
+           method: str | None = None, config: EngineConfig | None = None,
+           out: np.ndarray | None = None) -> np.ndarray:
+    """Apply a bank of F filters to one image, as one CNN conv layer.
+
+    image (C, H, W) or (H, W); weights (F, C/groups, KH, KW) or (KH, KW); bias (F,) or None.
+    stride, dilation: int or (y, x). padding: int, (y, x), (top, bottom, left, right),
+    "same" (TensorFlow-style, output = ceil(input / stride)) or "valid". groups: as in
+    torch (C and F divisible by it; groups == C is a depthwise layer).
+    border: zero | reflect | replicate | wrap. activation: relu | none | abs.
+    config: an EngineConfig (see the module's docstring); ``method`` overrides its method.
+    out: a C-contiguous float32 array of the output's shape to write into (returned).
+    Returns float32 (F, H', W').
+    """
+    cfg = _config(config, method)
+    x = _image(image)
+    w = _weights(weights)
+    if not (geometry.is_int(groups) and groups >= 1):
+        raise UsageError(f"groups must be a whole number >= 1, got {groups!r}")
+    groups = int(groups)
+    F, Cg = w.shape[:2]
+    if x.shape[0] % groups or F % groups:
+        raise InputError(f"groups ({groups}) must divide both the image's channels "
+                         f"({x.shape[0]}) and the number of filters ({F})")
+    if Cg * groups != x.shape[0]:
+        per = "" if groups == 1 else f" per group of {groups}"
+        raise InputError(f"the kernels have {Cg} channels{per} but the image has "
+                         f"{x.shape[0]}; they must match")
+    target = None
+    if out is not None:
+        target = out
+        if isinstance(image, np.ndarray) and np.may_share_memory(out, image):
+            raise UsageError("out must not share memory with the image")
+    result = _run(x, w, bias, stride, padding, dilation, border, activation, cfg, groups, 1,
+                  target)
+    return result[0] if target is None else target
+
+
+def conv2d_depthwise(image: Any, weights: Any, bias: Any = None, *, stride: Any = 1,
+                     padding: Any = 0, dilation: Any = 1, border: str = "zero",
+                     activation: str = "relu", method: str | None = None,
+                     config: EngineConfig | None = None) -> np.ndarray:
+    """Filter every channel of ``image`` (C, H, W) on its own with each 2-D kernel of
+    ``weights`` (F, KH, KW) or (F, 1, KH, KW). Returns float32 (F, C, H', W'). (torch's
+    depthwise layer, one filter per channel, is ``conv2d(..., groups=C)``.)"""
+    cfg = _config(config, method)
+    x = _image(image)
+    w = np.asarray(weights)
+    if w.ndim == 3:
+        w = w[:, None]
+    w = _weights(w)
+    if w.shape[1] != 1:
+        raise InputError(f"depthwise kernels must be 2-D, got {w.shape[1]} channels")
+    out = _run(x, w, bias, stride, padding, dilation, border, activation, cfg, 1, x.shape[0])
+    return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
+
+
+def _config(config: EngineConfig | None, method: str | None) -> EngineConfig:
+    if config is None:
+        config = DEFAULT
+    elif not isinstance(config, EngineConfig):
+        raise UsageError(f"config must be an EngineConfig, got {type(config).__name__}")
+    if method is not None and method != config.method:
+        if method not in METHODS:
+            raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        config = replace(config, method=method,
+                         algorithm="auto" if method == "fft" else config.algorithm)
+    return config
+
+
+def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dilation: Any,
+         border: str, activation_name: str, cfg: EngineConfig, groups: int, copies: int,
+         target: np.ndarray | None = None) -> np.ndarray:
+    """Shared by both wrappers: validate settings, pad, allocate (copies, F, Ho, Wo), run.
+    ``copies`` > 1: each channel on its own with every filter (conv2d_depthwise)."""
+    try:
+        s = geometry.pair(stride, "stride")
+        d = geometry.pair(dilation, "dilation")
+        spec = geometry.padding(padding)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if border not in BORDER_MODES:
+        raise UsageError(f"border must be one of {', '.join(BORDER_MODES)}, got {border!r}")
+    if activation_name not in ACTIVATIONS:
+        raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)}, got "
+                         f"{activation_name!r}")
+    F, Cw, KH, KW = w.shape
+    b = np.zeros(F, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
+    if b.shape != (F,):
+        raise UsageError(f"bias must hold one value per filter ({F}), got {b.size}")
+
+    hw = (x.shape[1], x.shape[2])
+    pads = geometry.resolve_pads(spec, hw, (KH, KW), s, d)
+    ho, wo = geometry.output_hw(hw, (KH, KW), s, d, pads)
+    if ho < 1 or wo < 1:
+        foot = ((KH - 1) * d[0] + 1, (KW - 1) * d[1] + 1)
+        raise InputError(f"the image ({hw[0]}x{hw[1]}) is smaller than the kernel's footprint "
+                         f"({foot[0]}x{foot[1]}) with padding {padding!r}; use padding 'same' "
+                         "or a smaller kernel")
+    if target is None:
+        out = np.empty((copies, F, ho, wo), np.float32)
+    else:
+        if not (isinstance(target, np.ndarray) and target.dtype == np.float32
+                and target.shape == (F, ho, wo) and target.flags.c_contiguous
+                and target.flags.writeable):
+            got = (f"{target.dtype} {target.shape}" if isinstance(target, np.ndarray)
+                   else type(target).__name__)
+            raise UsageError(f"out must be a writable C-contiguous float32 array of shape "
+                             f"{(F, ho, wo)}, got {got}")
+        out = target[None]
+    # Skipping zero taps (and splitting kernels into separable terms, whose zeros fall
+    # elsewhere), and Winograd's tiles, are exact only when x is finite (0 * inf is NaN).
+    finite = bool(np.isfinite(x).all())
+    act = ACTIVATIONS[activation_name]
+    threads = cfg.threads or _cores()
+    key = (w.shape, w.tobytes(), groups)
+    algorithm = _algorithm(cfg, w, key, groups, copies, s, d, finite, ho, wo)
+    xp = _pad(x, pads, border)
+
+    if algorithm == "fft":
+        _correlate_fft(xp, w, b, s, d, act, groups, out)
+        return out
+    if algorithm == "gemm":
+        from . import gemm
+
+        plan_ = _memo(("gemm", key, s, d, xp.shape[1:]),
+                      lambda: gemm.gemm_plan(w, groups, s, d, xp.shape[1:]))
+        gemm.run_gemm(xp, plan_, b, act, out[0], threads)
+        return out
+    if algorithm == "winograd":
+        from . import gemm, winograd
+
+        u = _memo(("winograd", key), lambda: winograd.filter_transform(w, groups))
+        work = float(F * Cw * 9 * ho * wo)
+        with _executor(cfg, work) as jit:
+            gemm.run_winograd(xp, u, b, act, out[0], threads, jit)
+        return out
+
+    source = _source(xp, s[1])
+    group_rows = Cw * source.height
+    separable, plan_ = _memo(("direct", key, source.phases, source.channels, source.height,
+                              s[1], d, finite),
+                             lambda: _direct_plan(w, key, source, s[1], d, finite, groups))
+    if separable:
+        work = float(len(plan_[2]) + len(plan_[7])) * copies * ho * wo
+        args = (source.src, group_rows, s[0], *plan_, b, act, source.phases, out)
+    else:
+        work = float(len(plan_[1])) * copies * ho * wo
+        args = (source.src, group_rows, s[0], *plan_, b, act, out)
+    with _executor(cfg, work) as jit:
+        if jit is not None:
+            jit.call(jit.correlate_separable if separable else jit.correlate, *args,
+                     threads=threads)
+        else:
+            (_correlate_separable_numpy if separable else _correlate_numpy)(*args)
+    return out
+
+
+# --- choosing the algorithm and the executor ------------------------------------------------
+
+# Winograd pays from about this many channels and filters per group on an output of at least
+# a few tiles. im2col + BLAS pays for deep layers (GEMM_MIN_CHANNELS channels and
+# GEMM_MIN_FILTERS filters per group) and, on a shallow input (an RGB stem), from
+# GEMM_MIN_FILTERS_SHALLOW filters: below that the direct kernels, which read each input row
+# once per tap instead of copying patches, are faster (measured, 1 thread: 16 x 3x7x7 stride 2
+# direct 0.6 s / im2col 0.86 s on 3x2048x2048; 64 x 3x7x7 stride 2 on 3x224x224 20 / 14 ms).
+# Either needs a kernel of GEMM_MIN_DEPTH weights at least half non-zero (the direct kernels
+# skip zeros). Measured on 2 cores (see benchmarks/engine.py, docs/engine-benchmarks.md).
+WINOGRAD_MIN_CHANNELS = 8
+WINOGRAD_MIN_FILTERS = 8
+WINOGRAD_MIN_TILES = 16
+GEMM_MIN_CHANNELS = 8
+GEMM_MIN_FILTERS = 16
+GEMM_MIN_FILTERS_SHALLOW = 48
+GEMM_MIN_DEPTH = 48
+GEMM_MIN_DENSITY = 0.5
+
+
+def _algorithm(cfg: EngineConfig, w: np.ndarray, key, groups: int, copies: int, s, d,
+               finite: bool, ho: int, wo: int) -> str:
+    requested = "fft" if cfg.method == "fft" else cfg.algorithm
+    F, Cg, KH, KW = w.shape
+    fg = F // groups
+    if requested in ("gemm", "winograd") and copies > 1:
+        raise UsageError(f"conv2d_depthwise runs the direct and fft algorithms; for "
+                         f"{requested}, use conv2d with groups")
+    if requested == "winograd":
+        if not (KH == KW == 3 and s == (1, 1) and d == (1, 1)):
+            raise UsageError(f"the winograd algorithm needs 3x3 kernels at stride 1 and "
+                             f"dilation 1, got {KH}x{KW} kernels at stride {s[0]},{s[1]} and "
+                             f"dilation {d[0]},{d[1]}")
+        return "winograd" if finite else "gemm"
+    if requested != "auto":
+        return requested
+    if finite and _memo(("wants_fft", key), lambda: _wants_fft(w)):
+        return "fft"
+    if copies > 1 or (finite and _memo(("separable", key), lambda: _separable_terms(w))
+                      is not None):
+        return "direct"
+    if (finite and KH == KW == 3 and s == (1, 1) and d == (1, 1)
+            and Cg >= WINOGRAD_MIN_CHANNELS and fg >= WINOGRAD_MIN_FILTERS
+            and -(-ho // 4) * -(-wo // 4) >= WINOGRAD_MIN_TILES):
+        return "winograd"
+    density = _memo(("density", key), lambda: np.count_nonzero(w) / w.size)
+    deep = Cg >= GEMM_MIN_CHANNELS and fg >= GEMM_MIN_FILTERS
+    if ((deep or fg >= GEMM_MIN_FILTERS_SHALLOW) and Cg * KH * KW >= GEMM_MIN_DEPTH
+            and density >= GEMM_MIN_DENSITY):
+        return "gemm"
+    return "direct"
+
+
+_numpy_seconds = [0.0]  # time this process spent on the NumPy executor under "auto"
+
+
+class _executor:
+    """``with _executor(cfg, work) as jit``: jit is the convcli.jit module, or None for the
+    NumPy twins. Under "auto", NumPy time is added up (rent or buy, see the module's
+    docstring): the two give the same bits, so this history never changes a result."""
+
+    def __init__(self, cfg: EngineConfig, work: float):
+        method = cfg.method
+        if method not in ("jit", "numpy"):
+            loaded = "convcli.jit" in sys.modules
+            bought = _numpy_seconds[0] >= JIT_START_SECONDS
+            method = "jit" if loaded or bought or work >= LEAN_MAX_WORK else "numpy"
+            self.renting = method == "numpy"
+        else:
+            self.renting = False
+        self.method = method
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        if self.method == "jit":
+            from . import jit
+
+            return jit
+        return None
+
+    def __exit__(self, *exc) -> None:
+        if self.renting:
+            _numpy_seconds[0] += time.perf_counter() - self.start
+
+
+_CORES: list[int] = []
+
+
+def _cores() -> int:
+    if not _CORES:
+        try:
+            _CORES.append(len(os.sched_getaffinity(0)))
+        except AttributeError:  # not on Linux
+            _CORES.append(os.cpu_count() or 1)
+    return _CORES[0]
+
+
+_PLANS: dict = {}  # the same bank runs over many images: derived data once per kernel set
+
+
+def _memo(key, make):
+    """make(), remembered under key (at most 256 entries, oldest dropped first). Keys hold
+    the weights' bytes: a plan is a pure function of them and the geometry."""
+    found = _PLANS.get(key, _PLANS)
+    if found is _PLANS:
+        found = make()
+        if len(_PLANS) >= 256:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[key] = found
+    return found
+
+
+# --- the direct plan both executors run ------------------------------------------------------
 #
 # The padded input (C, Hp, Wp) is laid out as rows of a 2-D array ``src`` (P*C*Hp, Wq): with
 # a column stride sx > 1 it is split into P = sx column phases (phase p holds columns p,
 # p + sx, ...), so that every tap reads a unit-stride run of columns whatever the stride
 # (the polyphase form of a strided convolution). Row r of channel c in phase p is src row
-# (p*C + c)*Hp + r. A tap at kernel row i, column j reads, for output row y of channel
-# group g, src row (p*C + c)*Hp + i*dy + g*Cw*Hp + y*sy with p = (j*dx) % sx, starting at
-# column (j*dx) // sx.
+# (p*C + c)*Hp + r. A tap at kernel row i, column j of filter f reads, for output row y of
+# copy g, src row (p*C + c + g(f)*Cg)*Hp + i*dy + g*Cw*Hp + y*sy with p = (j*dx) % sx,
+# starting at column (j*dx) // sx.
 
 
 @dataclass(frozen=True)
@@ -94,6 +462,7 @@ class _Source:
     height: int  # Hp
 
     def row(self, phase, channel, r):
+        """Works on ints and on integer arrays alike."""
         return (phase * self.channels + channel) * self.height + r
 
 
@@ -109,18 +478,25 @@ def _source(xp: np.ndarray, sx: int) -> _Source:
     return _Source(ph.reshape(sx * C * Hp, wq), sx, C, Hp)
 
 
-def _dense_plan(w: np.ndarray, source: _Source, sx: int, dy: int, dx: int, skip_zeros: bool):
-    """CSR tap lists: filter f's taps are [ptr[f], ptr[f+1]) of (rows, cols, ws)."""
-    F = w.shape[0]
-    ptr, rows, cols, ws = [0], [], [], []
-    for f in range(F):
-        for c, i, j in zip(*np.nonzero(w[f] if skip_zeros else np.ones(w.shape[1:], bool))):
-            rows.append(source.row((j * dx) % sx, c, i * dy))
-            cols.append((j * dx) // sx)
-            ws.append(w[f, c, i, j])
-        ptr.append(len(rows))
-    return (np.array(ptr, np.int64), np.array(rows, np.int64), np.array(cols, np.int64),
-            np.array(ws, np.float32))
+def _direct_plan(w, key, source, sx, d, finite, groups):
+    terms = _memo(("separable", key), lambda: _separable_terms(w)) if finite else None
+    if terms is not None:
+        return True, _separable_plan(terms, source, sx, d[0], d[1], groups)
+    return False, _dense_plan(w, source, sx, d[0], d[1], finite, groups)
+
+
+def _dense_plan(w: np.ndarray, source: _Source, sx: int, dy: int, dx: int, skip_zeros: bool,
+                groups: int):
+    """CSR tap lists: filter f's taps are [ptr[f], ptr[f+1]) of (rows, cols, ws), in
+    (channel, row, column) order, zero weights left out when ``skip_zeros``."""
+    F, Cg = w.shape[:2]
+    f, c, i, j = np.nonzero(w) if skip_zeros else np.indices(w.shape).reshape(4, -1)
+    chan = c + (f // (F // groups)) * Cg
+    rows = source.row((j * dx) % sx, chan, i * dy).astype(np.int64)
+    cols = ((j * dx) // sx).astype(np.int64)
+    ptr = np.zeros(F + 1, np.int64)
+    np.cumsum(np.bincount(f, minlength=F), out=ptr[1:])
+    return ptr, rows, cols, np.ascontiguousarray(w[f, c, i, j], np.float32)
 
 
 # A kernel plane of rank r costs r*(KH + KW) taps as vertical-then-horizontal passes instead
@@ -128,51 +504,62 @@ def _dense_plan(w: np.ndarray, source: _Source, sx: int, dy: int, dx: int, skip_
 SEPARABLE_GAIN = 1.5
 
 
-def _separable_terms(w: np.ndarray):
-    """Each filter's planes as sums of outer products v (KH) x h (KW), from the SVD, keeping
-    singular values above float32 resolution; None when that would not be cheaper."""
-    kh, kw = w.shape[2:]
+@dataclass(frozen=True)
+class _Terms:
+    """Kernels as sums of outer products: term t is v[t] (KH) x h[t] (KW) on channel
+    chan[t] of filter filt[t], in (filter, channel, term) order."""
+    filters: int
+    channels: int  # per group
+    filt: np.ndarray
+    chan: np.ndarray
+    v: np.ndarray  # (T, KH) float32
+    h: np.ndarray  # (T, KW) float32
+
+    def count(self, f: int) -> int:
+        """How many terms filter f has."""
+        return int(np.count_nonzero(self.filt == f))
+
+
+def _separable_terms(w: np.ndarray) -> _Terms | None:
+    """Each plane as a sum of outer products from its SVD, keeping singular values above
+    float32 resolution; None when that would not be cheaper than the dense taps."""
+    F, Cg, kh, kw = w.shape
     if (kh + kw) * SEPARABLE_GAIN >= kh * kw:  # cannot pay off even at rank 1 (e.g. 3x3)
         return None
-    terms = []
-    dense_cost = sep_cost = 0
-    for f in range(w.shape[0]):
-        mine = []
-        for c in range(w.shape[1]):
-            plane = w[f, c].astype(np.float64)
-            u, sv, vt = np.linalg.svd(plane)
-            if sv[0] == 0:
-                continue
-            for k in range(int(np.sum(sv > sv[0] * 1e-7))):
-                mine.append((c, (u[:, k] * sv[k]).astype(np.float32), vt[k].astype(np.float32)))
-            dense_cost += np.count_nonzero(plane)
-        sep_cost += sum(np.count_nonzero(v) + np.count_nonzero(h) for _, v, h in mine)
-        terms.append(mine)
+    planes = w.reshape(F * Cg, kh, kw).astype(np.float64)
+    u, sv, vt = np.linalg.svd(planes)  # LAPACK plane by plane, as one call each would
+    used = sv[:, 0] != 0
+    keep = (sv > sv[:, :1] * 1e-7) & used[:, None]
+    plane, k = np.nonzero(keep)
+    v = (u[plane, :, k] * sv[plane, k][:, None]).astype(np.float32)
+    h = vt[plane, k].astype(np.float32)
+    dense_cost = np.count_nonzero(planes[used])
+    sep_cost = np.count_nonzero(v) + np.count_nonzero(h)
     if sep_cost * SEPARABLE_GAIN > dense_cost:
         return None
-    return terms
+    return _Terms(F, Cg, plane // Cg, plane % Cg, v, h)
 
 
-def _separable_plan(terms, source: _Source, sx: int, dy: int, dx: int):
-    P = source.phases
-    term_ptr, vptr, vrows, vws, hptr, hphase, hcols, hws = [0], [0], [], [], [0], [], [], []
-    for mine in terms:
-        for c, v, h in mine:
-            for p in range(P):
-                for i in np.flatnonzero(v):
-                    vrows.append(source.row(p, c, i * dy))
-                    vws.append(v[i])
-                vptr.append(len(vrows))
-            for j in np.flatnonzero(h):
-                hphase.append((j * dx) % sx)
-                hcols.append((j * dx) // sx)
-                hws.append(h[j])
-            hptr.append(len(hws))
-        term_ptr.append(term_ptr[-1] + len(mine))
-    i64 = lambda a: np.array(a, np.int64)  # noqa: E731
-    return (i64(term_ptr), i64(vptr), i64(vrows), np.zeros(len(vrows), np.int64),
-            np.array(vws, np.float32), i64(hptr), i64(hphase), i64(hcols),
-            np.array(hws, np.float32))
+def _separable_plan(terms: _Terms, source: _Source, sx: int, dy: int, dx: int, groups: int):
+    """Tap lists of separable kernels (see jit.correlate_separable): term t sums its
+    vertical taps per column phase p ([vptr[t*P+p], vptr[t*P+p+1]) of vrows, vws), then
+    its horizontal taps ([hptr[t], hptr[t+1]) of hphase, hcols, hws); filter f's terms are
+    [term_ptr[f], term_ptr[f+1])."""
+    P, T, F = source.phases, len(terms.filt), terms.filters
+    channel = terms.chan + (terms.filt // (F // groups)) * terms.channels
+    t, p, i = np.nonzero(np.broadcast_to((terms.v != 0)[:, None, :], (T, P, terms.v.shape[1])))
+    vrows = source.row(p, channel[t], i * dy).astype(np.int64)
+    vptr = np.zeros(T * P + 1, np.int64)
+    np.cumsum(np.bincount(t * P + p, minlength=T * P), out=vptr[1:])
+    th, j = np.nonzero(terms.h)
+    hptr = np.zeros(T + 1, np.int64)
+    np.cumsum(np.bincount(th, minlength=T), out=hptr[1:])
+    term_ptr = np.zeros(F + 1, np.int64)
+    np.cumsum(np.bincount(terms.filt, minlength=F), out=term_ptr[1:])
+    return (term_ptr, vptr, vrows, np.zeros(len(vrows), np.int64),
+            np.ascontiguousarray(terms.v[t, i], np.float32), hptr,
+            ((j * dx) % sx).astype(np.int64), ((j * dx) // sx).astype(np.int64),
+            np.ascontiguousarray(terms.h[th, j], np.float32))
 
 
 # --- large kernels: correlation through the FFT ---------------------------------------------
@@ -181,6 +568,12 @@ def _separable_plan(terms, source: _Source, sx: int, dy: int, dx: int):
 # per pixel whatever the kernel. Measured on 2 cores, 1024x1024, two random kernels: 31x31
 # direct 69 ms / FFT 75 ms; 41x41 68 / 66 ms; 63x63 175 / 71 ms. So from about 40x40 on.
 FFT_MIN_TAPS = 1600
+
+
+def _wants_fft(w: np.ndarray) -> bool:
+    """Large kernels that do not split into a few separable terms (see FFT_MIN_TAPS)."""
+    dense = np.count_nonzero(w, axis=(2, 3))
+    return bool(dense.min() >= FFT_MIN_TAPS) and _separable_terms(w) is None
 
 
 def _fast_len(n: int) -> int:
@@ -199,13 +592,14 @@ def _fast_len(n: int) -> int:
     return best
 
 
-def _correlate_fft(xp, w, b, stride, dilation, act, out):
-    """Every (group, filter) map as sum over channels of irfft(rfft(x) * conj(rfft(k))),
+def _correlate_fft(xp, w, b, stride, dilation, act, groups, out):
+    """Every (copy, filter) map as sum over its channels of irfft(rfft(x) * conj(rfft(k))),
     in float64 (so the result is as close to the exact sums as the direct path), then
     strided, biased and activated. Circular correlation equals the linear one on the valid
     part because the transform is at least as large as the padded input."""
     G, F, Ho, Wo = out.shape
     Cw = w.shape[1]
+    fg = F // groups
     Hp, Wp = xp.shape[1:]
     (sy, sx), (dy, dx) = stride, dilation
     n0, n1 = _fast_len(Hp), _fast_len(Wp)
@@ -216,22 +610,23 @@ def _correlate_fft(xp, w, b, stride, dilation, act, out):
         kd[:, ::dy, ::dx] = w[f]
         kspec = np.conj(np.fft.rfft2(kd, s=(n0, n1)))
         for g in range(G):
-            full = np.fft.irfft2((xspec[g * Cw:(g + 1) * Cw] * kspec).sum(axis=0), s=(n0, n1))
+            first = g * Cw + (f // fg) * Cw
+            full = np.fft.irfft2((xspec[first:first + Cw] * kspec).sum(axis=0), s=(n0, n1))
             out[g, f] = full[:(Ho - 1) * sy + 1:sy, :(Wo - 1) * sx + 1:sx] + b[f]
     _activate_numpy(out, act)
 
 
-# --- the NumPy path: the jit kernels' arithmetic on whole planes, in the same order ---------
+# --- the NumPy executor of the direct plans: the jit kernels' arithmetic on whole planes ----
 
 def _apply_taps_numpy(dst: np.ndarray, planes, ws: np.ndarray, start: int, stop: int) -> None:
     """dst += sum of ws[t] * planes(t), grouped 8, 4, 1 exactly like jit._apply_taps:
     dst += (((w0*a0 + w1*a1) + w2*a2) + ...), so float32 results are bitwise identical."""
     tmp = np.empty_like(dst)
     prod = np.empty_like(dst)
-    groups = [8] * ((stop - start) // 8)
-    groups += [4] * (((stop - start) % 8) // 4) + [1] * ((stop - start) % 4)
+    sizes = [8] * ((stop - start) // 8)
+    sizes += [4] * (((stop - start) % 8) // 4) + [1] * ((stop - start) % 4)
     t = start
-    for size in groups:
+    for size in sizes:
         np.multiply(planes(t), ws[t], out=tmp)
         for k in range(1, size):
             np.multiply(planes(t + k), ws[t + k], out=prod)
@@ -241,9 +636,9 @@ def _apply_taps_numpy(dst: np.ndarray, planes, ws: np.ndarray, start: int, stop:
 
 
 def _activate_numpy(out: np.ndarray, act: int) -> None:
-    if act == 1:
-        np.maximum(out, 0.0, out=out)
-    elif act == 2:
+    if act == activation.RELU:
+        np.maximum(out, np.float32(0.0), out=out)
+    elif act == activation.ABS:
         np.abs(out, out=out)
 
 
@@ -283,125 +678,7 @@ def _correlate_separable_numpy(src, group_rows, sy, term_ptr, vptr, vrows, vcols
     _activate_numpy(out, act)
 
 
-def conv2d(image: Any, weights: Any, bias: Any = None, *, stride: Any = 1, padding: Any = 0,
-           dilation: Any = 1, border: str = "zero", activation: str = "relu",
-           method: str = "auto") -> np.ndarray:
-    """Apply a bank of F filters to one image, as one CNN conv layer.
-
-    image (C, H, W) or (H, W); weights (F, C, KH, KW) or (KH, KW); bias (F,) or None.
-    stride, dilation: int or (y, x). padding: int, (y, x), (top, bottom, left, right),
-    "same" (TensorFlow-style, output = ceil(input / stride)) or "valid".
-    border: zero | reflect | replicate | wrap. activation: relu | none | abs.
-    method: auto | jit | numpy | fft (see the module's docstring; fft agrees with the others
-    to float32 rounding, jit and numpy agree bit for bit).
-    Returns float32 (F, H', W').
-    """
-    x = _image(image)
-    w = _weights(weights)
-    if w.shape[1] != x.shape[0]:
-        raise InputError(f"the kernels have {w.shape[1]} channels but the image has "
-                         f"{x.shape[0]}; they must match")
-    return _run(x, w, bias, stride, padding, dilation, border, activation, method)[0]
-
-
-def conv2d_depthwise(image: Any, weights: Any, bias: Any = None, *, stride: Any = 1,
-                     padding: Any = 0, dilation: Any = 1, border: str = "zero",
-                     activation: str = "relu", method: str = "auto") -> np.ndarray:
-    """Filter every channel of ``image`` (C, H, W) on its own with each 2-D kernel of
-    ``weights`` (F, KH, KW) or (F, 1, KH, KW). Returns float32 (F, C, H', W')."""
-    x = _image(image)
-    w = np.asarray(weights)
-    if w.ndim == 3:
-        w = w[:, None]
-    w = _weights(w)
-    if w.shape[1] != 1:
-        raise InputError(f"depthwise kernels must be 2-D, got {w.shape[1]} channels")
-    out = _run(x, w, bias, stride, padding, dilation, border, activation, method)
-    return np.ascontiguousarray(out.transpose(1, 0, 2, 3))
-
-
-def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dilation: Any,
-         border: str, activation: str, method: str = "auto") -> np.ndarray:
-    """Shared by both wrappers: validate settings, pad, allocate (G, F, Ho, Wo), run."""
-    try:
-        s = geometry.pair(stride, "stride")
-        d = geometry.pair(dilation, "dilation")
-        spec = geometry.padding(padding)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if border not in BORDER_MODES:
-        raise UsageError(f"border must be one of {', '.join(BORDER_MODES)}, got {border!r}")
-    if activation not in ACTIVATIONS:
-        raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-    if method not in METHODS:
-        raise UsageError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    F, Cw, KH, KW = w.shape
-    b = np.zeros(F, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
-    if b.shape != (F,):
-        raise UsageError(f"bias must hold one value per filter ({F}), got {b.size}")
-
-    hw = (x.shape[1], x.shape[2])
-    pads = geometry.resolve_pads(spec, hw, (KH, KW), s, d)
-    ho, wo = geometry.output_hw(hw, (KH, KW), s, d, pads)
-    if ho < 1 or wo < 1:
-        foot = ((KH - 1) * d[0] + 1, (KW - 1) * d[1] + 1)
-        raise InputError(f"the image ({hw[0]}x{hw[1]}) is smaller than the kernel's footprint "
-                         f"({foot[0]}x{foot[1]}) with padding {padding!r}; use padding 'same' "
-                         "or a smaller kernel")
-    xp = _pad(x, pads, border)
-    groups = x.shape[0] // Cw
-    out = np.empty((groups, F, ho, wo), np.float32)
-    # Skipping zero taps (and splitting kernels into separable terms, whose zeros fall
-    # elsewhere) is exact only when 0 * x == 0 for every pixel, i.e. x is finite.
-    finite = bool(np.isfinite(xp).all())
-    act = ACTIVATIONS[activation]
-    if method == "auto" and _plan["method"] == "fft":
-        method = "fft"
-    if method == "fft" or (method == "auto" and finite and _wants_fft(w)):
-        _correlate_fft(xp, w, b, s, d, act, out)
-        return out
-    source = _source(xp, s[1])
-    group_rows = Cw * source.height
-    separable, plan_ = _plan_for(w, source, s[1], d[0], d[1], finite)
-    if separable:
-        name, args = "correlate_separable", (source.src, group_rows, s[0], *plan_, b, act,
-                                              source.phases, out)
-        work = (len(plan_[2]) + len(plan_[7])) * groups * ho * wo
-    else:
-        name, args = "correlate", (source.src, group_rows, s[0], *plan_, b, act, out)
-        work = len(plan_[1]) * groups * ho * wo
-    if method == "auto":
-        method = _choose(float(work))
-    if method == "jit":
-        _jit().call(name, *args)
-    else:
-        (_correlate_separable_numpy if separable else _correlate_numpy)(*args)
-    return out
-
-
-def _wants_fft(w: np.ndarray) -> bool:
-    """Large kernels that do not split into a few separable terms (see FFT_MIN_TAPS)."""
-    dense = np.count_nonzero(w, axis=(2, 3))
-    return bool(dense.min() >= FFT_MIN_TAPS) and _separable_terms(w) is None
-
-
-_PLANS: dict = {}  # the same bank runs over many images: plan once per kernel and geometry
-
-
-def _plan_for(w: np.ndarray, source: _Source, sx: int, dy: int, dx: int, finite: bool):
-    """(separable?, tap plan) for these kernels on this source layout, memoised."""
-    key = (w.shape, w.tobytes(), source.phases, source.channels, source.height, sx, dy, dx,
-           finite)
-    found = _PLANS.get(key)
-    if found is None:
-        terms = _separable_terms(w) if finite else None
-        found = (True, _separable_plan(terms, source, sx, dy, dx)) if terms is not None \
-            else (False, _dense_plan(w, source, sx, dy, dx, skip_zeros=finite))
-        if len(_PLANS) >= 64:
-            _PLANS.pop(next(iter(_PLANS)))
-        _PLANS[key] = found
-    return found
-
+# --- inputs -------------------------------------------------------------------------------
 
 def _image(image: Any) -> np.ndarray:
     x = np.asarray(image)
@@ -431,32 +708,3 @@ def _pad(x: np.ndarray, pads: geometry.Pads, border: str) -> np.ndarray:
         xp[:, t:t + H, l:l + W] = x
         return xp
     return np.pad(x, ((0, 0), (t, b), (l, r)), mode=BORDER_MODES[border])
-
-
-def set_threads(n: int) -> None:
-    """Limit the compiled path's threads (e.g. when several worker processes share a machine);
-    applies now if numba is loaded, else when it is."""
-    _plan["threads"] = int(n)
-    if "convcli.jit" in sys.modules:
-        _jit()
-
-
-def import_compiler() -> None:
-    """Import numba (about 0.4 s) but load no kernel: numba's threading layer starts with the
-    first kernel, and must not be inherited by a process forked from a thread other than
-    the main one (Dask forks its local workers from a background thread)."""
-    from . import jit  # noqa: F401
-
-
-def prepare() -> None:
-    """Compile (or load from the cache) the jit kernels without running them, so no threads
-    start: safe right before forking worker processes."""
-    source = _source(np.zeros((1, 5, 5), np.float32), 1)
-    w = np.ones((1, 1, 5, 5), np.float32)  # rank 1: has a separable plan too
-    b, out = np.zeros(1, np.float32), np.zeros((1, 1, 1, 1), np.float32)
-    dense = _dense_plan(w, source, 1, 1, 1, skip_zeros=True)
-    sep = _separable_plan(_separable_terms(w), source, 1, 1, 1)
-    _jit().prepare({
-        "correlate": (source.src, 5, 1, *dense, b, 1, out),
-        "correlate_separable": (source.src, 5, 1, *sep, b, 1, 1, out),
-    })

@@ -1,7 +1,25 @@
-"""All numba code: the JIT cache set-up, decorator options and the compiled kernels.
+"""All numba code: decorator options, the on-disk cache of compiled kernels, and the kernels.
 
 Imported only when a convolution takes the compiled path (see convcli.engine), so commands
 that do not convolve, and small jobs, never pay numba's start-up (about half a second).
+
+What importing this module does to a host program that also uses numba, and nothing more:
+
+- Cache. convcli's kernels are cached in convcli's own user cache folder (convcli.jitcache)
+  through a cache locator that serves only these kernels. numba's settings (CACHE_DIR,
+  NUMBA_CACHE_DIR) are left alone, so the host's own cached functions go where it says.
+  A NUMBA_CACHE_LOCATOR_CLASSES set by the host overrides ours, as it does numba's.
+- Threading layer. numba's setting is left alone: numba takes TBB first when it can load it.
+  The ``tbb`` wheel (a dependency on x86-64 Linux and Windows) puts its library where the
+  dynamic loader does not look inside a virtual environment, so this module loads it by full
+  path (see _preload_tbb): the one change, making a library loadable that numba would use
+  anyway. TBB starts a parallel loop in ~2 us against ~130 us for numba's fallback
+  (workqueue), and it is fork-safe. Where TBB cannot load and numba would pick GNU OpenMP,
+  a process must not fork after running a parallel kernel; convcli's own batches fork only
+  after compiling (prepare() starts no thread), never after running one.
+- Threads. ``call`` sets numba's thread count for the duration of one kernel and puts the
+  previous value back; numba keeps that count per calling thread, so other threads of the
+  host are not affected even while a call runs.
 """
 
 from __future__ import annotations
@@ -10,24 +28,22 @@ import os
 
 import numpy as np
 
-from .jitcache import usable_cache_dir
+from .activation import ABS, RELU
+from .jitcache import drop_kernel_files, usable_cache_dir
 
-# The cache folder must be known before numba is imported (numba reads it at import).
 _CACHE_DIR, CACHE_STATUS = usable_cache_dir()
-if _CACHE_DIR is not None:
-    os.environ["NUMBA_CACHE_DIR"] = str(_CACHE_DIR)
+# Modules whose code is compiled into the kernels: a change to any of them must invalidate
+# the cached kernels (numba itself only looks at the file a kernel is defined in).
+_SOURCES = [__file__, os.path.join(os.path.dirname(__file__), "winograd.py"),
+            os.path.join(os.path.dirname(__file__), "activation.py")]
 
 
 def _preload_tbb() -> None:
-    """Make numba's TBB threading layer loadable from pip's ``tbb`` wheel.
-
-    Starting a parallel loop costs about 2 us with TBB and 100-150 us with numba's fallback
-    (workqueue) on our 2-core machines, which on a 256x256 image is a third of the whole
-    call. The wheel puts libtbb in <prefix>/lib, which the dynamic loader does not search
-    (a virtual environment is not on its path), so numba's load by file name fails; loading
-    it by full path first satisfies that lookup, because the loader matches the names of
-    libraries already loaded. Without the wheel numba simply falls back to workqueue.
-    """
+    """Make numba's TBB threading layer loadable from pip's ``tbb`` wheel: the wheel puts
+    libtbb in <prefix>/lib, which the dynamic loader does not search (a virtual environment
+    is not on its path), so numba's load by file name fails; loading it by full path first
+    satisfies that lookup, because the loader matches the names of libraries already loaded.
+    Without the wheel, numba picks its next layer."""
     import ctypes
     import site
     import sys
@@ -44,41 +60,97 @@ def _preload_tbb() -> None:
                     pass
 
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
+if os.environ.get("NUMBA_THREADING_LAYER", "default") in ("default", "safe", "threadsafe",
+                                                          "forksafe", "tbb"):
     _preload_tbb()
 
-import numba  # noqa: E402  (after the cache folder is set)
+import numba  # noqa: E402
+from numba.core import caching  # noqa: E402
+from numba.core.caching import NullCache  # noqa: E402
 
-if _CACHE_DIR is not None:
-    numba.config.CACHE_DIR = str(_CACHE_DIR)  # in case numba was imported before us
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    # Batches fork worker processes after compiling here; GNU OpenMP cannot survive a fork,
-    # so take a fork-safe layer: TBB when it can be loaded (see _preload_tbb), else numba's
-    # own workqueue.
-    numba.config.THREADING_LAYER = "forksafe"
+from . import winograd  # noqa: E402
+
+
+class _Locator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
+    """Puts the cache files of convcli's kernels in convcli's cache folder (a sub-folder per
+    installed copy of the package, as numba does), and stamps them with the hashes of every
+    module compiled into them."""
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        self._cache_path = os.path.join(str(_CACHE_DIR), self.get_suitable_cache_subpath(py_file))
+
+    def get_cache_path(self):
+        return self._cache_path
+
+    def get_source_stamp(self):
+        import hashlib
+
+        digest = hashlib.sha256()
+        for path in _SOURCES:
+            with open(path, "rb") as f:
+                digest.update(f.read())
+        return digest.hexdigest()
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if _CACHE_DIR is None:
+            return None
+        return super().from_function(py_func, py_file)
+
+
+class _CacheImpl(caching.CompileResultCacheImpl):
+    _locator_classes = [_Locator]
+
+
+class _Cache(caching.FunctionCache):
+    _impl_class = _CacheImpl
+
 
 # Decorator options in one place. No eager signatures: the wrappers always pass the same
-# types, so exactly one specialisation is compiled (and cached). No fastmath: the kernel
+# types, so exactly one specialisation is compiled (and cached). No fastmath: the kernels
 # must round exactly like the NumPy path (no reassociation, no fused multiply-add).
-_JIT = dict(nogil=True, cache=_CACHE_DIR is not None, error_model="numpy", boundscheck=False)
+_JIT = dict(nogil=True, error_model="numpy", boundscheck=False)
 
 
-@numba.njit(inline="always", **_JIT)
+def _kernel(**options):
+    """An entry-point kernel, cached on disk by our own locator (see _Locator)."""
+    def wrap(fn):
+        kernel = numba.njit(**_JIT, **options)(fn)
+        if _CACHE_DIR is not None:
+            kernel._cache = _Cache(kernel.py_func)
+        return kernel
+    return wrap
+
+
+_inline = numba.njit(inline="always", **_JIT)  # helpers compiled into the kernels only
+_bt6 = _inline(winograd.bt6)
+_at6 = _inline(winograd.at6)
+_ZERO = np.float32(0.0)
+
+
+@_inline
+def _act(v, act):
+    """The activation of one value, rounding like NumPy's maximum and abs (see engine)."""
+    if act == RELU:
+        if v <= _ZERO:  # NaN stays NaN, -0.0 becomes 0.0, as np.maximum(v, 0) does
+            v = _ZERO
+    elif act == ABS:
+        v = abs(v)
+    return v
+
+
+@_inline
 def _finish(dst, k, value, base, fresh, act):
     """dst[k] = act((base if fresh else dst[k]) + value): the first pass over a row starts
     from ``base`` instead of a separate fill, the last applies the activation, so a 3x3
     kernel costs two passes along the row instead of four (same arithmetic as fill, add,
     activate)."""
-    v = (base if fresh else dst[k]) + value
-    if act == 1:
-        if v < 0.0:
-            v = 0.0
-    elif act == 2:
-        v = abs(v)
-    dst[k] = v
+    dst[k] = _act((base if fresh else dst[k]) + value, act)
 
 
-@numba.njit(inline="always", **_JIT)
+@_inline
 def _apply_taps(dst, src, rows, cols, ws, start, stop, shift, fresh, base, act):
     """dst = act((base if fresh else dst) + sum over taps t in [start, stop) of
     ws[t] * src[rows[t] + shift, cols[t]:][:n]), adding tap groups in order (see _finish).
@@ -92,7 +164,7 @@ def _apply_taps(dst, src, rows, cols, ws, start, stop, shift, fresh, base, act):
     if stop == start:
         if fresh or act != 0:
             for k in range(n):
-                _finish(dst, k, 0.0, base, fresh, act)
+                _finish(dst, k, _ZERO, base, fresh, act)
         return
     t = start
     while t + 8 <= stop:
@@ -134,18 +206,14 @@ def _apply_taps(dst, src, rows, cols, ws, start, stop, shift, fresh, base, act):
         t += 1
 
 
-@numba.njit(inline="always", **_JIT)
+@_inline
 def _activate(row, act):
-    if act == 1:
+    if act != 0:
         for k in range(row.shape[0]):
-            if row[k] < 0.0:
-                row[k] = 0.0
-    elif act == 2:
-        for k in range(row.shape[0]):
-            row[k] = abs(row[k])
+            row[k] = _act(row[k], act)
 
 
-@numba.njit(parallel=True, **_JIT)
+@_kernel(parallel=True)
 def correlate(src, group_rows, sy, ptr, rows, cols, ws, b, act, out):
     """Dense cross-correlation. ``src`` (R, Wq) holds the padded input's rows (all phases
     and channels, see convcli.engine); filter f's taps are [ptr[f], ptr[f+1]): for output row
@@ -165,7 +233,7 @@ def correlate(src, group_rows, sy, ptr, rows, cols, ws, b, act, out):
                         act)
 
 
-@numba.njit(parallel=True, **_JIT)
+@_kernel(parallel=True)
 def correlate_separable(src, group_rows, sy, term_ptr, vptr, vrows, vcols, vws, hptr, hphase,
                         hcols, hws, b, act, phases, out):
     """Cross-correlation with kernels given as sums of outer products (vertical x horizontal
@@ -181,57 +249,131 @@ def correlate_separable(src, group_rows, sy, term_ptr, vptr, vrows, vcols, vws, 
         y = gy - g * Ho
         shift = g * group_rows + y * sy
         tmp = np.empty((phases, src.shape[1]), np.float32)
-        zero = np.float32(0.0)
         for f in range(F):
             row = out[g, f, y]
             row[:] = b[f]
             for k in range(term_ptr[f], term_ptr[f + 1]):
                 for p in range(phases):
                     lo, hi = vptr[k * phases + p], vptr[k * phases + p + 1]
-                    _apply_taps(tmp[p], src, vrows, vcols, vws, lo, hi, shift, True, zero, 0)
-                _apply_taps(row, tmp, hphase, hcols, hws, hptr[k], hptr[k + 1], 0, False, zero, 0)
+                    _apply_taps(tmp[p], src, vrows, vcols, vws, lo, hi, shift, True, _ZERO, 0)
+                _apply_taps(row, tmp, hphase, hcols, hws, hptr[k], hptr[k + 1], 0, False, _ZERO,
+                            0)
             _activate(row, act)
 
 
-def call(name: str, *args) -> None:
-    """Run a kernel. If its first use fails while numba loads it from the on-disk cache
-    (a corrupt or half-written cache file), the cache is cleared and the kernel compiled
-    afresh, so a bad cache never fails a run."""
-    kernel = globals()[name]
+@_kernel()
+def winograd_input(xw, r0, nr, v):
+    """Winograd F(4x4, 3x3) input transform of tile rows r0..r0+nr of ``xw`` (C, 4*th+2,
+    4*tw+2) into v (36, C, nr*tw): v[6a+b, c, r*tw+tx] = (B^T d B)[a, b] for the 6x6 tile d
+    at rows 4*(r0+r).., columns 4*tx... First along the rows (B^T down each column), then
+    along the columns; the same operations as convcli.winograd.input_numpy. The first step
+    stores column 4*tx+k at p[a, k, tx], so the second reads each of a tile's six columns
+    from its own contiguous run. Serial: convcli.gemm runs bands in parallel."""
+    C, _, ww = xw.shape
+    tw = (ww - 2) // 4
+    p = np.empty((6, 4, tw + 1), np.float32)
+    for c in range(C):
+        for r in range(nr):
+            y = 4 * (r0 + r)
+            x0, x1, x2 = xw[c, y], xw[c, y + 1], xw[c, y + 2]
+            x3, x4, x5 = xw[c, y + 3], xw[c, y + 4], xw[c, y + 5]
+            for k in range(4):
+                p0, p1, p2, p3, p4, p5 = p[0, k], p[1, k], p[2, k], p[3, k], p[4, k], p[5, k]
+                for tx in range(tw + (k < 2)):  # columns 4*tw and 4*tw+1 close the last tile
+                    q = 4 * tx + k
+                    p0[tx], p1[tx], p2[tx], p3[tx], p4[tx], p5[tx] = _bt6(
+                        x0[q], x1[q], x2[q], x3[q], x4[q], x5[q])
+            n0 = r * tw
+            for a in range(6):
+                d0, d1, d2, d3 = p[a, 0, :tw], p[a, 1, :tw], p[a, 2, :tw], p[a, 3, :tw]
+                d4, d5 = p[a, 0, 1:], p[a, 1, 1:]
+                v0, v1, v2 = v[6 * a, c, n0:n0 + tw], v[6 * a + 1, c, n0:n0 + tw], \
+                    v[6 * a + 2, c, n0:n0 + tw]
+                v3, v4, v5 = v[6 * a + 3, c, n0:n0 + tw], v[6 * a + 4, c, n0:n0 + tw], \
+                    v[6 * a + 5, c, n0:n0 + tw]
+                for tx in range(tw):
+                    v0[tx], v1[tx], v2[tx], v3[tx], v4[tx], v5[tx] = _bt6(
+                        d0[tx], d1[tx], d2[tx], d3[tx], d4[tx], d5[tx])
+
+
+@_kernel()
+def winograd_output(m, bias, act, r0, nr, tw, out):
+    """Winograd F(4x4, 3x3) output transform: out[f, 4*(r0+r)+i, 4*tx+j] = act(bias[f] +
+    (A^T M A)[i, j]) from m (36, F, nr*tw), A^T along the columns first, then along the rows
+    (the same operations as convcli.winograd.output_numpy); outputs past the edge of out
+    are dropped. The first step stores its results at their output column (z[a, 4*tx+j]), so
+    the second runs along whole rows. Serial: convcli.gemm runs bands in parallel."""
+    F = m.shape[1]
+    ho, wo = out.shape[1], out.shape[2]
+    z = np.empty((6, 4 * tw), np.float32)
+    y4 = np.empty((4, 4 * tw), np.float32)
+    for f in range(F):
+        bf = bias[f]
+        for r in range(nr):
+            n0 = r * tw
+            for a in range(6):
+                m0, m1, m2 = m[6 * a, f, n0:n0 + tw], m[6 * a + 1, f, n0:n0 + tw], \
+                    m[6 * a + 2, f, n0:n0 + tw]
+                m3, m4, m5 = m[6 * a + 3, f, n0:n0 + tw], m[6 * a + 4, f, n0:n0 + tw], \
+                    m[6 * a + 5, f, n0:n0 + tw]
+                za = z[a]
+                for tx in range(tw):
+                    z0, z1, z2, z3 = _at6(m0[tx], m1[tx], m2[tx], m3[tx], m4[tx], m5[tx])
+                    za[4 * tx], za[4 * tx + 1], za[4 * tx + 2], za[4 * tx + 3] = z0, z1, z2, z3
+            z0, z1, z2, z3, z4, z5 = z[0], z[1], z[2], z[3], z[4], z[5]
+            q0, q1, q2, q3 = y4[0], y4[1], y4[2], y4[3]
+            for k in range(wo):
+                q0[k], q1[k], q2[k], q3[k] = _at6(z0[k], z1[k], z2[k], z3[k], z4[k], z5[k])
+            y = 4 * (r0 + r)
+            for i in range(min(4, ho - y)):
+                row, qi = out[f, y + i], y4[i]
+                for k in range(wo):
+                    row[k] = _act(qi[k] + bf, act)
+
+
+KERNELS = (correlate, correlate_separable, winograd_input, winograd_output)
+
+
+def call(kernel, *args, threads: int | None = None) -> None:
+    """Run a kernel (one of KERNELS), on at most ``threads`` threads if it is parallel
+    (numba's count for this calling thread, put back afterwards)."""
+    if not kernel.signatures:
+        _compile(kernel, tuple(numba.typeof(a) for a in args))
+    if threads is None:
+        return kernel(*args)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
     try:
         return kernel(*args)
+    finally:
+        numba.set_num_threads(previous)
+
+
+def _compile(kernel, signature) -> None:
+    """Compile (or load from the cache) one specialisation. If that fails, compile again
+    without the cache: if that works, the kernel's own cache files were at fault (corrupt,
+    half-written, from another numba), so only they are deleted and the kernel runs from
+    memory this time (the next process saves a fresh copy); if it fails too, the error is
+    the code's, and the cache is left alone."""
+    try:
+        kernel.compile(signature)
+        return
     except Exception:
-        if kernel.signatures or _CACHE_DIR is None:
-            raise  # compiled fine: the error is not the cache's
-    _drop_cache(kernel)
-    return kernel(*args)
-
-
-def _drop_cache(kernel) -> None:
-    """Delete the cache folder's numba files and compile this kernel in memory this time;
-    the next run saves a fresh cache."""
-    from numba.core.caching import NullCache
-
-    from . import jitcache
-
-    jitcache.clear()
+        cache = kernel._cache
+        if isinstance(cache, NullCache):
+            raise
     kernel._cache = NullCache()
-
-
-def set_threads(n: int) -> None:
-    numba.set_num_threads(max(1, min(int(n), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        kernel.compile(signature)
+    except Exception:
+        kernel._cache = cache
+        raise
+    drop_kernel_files(cache.cache_path, cache._impl.filename_base)
 
 
 def prepare(examples: dict) -> None:
-    """Compile (or load from the cache) the kernels for these example arguments without
-    running them, so no threads start: safe right before forking worker processes."""
-    for name, args in examples.items():
-        kernel = globals()[name]
-        signature = tuple(numba.typeof(a) for a in args)
-        try:
-            kernel.compile(signature)
-        except Exception:
-            if _CACHE_DIR is None:
-                raise
-            _drop_cache(kernel)  # a corrupt cache file (see call)
-            kernel.compile(signature)
+    """Compile (or load from the cache) kernels for these example arguments ({kernel:
+    args}) without running them, so no threads start: safe right before forking workers."""
+    for kernel, args in examples.items():
+        if not kernel.signatures:
+            _compile(kernel, tuple(numba.typeof(a) for a in args))

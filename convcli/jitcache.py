@@ -64,3 +64,20 @@ def clear() -> tuple[int, int]:
             continue
         files, removed_bytes = files + 1, removed_bytes + size
     return files, removed_bytes
+
+
+def drop_kernel_files(folder: str | Path, filename_base: str) -> int:
+    """Delete one kernel's cache files (numba names them <filename_base>.nbi for the index
+    and <filename_base>.<n>.nbc for the code) and nothing else; returns how many."""
+    import glob
+
+    folder = Path(folder)
+    found = [folder / f"{filename_base}.nbi", *folder.glob(f"{glob.escape(filename_base)}.*.nbc")]
+    removed = 0
+    for path in found:
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:  # absent, or another process got there first
+            pass
+    return removed

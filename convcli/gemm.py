@@ -1,0 +1,319 @@
+"""The matrix-multiply routes for deep layers: im2col + GEMM, and Winograd F(4x4, 3x3).
+
+A layer with many input channels and filters is a matrix product: filters (F x C*KH*KW)
+times the input's patches (C*KH*KW x pixels). BLAS (NumPy's matmul) runs that near the
+machine's peak, which the tap-by-tap direct kernels cannot reach once C*F is large.
+
+- ``im2col``: the patches of one band of output rows are copied into a (K x n) matrix, K =
+  C*KH*KW, then multiplied. The input is read in flattened rows: with the padded input (or,
+  for a stride, each of its polyphase planes, so every tap reads unit-stride runs; see
+  convcli.engine) flattened to (C, rows*width), output position q = y*width + x reads
+  q + offset(tap) for every tap: one contiguous run per channel and tap, so a band's matrix
+  is one strided copy. The positions x >= W' of each row are computed and dropped (2 of
+  226 for a 3x3 kernel on a 224-wide image). A 1x1 layer at stride 1 multiplies the input
+  where it lies, and writes straight into the output.
+- ``winograd``: 3x3 kernels at stride 1 (see convcli.winograd): a band of 6x6 input tiles is
+  transformed, multiplied by the transformed filters as 36 matrix products (filters x
+  channels times channels x tiles), and transformed back into 4x4 output blocks. The
+  transforms run in numba (convcli.jit) or NumPy (convcli.winograd), with the same bits.
+
+Memory: nothing is ever the size of the input times the kernel. Each band's buffers are sized
+to stay in cache (BAND_BYTES, a few hundred KB to about 2 MB): the im2col matrix, or the
+band's transformed tiles and their products.
+
+Threads and determinism: bands are cut from the layer's shape alone (never from the thread
+count), and each band is computed the same way whichever thread takes it, so the result is
+the same bits run to run and for any number of threads. Bands run on ``threads`` Python
+threads (NumPy's matmul and the numba transforms release the GIL) while BLAS is held to
+one thread of its own (threadpoolctl, see blas_single_threaded). Its setting is
+process-wide: during such a call, other threads of the host that call BLAS get one thread
+too; it is restored when the last concurrent convcli call ends. Without threadpoolctl the
+bands run one after another in the calling thread and BLAS uses its own default threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import winograd
+from .activation import ABS, RELU
+
+# Working set of one band (per thread): the im2col matrix, or Winograd's tiles and products.
+# About the size of a core's L2 cache: larger bands gain little in BLAS speed and lose it to
+# cache misses in the copies and transforms (measured on 512 KB L2, 32 MB L3).
+BAND_BYTES = 768 * 1024
+WINOGRAD_BAND_BYTES = 2 * 1024 * 1024
+
+
+# --- running bands in parallel, with BLAS on one thread --------------------------------------
+
+_blas = {"lock": threading.Lock(), "users": 0, "limiter": None, "controller": None}
+
+
+def _controller():
+    """threadpoolctl's view of the loaded BLAS libraries (None without threadpoolctl)."""
+    if _blas["controller"] is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas["controller"] = False
+        else:
+            _blas["controller"] = ThreadpoolController()
+    return _blas["controller"] or None
+
+
+@contextmanager
+def blas_single_threaded():
+    """Hold BLAS to one thread while convcli's own threads run bands; yields whether it
+    could (threadpoolctl installed). Nested and concurrent calls share one limit: the first
+    sets it, the last puts the previous setting back."""
+    controller = _controller()
+    if controller is None:
+        yield False
+        return
+    with _blas["lock"]:
+        if _blas["users"] == 0:
+            _blas["limiter"] = controller.limit(limits=1, user_api="blas")
+        _blas["users"] += 1
+    try:
+        yield True
+    finally:
+        with _blas["lock"]:
+            _blas["users"] -= 1
+            if _blas["users"] == 0:
+                _blas["limiter"].restore_original_limits()
+                _blas["limiter"] = None
+
+
+def for_each_band(count: int, threads: int, band: Callable[[int, dict], None]) -> None:
+    """band(i, scratch) for i in range(count), on up to ``threads`` threads; ``scratch`` is
+    a dict private to the thread, for buffers reused from one band to the next. Band 0 runs
+    first in the calling thread (so numba compiles before any other thread needs the
+    kernel). The first error stops handing out bands and is raised here once every thread
+    has finished its band."""
+    if count <= 0:
+        return
+    with blas_single_threaded() as limited:
+        workers = max(1, min(int(threads), count)) if limited else 1
+        scratch: dict = {}
+        band(0, scratch)
+        if count == 1:
+            return
+        if workers == 1:
+            for i in range(1, count):
+                band(i, scratch)
+            return
+        todo = itertools.count(1)  # next() on it is atomic under the GIL
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def work(mine: dict) -> None:
+            try:
+                for i in todo:
+                    if i >= count or stop.is_set():
+                        return
+                    band(i, mine)
+            except BaseException as e:  # noqa: BLE001 (re-raised by the caller)
+                errors.append(e)
+                stop.set()
+
+        helpers = [threading.Thread(target=work, args=({},), daemon=True)
+                   for _ in range(workers - 1)]
+        for helper in helpers:
+            helper.start()
+        try:
+            work(scratch)
+        finally:
+            stop.set()  # no band is left to hand out, or an error stops the others
+            for helper in helpers:
+                helper.join()
+        if errors:
+            raise errors[0]
+
+
+def _buffer(scratch: dict, name: str, size: int) -> np.ndarray:
+    """A float32 buffer of at least ``size`` items, kept in the thread's scratch."""
+    buf = scratch.get(name)
+    if buf is None or buf.size < size:
+        buf = scratch[name] = np.empty(size, np.float32)
+    return buf[:size]
+
+
+def _activate(a: np.ndarray, act: int) -> None:
+    if act == RELU:
+        np.maximum(a, np.float32(0.0), out=a)
+    elif act == ABS:
+        np.abs(a, out=a)
+
+
+# --- im2col + GEMM ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Block:
+    """Taps that read the same polyphase plane, as a (channel, i, j) grid of offsets."""
+    plane: int
+    start: int  # flat offset of the first tap in the plane
+    ni: int
+    step_i: int  # flat offset between taps along i
+    nj: int
+    step_j: int
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    blocks: tuple[_Block, ...]
+    wm: np.ndarray  # (groups, F/groups, K) float32, K in the blocks' (channel, i, j) order
+    width: int  # plane width: output position q = y * width + x
+    height: int  # plane rows
+    phases: tuple[int, int]  # (sy, sx): planes are phase (py, px) = py * sx + px
+
+
+def gemm_plan(w: np.ndarray, groups: int, stride, dilation, padded_hw) -> GemmPlan:
+    """Blocks of taps and the weights in matching column order, for this geometry."""
+    F, Cg, KH, KW = w.shape
+    (sy, sx), (dy, dx) = stride, dilation
+    hq, wq = -(-padded_hw[0] // sy), -(-padded_hw[1] // sx)
+    blocks, columns = [], []
+    for py in range(sy):
+        rows = [i for i in range(KH) if (i * dy) % sy == py]
+        for px in range(sx):
+            cols = [j for j in range(KW) if (j * dx) % sx == px]
+            if not rows or not cols:
+                continue
+            oi = [(i * dy) // sy for i in rows]  # arithmetic: steps of dy / gcd(dy, sy)
+            oj = [(j * dx) // sx for j in cols]
+            blocks.append(_Block(py * sx + px, oi[0] * wq + oj[0], len(rows),
+                                 (oi[1] - oi[0]) * wq if len(rows) > 1 else 0, len(cols),
+                                 oj[1] - oj[0] if len(cols) > 1 else 0))
+            columns.append(w[:, :, rows][:, :, :, cols].reshape(F, -1))
+    wm = np.concatenate(columns, axis=1).reshape(groups, F // groups, -1)
+    return GemmPlan(tuple(blocks), np.ascontiguousarray(wm), wq, hq, (sy, sx))
+
+
+def polyphase(xp: np.ndarray, phases: tuple[int, int]) -> np.ndarray:
+    """(P, C, rows*width) flattened planes: the padded input itself at stride 1, else its
+    sy*sx phases (phase (py, px) holds rows py, py+sy, ... and columns px, px+sx, ...)."""
+    C, Hp, Wp = xp.shape
+    sy, sx = phases
+    if sy == sx == 1:
+        return xp.reshape(1, C, Hp * Wp)
+    hq, wq = -(-Hp // sy), -(-Wp // sx)
+    planes = np.zeros((sy * sx, C, hq, wq), np.float32)
+    for py in range(sy):
+        for px in range(sx):
+            part = xp[:, py::sy, px::sx]
+            planes[py * sx + px, :, :part.shape[1], :part.shape[2]] = part
+    return planes.reshape(sy * sx, C, hq * wq)
+
+
+def run_gemm(xp: np.ndarray, plan: GemmPlan, b: np.ndarray, act: int, out: np.ndarray,
+             threads: int) -> None:
+    """out (F, H', W') = act(bias + filters x patches), band by band of output rows. The
+    bias rides in the product (a row of ones under the patches), and each band's result is
+    activated and stored in one pass while it is still in cache."""
+    from numpy.lib.stride_tricks import as_strided
+
+    planes = polyphase(xp, plan.phases)
+    groups, fg, K = plan.wm.shape
+    F, ho, wo = out.shape
+    cg = planes.shape[1] // groups
+    wq = plan.width
+    total = (ho - 1) * wq + wo  # the last row's dropped positions are never computed
+    # A 1x1 kernel reads the planes where they lie: no copy, and no dropped positions.
+    view = len(plan.blocks) == 1 and plan.blocks[0].ni == plan.blocks[0].nj == 1
+    into_out = wq == wo  # no dropped positions: products land in the output as they are
+    wb = plan.wm if view else np.concatenate([plan.wm, b.reshape(groups, fg, 1)], axis=2)
+    band_rows = max(1, BAND_BYTES // ((fg if view else K + 1) * wq * 4))
+    count = -(-ho // band_rows)
+    item = planes.itemsize
+    flat_out = out.reshape(F, ho * wo)
+
+    def band(i: int, scratch: dict) -> None:
+        y0 = i * band_rows
+        nrows = min(band_rows, ho - y0)
+        q0 = y0 * wq
+        n = min(q0 + nrows * wq, total) - q0
+        res = None if into_out else _buffer(scratch, "res", F * nrows * wq).reshape(F, -1)
+        for g in range(groups):
+            if view:
+                blk = plan.blocks[0]
+                patches = planes[blk.plane, g * cg:(g + 1) * cg, blk.start + q0:blk.start + q0 + n]
+            else:
+                patches = _buffer(scratch, "col", (K + 1) * n).reshape(K + 1, n)
+                k = 0
+                for blk in plan.blocks:
+                    src = planes[blk.plane, g * cg:(g + 1) * cg, blk.start + q0:]
+                    taps = as_strided(src, (cg, blk.ni, blk.nj, n),
+                                      (src.strides[0], blk.step_i * item, blk.step_j * item,
+                                       item), writeable=False)
+                    size = cg * blk.ni * blk.nj
+                    patches[k:k + size].reshape(cg, blk.ni, blk.nj, n)[...] = taps
+                    k += size
+                patches[K] = 1.0  # times the bias column of wb
+            rows = slice(g * fg, (g + 1) * fg)
+            np.matmul(wb[g], patches, out=flat_out[rows, q0:q0 + n] if into_out else res[rows, :n])
+        if into_out:
+            done = flat_out[:, q0:q0 + n]
+            if view:
+                done += b[:, None]
+            _activate(done, act)
+        else:
+            _store(res.reshape(F, nrows, wq)[:, :, :wo], out[:, y0:y0 + nrows], act)
+
+    for_each_band(count, threads, band)
+
+
+def _store(src: np.ndarray, dst: np.ndarray, act: int) -> None:
+    """dst = act(src) in one pass."""
+    if act == RELU:
+        np.maximum(src, np.float32(0.0), out=dst)
+    elif act == ABS:
+        np.abs(src, out=dst)
+    else:
+        np.copyto(dst, src)
+
+
+# --- Winograd F(4x4, 3x3) ------------------------------------------------------------------
+
+def run_winograd(xp: np.ndarray, u: np.ndarray, b: np.ndarray, act: int, out: np.ndarray,
+                 threads: int, jit) -> None:
+    """out = act(bias + 3x3 stride-1 correlation of xp), through F(4x4, 3x3); ``u`` from
+    convcli.winograd.filter_transform; ``jit``: the convcli.jit module (numba transforms)
+    or None (NumPy transforms, same bits)."""
+    C, hp, wp = xp.shape
+    groups, _, fg, cg = u.shape
+    F, ho, wo = out.shape
+    th, tw = winograd.tiles(ho, wo)
+    hw, ww = 4 * th + 2, 4 * tw + 2
+    if (hp, wp) == (hw, ww):
+        xw = xp
+    else:  # whole tiles: rows and columns past the padded input only feed dropped outputs
+        xw = np.zeros((C, hw, ww), np.float32)
+        xw[:, :hp, :wp] = xp
+    band_tiles = max(1, WINOGRAD_BAND_BYTES // (36 * (C + F) * tw * 4))
+    count = -(-th // band_tiles)
+
+    def band(i: int, scratch: dict) -> None:
+        r0 = i * band_tiles
+        nr = min(band_tiles, th - r0)
+        n = nr * tw
+        v = _buffer(scratch, "v", 36 * C * n).reshape(36, C, n)
+        m = _buffer(scratch, "m", 36 * F * n).reshape(36, F, n)
+        if jit is not None:
+            jit.call(jit.winograd_input, xw, r0, nr, v)
+        else:
+            winograd.input_numpy(xw, r0, nr, v)
+        for g in range(groups):
+            np.matmul(u[g], v[:, g * cg:(g + 1) * cg], out=m[:, g * fg:(g + 1) * fg])
+        if jit is not None:
+            jit.call(jit.winograd_output, m, b, act, r0, nr, tw, out)
+        else:
+            winograd.output_numpy(m, b, act, r0, nr, tw, out)
+
+    for_each_band(count, threads, band)
