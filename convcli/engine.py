@@ -285,7 +285,7 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
         out = target[None]
     # Skipping zero taps (and splitting kernels into separable terms, whose zeros fall
     # elsewhere), and Winograd's tiles, are exact only when x is finite (0 * inf is NaN).
-    finite = bool(np.isfinite(x).all())
+    finite = bool(np.isfinite(x.sum())) or bool(np.isfinite(x).all())  # one pass if finite
     act = ACTIVATIONS[activation_name]
     threads = cfg.threads or _cores()
     key = (w.shape, w.tobytes(), groups)
@@ -500,8 +500,11 @@ def _dense_plan(w: np.ndarray, source: _Source, sx: int, dy: int, dx: int, skip_
 
 
 # A kernel plane of rank r costs r*(KH + KW) taps as vertical-then-horizontal passes instead
-# of its non-zero count; take that path when it saves at least a third.
+# of its non-zero count; take that path when it saves at least a third. Banks of more than
+# SEPARABLE_MAX_PLANES kernel planes (deep layers, which im2col serves better) are not
+# analysed: an SVD per plane would cost more than the convolution it could save.
 SEPARABLE_GAIN = 1.5
+SEPARABLE_MAX_PLANES = 64
 
 
 @dataclass(frozen=True)
@@ -525,6 +528,8 @@ def _separable_terms(w: np.ndarray) -> _Terms | None:
     float32 resolution; None when that would not be cheaper than the dense taps."""
     F, Cg, kh, kw = w.shape
     if (kh + kw) * SEPARABLE_GAIN >= kh * kw:  # cannot pay off even at rank 1 (e.g. 3x3)
+        return None
+    if F * Cg > SEPARABLE_MAX_PLANES:
         return None
     planes = w.reshape(F * Cg, kh, kw).astype(np.float64)
     u, sv, vt = np.linalg.svd(planes)  # LAPACK plane by plane, as one call each would

@@ -8,10 +8,9 @@ machine's peak, which the tap-by-tap direct kernels cannot reach once C*F is lar
   C*KH*KW, then multiplied. The input is read in flattened rows: with the padded input (or,
   for a stride, each of its polyphase planes, so every tap reads unit-stride runs; see
   convcli.engine) flattened to (C, rows*width), output position q = y*width + x reads
-  q + offset(tap) for every tap: one contiguous run per channel and tap, so a band's matrix
-  is one strided copy. The positions x >= W' of each row are computed and dropped (2 of
-  226 for a 3x3 kernel on a 224-wide image). A 1x1 layer at stride 1 multiplies the input
-  where it lies, and writes straight into the output.
+  q + offset(tap) for every tap, so a band's matrix is one strided copy per plane
+  (channel x tap row x tap column x output row x output column), and the product lands
+  straight in the output rows. A 1x1 layer multiplies the input where it lies.
 - ``winograd``: 3x3 kernels at stride 1 (see convcli.winograd): a band of 6x6 input tiles is
   transformed, multiplied by the transformed filters as 36 matrix products (filters x
   channels times channels x tiles), and transformed back into 4x4 output blocks. The
@@ -214,9 +213,10 @@ def polyphase(xp: np.ndarray, phases: tuple[int, int]) -> np.ndarray:
 
 def run_gemm(xp: np.ndarray, plan: GemmPlan, b: np.ndarray, act: int, out: np.ndarray,
              threads: int) -> None:
-    """out (F, H', W') = act(bias + filters x patches), band by band of output rows. The
-    bias rides in the product (a row of ones under the patches), and each band's result is
-    activated and stored in one pass while it is still in cache."""
+    """out (F, H', W') = act(bias + filters x patches), band by band of output rows. A
+    band's patches hold its output pixels only, so the product lands in the output as it
+    is; the bias rides in the product (a row of ones under the patches), and the activation
+    runs on the band while it is still in cache."""
     from numpy.lib.stride_tricks import as_strided
 
     planes = polyphase(xp, plan.phases)
@@ -224,12 +224,10 @@ def run_gemm(xp: np.ndarray, plan: GemmPlan, b: np.ndarray, act: int, out: np.nd
     F, ho, wo = out.shape
     cg = planes.shape[1] // groups
     wq = plan.width
-    total = (ho - 1) * wq + wo  # the last row's dropped positions are never computed
-    # A 1x1 kernel reads the planes where they lie: no copy, and no dropped positions.
+    # A 1x1 kernel reads the planes where they lie (then wq == wo): no copy at all.
     view = len(plan.blocks) == 1 and plan.blocks[0].ni == plan.blocks[0].nj == 1
-    into_out = wq == wo  # no dropped positions: products land in the output as they are
     wb = plan.wm if view else np.concatenate([plan.wm, b.reshape(groups, fg, 1)], axis=2)
-    band_rows = max(1, BAND_BYTES // ((fg if view else K + 1) * wq * 4))
+    band_rows = max(1, BAND_BYTES // ((fg if view else K + 1) * wo * 4))
     count = -(-ho // band_rows)
     item = planes.itemsize
     flat_out = out.reshape(F, ho * wo)
@@ -237,46 +235,31 @@ def run_gemm(xp: np.ndarray, plan: GemmPlan, b: np.ndarray, act: int, out: np.nd
     def band(i: int, scratch: dict) -> None:
         y0 = i * band_rows
         nrows = min(band_rows, ho - y0)
-        q0 = y0 * wq
-        n = min(q0 + nrows * wq, total) - q0
-        res = None if into_out else _buffer(scratch, "res", F * nrows * wq).reshape(F, -1)
+        n = nrows * wo
         for g in range(groups):
             if view:
                 blk = plan.blocks[0]
-                patches = planes[blk.plane, g * cg:(g + 1) * cg, blk.start + q0:blk.start + q0 + n]
+                q0 = blk.start + y0 * wq
+                patches = planes[blk.plane, g * cg:(g + 1) * cg, q0:q0 + n]
             else:
                 patches = _buffer(scratch, "col", (K + 1) * n).reshape(K + 1, n)
                 k = 0
                 for blk in plan.blocks:
-                    src = planes[blk.plane, g * cg:(g + 1) * cg, blk.start + q0:]
-                    taps = as_strided(src, (cg, blk.ni, blk.nj, n),
+                    src = planes[blk.plane, g * cg:(g + 1) * cg, blk.start + y0 * wq:]
+                    taps = as_strided(src, (cg, blk.ni, blk.nj, nrows, wo),
                                       (src.strides[0], blk.step_i * item, blk.step_j * item,
-                                       item), writeable=False)
+                                       wq * item, item), writeable=False)
                     size = cg * blk.ni * blk.nj
-                    patches[k:k + size].reshape(cg, blk.ni, blk.nj, n)[...] = taps
+                    patches[k:k + size].reshape(cg, blk.ni, blk.nj, nrows, wo)[...] = taps
                     k += size
                 patches[K] = 1.0  # times the bias column of wb
-            rows = slice(g * fg, (g + 1) * fg)
-            np.matmul(wb[g], patches, out=flat_out[rows, q0:q0 + n] if into_out else res[rows, :n])
-        if into_out:
-            done = flat_out[:, q0:q0 + n]
-            if view:
-                done += b[:, None]
-            _activate(done, act)
-        else:
-            _store(res.reshape(F, nrows, wq)[:, :, :wo], out[:, y0:y0 + nrows], act)
+            np.matmul(wb[g], patches, out=flat_out[g * fg:(g + 1) * fg, y0 * wo:y0 * wo + n])
+        done = flat_out[:, y0 * wo:y0 * wo + n]
+        if view:
+            done += b[:, None]
+        _activate(done, act)
 
     for_each_band(count, threads, band)
-
-
-def _store(src: np.ndarray, dst: np.ndarray, act: int) -> None:
-    """dst = act(src) in one pass."""
-    if act == RELU:
-        np.maximum(src, np.float32(0.0), out=dst)
-    elif act == ABS:
-        np.abs(src, out=dst)
-    else:
-        np.copyto(dst, src)
 
 
 # --- Winograd F(4x4, 3x3) ------------------------------------------------------------------
