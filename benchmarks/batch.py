@@ -7,7 +7,8 @@ seconds, medians of --repeat runs:
      convcli apply DIR --bank edge --no-stack  vs  a Python loop: imageio.imread, cv2.cvtColor,
      cv2.filter2D per filter (same kernels, same border, ReLU, min-max to 8 bits), cv2.imwrite
   B. one Sobel filter:
-     convcli apply DIR -f sobel_x --no-stack  vs  mogrify -colorspace gray -morphology Convolve Sobel
+     convcli apply DIR -f sobel_x --no-stack
+       vs  mogrify -colorspace gray -morphology Convolve Sobel
 
 Before that it shows where convcli's time goes for one image, and what each PNG encoder setting
 costs, so the default is chosen on numbers. A peer that is not installed is skipped with a note.
@@ -248,7 +249,8 @@ def main() -> None:
             if t is not None:
                 print(f"   {name:14s} {t:7.2f} s  {len(photos) / t:6.1f} images/s")
         print("\n4. Ratios (peer time / convcli time; > 1 means convcli is faster)")
-        for peer, mine, goal in (("loop edge", "convcli edge", 1.5), ("mogrify sobel", "convcli sobel", 3.0)):
+        for peer, mine, goal in (("loop edge", "convcli edge", 1.5),
+                                 ("mogrify sobel", "convcli sobel", 3.0)):
             if results.get(peer) and results.get(mine):
                 ratio = results[peer] / results[mine]
                 print(f"   {peer} / {mine}: {ratio:5.2f}x  (goal {goal}x: "

@@ -25,7 +25,7 @@ def main() -> None:
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise SystemExit("Dask is not installed: pip install -e '.[dask]'")
+        raise SystemExit("Dask is not installed: pip install -e '.[dask]'") from None
     work = Path(tempfile.mkdtemp(prefix="convcli-cluster-"))
     try:
         make_photos(work / "photos", args.images)

@@ -49,7 +49,7 @@ def main() -> None:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise SystemExit("scikit-learn is not installed: pip install -e '.[bench]'")
+        raise SystemExit("scikit-learn is not installed: pip install -e '.[bench]'") from None
     from convcli import learn
 
     digits = load_digits()

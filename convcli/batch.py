@@ -49,7 +49,7 @@ def plan_engine(sources: list[Source], bank: KernelBank, method: str = "auto") -
     size = (512, 512)  # a guess when the first input cannot be measured
     for source in sources[:1]:
         try:
-            size = images.image_size(source.data if source.data is not None else source.path)
+            size = images.image_size(source.content())
         except Exception:  # the input's own error is reported when it is processed
             pass
     return engine.plan(pipeline.work_per_image(bank, *size) * len(sources))
@@ -123,6 +123,8 @@ class _InProcess:
     processed (its outputs are then absent), unless its files were already moved into
     place: then it is yielded after the interrupt."""
 
+    method = "auto"  # set by apply()
+
     def __init__(self, sources, bank, options, fail_fast):
         self.todo = list(reversed(sources))
         self.bank, self.options, self.fail_fast = bank, options, fail_fast
@@ -166,6 +168,8 @@ class _Pool:
     terminal and service managers signal the whole process group; this parent decides),
     abandon their input on SIGUSR1 (abort), and get SIGUSR1 from the kernel when this
     process dies, so none outlives it. A worker that dies costs its inputs one retry."""
+
+    method = "auto"  # set by apply()
 
     def __init__(self, sources, bank, options, workers, fail_fast):
         import multiprocessing

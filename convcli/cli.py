@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -23,14 +23,14 @@ from .errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_T
 class _Group(TyperGroup):
     """The one exit point: library errors become a message on stderr and an exit code."""
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
         """Run; the command-line framework's own usage errors (unknown option, missing
         value) become one ``convcli: error:`` line with a hint and exit 2, like ours."""
         from typer import exceptions as typer_errors
         from typer._click import exceptions as click_errors
 
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[misc]
         except click_errors.NoArgsIsHelpError as e:  # a bare group: its help
             e.show()
             code = e.exit_code
@@ -56,13 +56,13 @@ class _Group(TyperGroup):
             lines[-1] = _with_flags(lines[-1], e.settings)
             for line in lines:
                 _say(f"convcli: error: {line}")
-            raise typer.Exit(e.exit_code)
+            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             _say("convcli: interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except BrokenPipeError:
             _quiet_broken_pipe()
-            raise typer.Exit(EXIT_OK)
+            raise typer.Exit(EXIT_OK) from None
 
 
 app = typer.Typer(
@@ -160,7 +160,8 @@ Examples:
 def apply(
     inputs: Optional[List[str]] = typer.Argument(
         None, metavar="INPUT...",
-        help="Image files, folders, quoted globs ('photos/**/*.jpg'); - reads one image from stdin."),
+        help="Image files, folders, quoted globs ('photos/**/*.jpg'); - reads one image "
+             "from stdin."),
     output: str = typer.Option(..., "--output", "-o", metavar="FOLDER|-",
                                help="Output folder, or - to write one result to stdout."),
     bank: str = typer.Option("edge", "--bank", "-b", metavar="NAME|FILE",
@@ -169,10 +170,12 @@ def apply(
     filters: Optional[List[str]] = typer.Option(None, "--filter", "-f", metavar="NAME",
                                                 help="Only this filter (repeat for more).",
                                                 autocompletion=_complete_filter),
-    stride: Optional[str] = typer.Option(None, metavar="N|Y,X", help="Override every filter's stride."),
+    stride: Optional[str] = typer.Option(None, metavar="N|Y,X",
+                                         help="Override every filter's stride."),
     padding: Optional[str] = typer.Option(None, metavar="PAD",
                                           help="Override: same, valid, N, Y,X or T,B,L,R."),
-    dilation: Optional[str] = typer.Option(None, metavar="N|Y,X", help="Override every filter's dilation."),
+    dilation: Optional[str] = typer.Option(None, metavar="N|Y,X",
+                                           help="Override every filter's dilation."),
     border: Optional[str] = typer.Option(None, metavar="zero|reflect|replicate|wrap",
                                          help="Override how pixels beyond the border are read."),
     activation: Optional[str] = typer.Option(None, metavar="relu|none|abs",
@@ -646,7 +649,8 @@ def bank_import(
     output: str = typer.Option(..., "--output", "-o", metavar="FILE",
                                help="The bank file to write (.yaml), or - for stdout."),
     node: Optional[str] = typer.Option(None, "--node", metavar="NAME",
-                                       help="ONNX: the Conv node's name [default: the first Conv]."),
+                                       help="ONNX: the Conv node's name "
+                                            "[default: the first Conv]."),
     name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
                                        help="Bank name [default: the output file's stem]."),
     quiet: bool = _quiet_option(), verbose: bool = _verbose_option(),
@@ -715,7 +719,8 @@ def learn(
                                help="kmeans (Coates et al. 2011) or pca."),
     seed: int = typer.Option(0, "--seed", metavar="N",
                              help="Random seed: the same seed gives the same bank."),
-    count: int = typer.Option(20000, "--patches", metavar="N", help="Random patches to learn from."),
+    count: int = typer.Option(20000, "--patches", metavar="N",
+                              help="Random patches to learn from."),
     name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
                                        help="Bank name [default: the output file's stem]."),
     quiet: bool = _quiet_option(), verbose: bool = _verbose_option(),
@@ -760,7 +765,8 @@ def cache_info(json_out: bool = _json_option("Where and what"),
         return
     _emit([f"folder: {jitcache.cache_dir()}",
            f"files: {len(files)} ({size / 2**20:.1f} MiB)",
-           f"compiled kernels: {', '.join(kernels) if kernels else 'none (run convcli cache warm)'}"])
+           "compiled kernels: "
+           + (", ".join(kernels) if kernels else "none (run convcli cache warm)")])
 
 
 @cache_app.command("warm")

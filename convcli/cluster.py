@@ -22,16 +22,20 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .bank import KernelBank
 from .errors import ConvcliError, OutputError, UsageError
 from .inputs import Source
 from .pipeline import Options, Result
 
-try:
+if TYPE_CHECKING:
     from distributed import WorkerPlugin
-except ImportError:  # connect() says how to install Dask
-    WorkerPlugin = object
+else:
+    try:
+        from distributed import WorkerPlugin
+    except ImportError:  # connect() says how to install Dask
+        WorkerPlugin = object
 
 
 def connect(address: str, path: str = "auto", verbose: bool = False):
@@ -195,6 +199,8 @@ class _Stream:
     finish their current input and report it, and drops the rest: keep iterating to
     collect what finishes. ``close()`` cancels whatever is left at once."""
 
+    method = "auto"  # set by batch.apply
+
     def __init__(self, client, sources, bank, options, fail_fast, path, local):
         from distributed import as_completed
 
@@ -205,7 +211,7 @@ class _Stream:
                    for s in sources]
         self.options = replace(options, out=self.out)
         self.bank, self.stop_event = bank, f"convcli-stop-{uuid.uuid4().hex}"
-        self.plugin = f"convcli-setup-{uuid.uuid4().hex}"
+        self.plugin: str | None = f"convcli-setup-{uuid.uuid4().hex}"
         try:
             client.register_plugin(_WorkerSetup(self.out, path, local), name=self.plugin)
         except OSError as e:

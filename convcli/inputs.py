@@ -36,6 +36,14 @@ class Source:
     data: bytes | None = None
     problem: str | None = None  # known to fail before reading (e.g. a glob matching nothing)
 
+    def content(self) -> Path | bytes:
+        """What to read: the bytes given, or the file."""
+        if self.data is not None:
+            return self.data
+        if self.path is None:
+            raise ValueError(f"{self.label}: a source with neither a path nor bytes")
+        return self.path
+
     @classmethod
     def from_path(cls, path: str | Path) -> "Source":
         return cls(label=str(path), path=Path(path))
@@ -109,7 +117,8 @@ def expand(args: Iterable[str], *, files_from: str | None = None, null_separated
         elif not os.path.lexists(arg) and _is_pattern(arg):
             matches = _glob(arg)
             if not matches:
-                found.append((Source(label=arg, problem=f"{arg}: no files match this pattern"), None))
+                found.append((Source(label=arg, problem=f"{arg}: no files match this pattern"),
+                              None))
             for m in matches:
                 if Path(m).is_dir():
                     scan(Path(m))

@@ -25,6 +25,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -195,7 +196,7 @@ def _recorded_key(path: Path) -> str | None:
 
 def _png_text(path: Path) -> dict[str, str]:
     """tEXt chunks before the image data of a PNG that convcli wrote (read from its head)."""
-    out = {}
+    out: dict[str, str] = {}
     with open(path, "rb") as fh:
         if fh.read(8) != b"\x89PNG\r\n\x1a\n":
             return out
@@ -401,7 +402,7 @@ def process(source: Source, bank: KernelBank, options: Options,
                 return result
         if source.problem is not None:
             raise InputError(source.problem)
-        image = images.read_image(source.data if source.data is not None else source.path,
+        image = images.read_image(source.content(),
                                   label=label, max_pixels=options.max_pixels)
         result.notes.extend(image.notes)
         shapes = [map_shape(f, image.pixels.shape, bank.input) for f in bank.filters]
@@ -431,7 +432,8 @@ def process(source: Source, bank: KernelBank, options: Options,
         result.settings, result.outputs = e.settings, []
     except MemoryError:
         result.status, result.exit_code = "error", EXIT_ERROR
-        result.error = f"{label}: not enough memory; lower the memory budget or give a smaller image"
+        result.error = (f"{label}: not enough memory; lower the memory budget or give a "
+                        "smaller image")
         result.settings = ("max_memory",)
     except (ValueError, ArithmeticError, OSError, RuntimeError, TypeError, IndexError) as e:
         # A fault of ours or of a library on strange data: one line, the input named.
@@ -498,7 +500,7 @@ def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
     """Every output file of one input, in order, as (file name, chunks of bytes). Maps are
     computed one filter group at a time, so memory stays within Options.max_memory. With
     ``thumbnails``, a small picture of each map is kept there too (for contact sheets)."""
-    about = {"convcli": __version__, "input": source.label, "bank": bank.name,
+    about: dict[str, Any] = {"convcli": __version__, "input": source.label, "bank": bank.name,
              "settings": settings_key(bank, options)}
     names = [f.name for f in bank.filters]
 

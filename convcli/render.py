@@ -72,7 +72,7 @@ def to_pixels(data: np.ndarray, policy: str, bits: int = 8,
             scaled = np.nan_to_num(scaled, nan=0.0, posinf=top, neginf=0.0)
             flat_out[start:start + _BLOCK] = np.clip(np.rint(scaled), 0, top)
     if pix.ndim == 3:
-        pix = pix[0] if pix.shape[0] == 1 else np.moveaxis(pix, 0, 2)
+        pix = pix[0] if pix.shape[0] == 1 else np.moveaxis(pix, 0, 2)  # type: ignore[misc]
     return Rendered(np.ascontiguousarray(pix), lo, hi)
 
 

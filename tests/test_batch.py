@@ -1,6 +1,5 @@
 """Batches: every input form, the output layout, resume, failures, reports, interruption."""
 
-import io
 import json
 import os
 import re
@@ -69,7 +68,8 @@ def test_glob_expanded_by_convcli(tmp_path, photos):
                                     "trip/deep/d/sobel_x.png"]
     r = run("apply", f"{photos}/*.jpg", "-o", tmp_path / "none")
     assert r.exit_code == 1
-    assert r.stderr.splitlines()[0] == f"convcli: error: {photos}/*.jpg: no files match this pattern"
+    assert r.stderr.splitlines()[0] == \
+        f"convcli: error: {photos}/*.jpg: no files match this pattern"
 
 
 @pytest.mark.parametrize("sep, flag", [("\n", []), ("\0", ["-0"])])
@@ -155,7 +155,8 @@ def test_json_report_fields(tmp_path, photos):
     ok, bad = [json.loads(line) for line in r.stdout.splitlines()]
     assert set(ok) == {"input", "status", "outputs", "shape", "seconds", "error", "warnings"}
     assert ok["status"] == "ok" and ok["shape"] == [2, 32, 40] and ok["error"] is None
-    assert ok["outputs"] == [str(tmp_path / "o" / "a" / n) for n in ("sobel_x.png", "sobel_y.png", "stack.png")]
+    assert ok["outputs"] == [str(tmp_path / "o" / "a" / n)
+                             for n in ("sobel_x.png", "sobel_y.png", "stack.png")]
     assert bad["status"] == "error" and bad["outputs"] == [] and bad["shape"] is None
     assert bad["error"] == f"{photos / 'missing.png'}: cannot open: No such file or directory"
 
@@ -224,7 +225,8 @@ def test_usage_errors_for_batch_options(tmp_path, photos):
         "convcli: error: stdin can feed only one of: an image (-) or the list of inputs "
         "(see --files-from)\n")
     r = run("apply", photos, "-o", tmp_path, "--stack-by", "input")
-    assert r.exit_code == 2 and r.stderr == "convcli: error: --stack-by takes 'filter', got 'input'\n"
+    assert r.exit_code == 2
+    assert r.stderr == "convcli: error: --stack-by takes 'filter', got 'input'\n"
 
 
 def test_output_naming_rules():
@@ -309,7 +311,8 @@ def test_a_killed_worker_costs_only_a_retry(tmp_path, many):
     records = [json.loads(l) for l in stdout.splitlines()]
     assert sorted(Path(r["input"]).name for r in records) == sorted(p.name for p in many.iterdir())
     assert all(r["status"] == "ok" for r in records)
-    only_complete_visible = [p for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    only_complete_visible = [p for p in out.rglob("*")
+                             if p.is_file() and not p.name.startswith(".")]
     assert len(only_complete_visible) == 24 * 17
     for p in only_complete_visible:
         with Image.open(p) as im:
@@ -318,7 +321,8 @@ def test_a_killed_worker_costs_only_a_retry(tmp_path, many):
 
 def test_json_into_head_ends_quietly(tmp_path, many):
     p = subprocess.run(" ".join(convcli("apply", many, "-f", "sobel_x", "-o", tmp_path / "o",
-                                        "--json", "-j", "1")) + " | head -n 1; exit ${PIPESTATUS[0]}",
+                                        "--json", "-j", "1"))
+                       + " | head -n 1; exit ${PIPESTATUS[0]}",
                        shell=True, executable="/bin/bash", capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0

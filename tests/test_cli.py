@@ -164,7 +164,8 @@ def test_rgb_bank_and_gray_image(tmp_path, samples):
 def test_stdout_gives_the_single_map_or_the_stack(photo):
     single = run("apply", photo, "-f", "sobel_x", "-o", "-")
     assert single.exit_code == 0 and single.stderr == ""
-    assert json.loads(Image.open(io.BytesIO(single.stdout_bytes)).text["convcli"])["filter"] == "sobel_x"
+    meta = json.loads(Image.open(io.BytesIO(single.stdout_bytes)).text["convcli"])
+    assert meta["filter"] == "sobel_x"
     both = run("apply", photo, "-f", "sobel_x", "-f", "sobel_y", "-o", "-")
     assert len(json.loads(Image.open(io.BytesIO(both.stdout_bytes)).text["convcli"])["tiles"]) == 2
 
@@ -212,7 +213,8 @@ def test_multi_frame_warning_and_quiet(tmp_path):
     (["--stride", "0"], 2, "convcli: error: --stride: stride must be a whole number >= 1 or a "
                           "pair [y, x], got 0"),
     (["--padding", "full"], 2, "convcli: error: --padding: padding must be same, valid, a whole "
-                              "number >= 0, a pair [y, x] or [top, bottom, left, right], got 'full'"),
+                              "number >= 0, a pair [y, x] or [top, bottom, left, right], "
+                              "got 'full'"),
     (["--border", "mirror"], 2, "convcli: error: --border: border must be one of zero, reflect, "
                                "replicate, wrap; got 'mirror'"),
     (["--scale", "log"], 2, "convcli: error: --scale: scale must be one of auto, global, clip, "
@@ -276,7 +278,8 @@ def test_bank_check(tmp_path):
     r = run("bank", "check", good, bad)
     assert r.exit_code == 1
     assert r.stderr.splitlines()[1] == (f"convcli: error: {bad}:3: filter 'k': field 'stride': "
-                                        "stride must be a whole number >= 1 or a pair [y, x], got -1")
+                                        "stride must be a whole number >= 1 or a pair [y, x], "
+                                        "got -1")
 
 
 def test_banks_lists_builtins_and_filters():

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from convcli import bank, images, pipeline
+from convcli import bank, pipeline
 from convcli.cli import app
 
 runner = CliRunner()
@@ -38,7 +38,8 @@ def complete_files(folder: Path) -> list[str]:
 
 def png_declaring(width: int, height: int) -> bytes:
     def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
             + chunk(b"IEND", b""))
@@ -64,7 +65,8 @@ def test_one_pixel_image_works(tmp_path):
 
 def test_image_smaller_than_the_kernel_with_valid_padding(tmp_path):
     Image.new("L", (4, 4), 200).save(tmp_path / "small.png")
-    r = run("apply", tmp_path / "small.png", "-f", "log_2", "--padding", "valid", "-o", tmp_path / "o")
+    r = run("apply", tmp_path / "small.png", "-f", "log_2", "--padding", "valid",
+            "-o", tmp_path / "o")
     assert r.exit_code == 1
     assert r.stderr.splitlines()[0] == (
         f"convcli: error: {tmp_path / 'small.png'}: the image (4x4) is smaller than the "
@@ -275,10 +277,12 @@ def _catalogue(folder: Path) -> dict[str, tuple[Path, int, str]]:
     frames = [rgb.convert("P"), rgb.rotate(90).convert("P")]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
-    save("anim.gif", buf.getvalue(), 0, "convcli: warning: {path}: has 2 frames; only the first is used")
+    save("anim.gif", buf.getvalue(), 0,
+         "convcli: warning: {path}: has 2 frames; only the first is used")
     buf = io.BytesIO()
     rgb.save(buf, "TIFF", save_all=True, append_images=[rgb.rotate(90)])
-    save("pages.tif", buf.getvalue(), 0, "convcli: warning: {path}: has 2 frames; only the first is used")
+    save("pages.tif", buf.getvalue(), 0,
+         "convcli: warning: {path}: has 2 frames; only the first is used")
     (folder / "folder.png").mkdir()
     made["folder.png"] = (folder / "folder.png", 2, "convcli: error: no images to process")
     return made
@@ -302,4 +306,5 @@ def test_bad_input_catalogue(tmp_path, case):
     assert "Traceback" not in r.stderr
     if (tmp_path / "out").exists():
         files = complete_files(tmp_path / "out")
-        assert files == ([] if code else [f"{path.stem}/{n}" for n in ("log_2.png", "sobel_x.png", "stack.png")])
+        assert files == ([] if code else [f"{path.stem}/{n}"
+                                          for n in ("log_2.png", "sobel_x.png", "stack.png")])

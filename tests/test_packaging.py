@@ -45,8 +45,8 @@ def test_installed_package_finds_its_banks_and_keeps_its_folder_clean(wheel, tmp
     assert names.split() == bank.builtin_names()
     sample = ROOT / "samples" / "camera.png"
     p = subprocess.run([sys.executable, "-m", "convcli", "apply", str(sample), "-f", "sobel_x",
-                        "--engine", "jit", "-o", str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=300)
+                        "--engine", "jit", "-o", str(tmp_path / "out")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "out" / "camera" / "sobel_x.png").is_file()
     assert sorted(target.rglob("*")) == before  # (root ignores the read-only bits, so check)

@@ -99,7 +99,7 @@ def test_exit_codes_match_the_code_and_the_help():
                                        errors.EXIT_PARTIAL, errors.EXIT_INTERRUPTED,
                                        errors.EXIT_TERMINATED}
     helped = " ".join(CliRunner().invoke(app, ["--help"]).stdout.split())
-    for code, meaning in table.items():
+    for code in table:
         assert f"{code} " in helped, code
     assert "usage" in table["2"] and "some inputs failed" in table["3"]
     assert "Ctrl-C" in table["130"] and "SIGTERM" in table["143"]

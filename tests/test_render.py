@@ -68,7 +68,8 @@ def test_stack_places_every_tile_under_its_label(colour):
     rng = np.random.default_rng(1)
     shape = (20, 30, 3) if colour else (20, 30)
     tiles = [(f"map_{i}", rng.integers(1, 256, shape, dtype=np.uint8)) for i in range(5)]
-    tiles.append(("small", rng.integers(1, 256, (10, 12, 3) if colour else (10, 12), dtype=np.uint8)))
+    shape = (10, 12, 3) if colour else (10, 12)
+    tiles.append(("small", rng.integers(1, 256, shape, dtype=np.uint8)))
     canvas, boxes = render.stack(tiles)
     assert canvas.ndim == (3 if colour else 2)
     assert [b["name"] for b in boxes] == [n for n, _ in tiles]
