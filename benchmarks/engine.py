@@ -326,11 +326,12 @@ def default_check() -> None:
         print(f"library default check failed: {out.stderr.strip().splitlines()[-1]}")
         return
     switched, total, tail, jit, lean = out.stdout.split()
+    tail, jit, lean = float(tail), float(jit), float(lean)
     print("library default: a fresh process calling conv2d(x, 8 x 3x3, 512x512) 400 times")
     print(f"   auto moved to numba at call {switched}; 400 calls took {float(total):.2f} s")
-    print(f"   last 30 calls, median {float(tail) * 1000:.2f} ms; jit {float(jit) * 1000:.2f} ms, "
-          f"numpy {float(lean) * 1000:.2f} ms: auto at {float(tail) / min(float(jit), float(lean)):.2f}x "
-          "the best (goal: within 1.10x)")
+    print(f"   last 30 calls, median {tail * 1000:.2f} ms; jit {jit * 1000:.2f} ms, numpy "
+          f"{lean * 1000:.2f} ms: auto at {tail / min(jit, lean):.2f}x the best (goal: within "
+          "1.10x)")
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -379,8 +380,8 @@ def main() -> None:
             for name, t in times.items():
                 gf = gflop(w, ref.shape) / t
                 ratio = "" if name == "convcli" or base is None else f"  {t / base:6.2f}x"
-                print(f"   {name:16s} {t * 1000:9.2f} ms  {gf:7.2f} GFLOP/s ({100 * gf / peak:4.0f}%"
-                      f" of peak){ratio}")
+                print(f"   {name:16s} {t * 1000:9.2f} ms  {gf:7.2f} GFLOP/s "
+                      f"({100 * gf / peak:4.0f}% of peak){ratio}")
                 if base is not None:
                     ratios[(w.name, name, threads)] = t / base
             for note in notes:

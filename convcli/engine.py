@@ -160,13 +160,15 @@ def prepare(config: EngineConfig | None = None) -> None:
     b, out = np.zeros(1, np.float32), np.zeros((1, 1, 1, 1), np.float32)
     dense = _dense_plan(w, source, 1, 1, 1, True, 1)
     sep = _separable_plan(_separable_terms(w), source, 1, 1, 1, 1)
-    z = np.zeros
+    z, relu = np.zeros, activation.RELU
     jit.prepare({
-        jit.correlate: (source.src, 5, 1, *dense, b, 1, out),
-        jit.correlate_separable: (source.src, 5, 1, *sep, b, 1, 1, out),
+        jit.correlate: (source.src, 5, 1, *dense, b, relu, out),
+        jit.correlate_separable: (source.src, 5, 1, *sep, b, relu, 1, out),
         jit.winograd_input: (z((1, 6, 6), np.float32), 0, 1, z((36, 1, 1), np.float32)),
-        jit.winograd_output: (z((36, 1, 1), np.float32), b, 1, 0, 1, 1,
+        jit.winograd_output: (z((36, 1, 1), np.float32), b, relu, 0, 1, 1,
                               z((1, 4, 4), np.float32)),
+        jit.im2col: (z((1, 1, 4), np.float32), *[z(1, np.int64)] * 3, 0, 0, 1, 1, 1,
+                     z((2, 1), np.float32)),
     })
 
 
@@ -300,7 +302,8 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
 
         plan_ = _memo(("gemm", key, s, d, xp.shape[1:]),
                       lambda: gemm.gemm_plan(w, groups, s, d, xp.shape[1:]))
-        gemm.run_gemm(xp, plan_, b, act, out[0], threads)
+        with _executor(cfg, float(F * Cw * KH * KW * ho * wo)) as jit:
+            gemm.run_gemm(xp, plan_, b, act, out[0], threads, jit)
         return out
     if algorithm == "winograd":
         from . import gemm, winograd

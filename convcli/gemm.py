@@ -171,6 +171,7 @@ class GemmPlan:
     width: int  # plane width: output position q = y * width + x
     height: int  # plane rows
     phases: tuple[int, int]  # (sy, sx): planes are phase (py, px) = py * sx + px
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray]  # per patch row: plane, channel, offset
 
 
 def gemm_plan(w: np.ndarray, groups: int, stride, dilation, padded_hw) -> GemmPlan:
@@ -192,7 +193,14 @@ def gemm_plan(w: np.ndarray, groups: int, stride, dilation, padded_hw) -> GemmPl
                                  oj[1] - oj[0] if len(cols) > 1 else 0))
             columns.append(w[:, :, rows][:, :, :, cols].reshape(F, -1))
     wm = np.concatenate(columns, axis=1).reshape(groups, F // groups, -1)
-    return GemmPlan(tuple(blocks), np.ascontiguousarray(wm), wq, hq, (sy, sx))
+    plane, chan, off = [], [], []
+    for blk in blocks:  # the patch rows in the order of wm's columns
+        c, i, j = np.indices((Cg, blk.ni, blk.nj)).reshape(3, -1)
+        plane.append(np.full(c.size, blk.plane))
+        chan.append(c)
+        off.append(blk.start + i * blk.step_i + j * blk.step_j)
+    rows = tuple(np.concatenate(a).astype(np.int64) for a in (plane, chan, off))
+    return GemmPlan(tuple(blocks), np.ascontiguousarray(wm), wq, hq, (sy, sx), rows)
 
 
 def polyphase(xp: np.ndarray, phases: tuple[int, int]) -> np.ndarray:
@@ -212,11 +220,12 @@ def polyphase(xp: np.ndarray, phases: tuple[int, int]) -> np.ndarray:
 
 
 def run_gemm(xp: np.ndarray, plan: GemmPlan, b: np.ndarray, act: int, out: np.ndarray,
-             threads: int) -> None:
+             threads: int, jit) -> None:
     """out (F, H', W') = act(bias + filters x patches), band by band of output rows. A
     band's patches hold its output pixels only, so the product lands in the output as it
     is; the bias rides in the product (a row of ones under the patches), and the activation
-    runs on the band while it is still in cache."""
+    runs on the band while it is still in cache. ``jit``: the convcli.jit module (patches
+    copied by numba, about 3x faster) or None (NumPy's strided copies); same values."""
     from numpy.lib.stride_tricks import as_strided
 
     planes = polyphase(xp, plan.phases)
@@ -241,6 +250,9 @@ def run_gemm(xp: np.ndarray, plan: GemmPlan, b: np.ndarray, act: int, out: np.nd
                 blk = plan.blocks[0]
                 q0 = blk.start + y0 * wq
                 patches = planes[blk.plane, g * cg:(g + 1) * cg, q0:q0 + n]
+            elif jit is not None:
+                patches = _buffer(scratch, "col", (K + 1) * n).reshape(K + 1, n)
+                jit.call(jit.im2col, planes, *plan.rows, g * cg, y0, wq, nrows, wo, patches)
             else:
                 patches = _buffer(scratch, "col", (K + 1) * n).reshape(K + 1, n)
                 k = 0

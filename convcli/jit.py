@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from .activation import ABS, RELU
+from .activation import ABS, NONE, RELU
 from .jitcache import drop_kernel_files, usable_cache_dir
 
 _CACHE_DIR, CACHE_STATUS = usable_cache_dir()
@@ -162,7 +162,7 @@ def _apply_taps(dst, src, rows, cols, ws, start, stop, shift, fresh, base, act):
     """
     n = dst.shape[0]
     if stop == start:
-        if fresh or act != 0:
+        if fresh or act != NONE:
             for k in range(n):
                 _finish(dst, k, _ZERO, base, fresh, act)
         return
@@ -179,7 +179,7 @@ def _apply_taps(dst, src, rows, cols, ws, start, stop, shift, fresh, base, act):
         w0, w1, w2, w3 = ws[t], ws[t + 1], ws[t + 2], ws[t + 3]
         w4, w5, w6, w7 = ws[t + 4], ws[t + 5], ws[t + 6], ws[t + 7]
         first, last = fresh and t == start, t + 8 == stop
-        a = act if last else 0
+        a = act if last else NONE
         for k in range(n):
             _finish(dst, k, (w0 * a0[k] + w1 * a1[k] + w2 * a2[k] + w3 * a3[k]
                              + w4 * a4[k] + w5 * a5[k] + w6 * a6[k] + w7 * a7[k]),
@@ -192,7 +192,7 @@ def _apply_taps(dst, src, rows, cols, ws, start, stop, shift, fresh, base, act):
         a3 = src[rows[t + 3] + shift, cols[t + 3]:cols[t + 3] + n]
         w0, w1, w2, w3 = ws[t], ws[t + 1], ws[t + 2], ws[t + 3]
         first, last = fresh and t == start, t + 4 == stop
-        a = act if last else 0
+        a = act if last else NONE
         for k in range(n):
             _finish(dst, k, w0 * a0[k] + w1 * a1[k] + w2 * a2[k] + w3 * a3[k], base, first, a)
         t += 4
@@ -200,7 +200,7 @@ def _apply_taps(dst, src, rows, cols, ws, start, stop, shift, fresh, base, act):
         a0 = src[rows[t] + shift, cols[t]:cols[t] + n]
         w0 = ws[t]
         first, last = fresh and t == start, t + 1 == stop
-        a = act if last else 0
+        a = act if last else NONE
         for k in range(n):
             _finish(dst, k, w0 * a0[k], base, first, a)
         t += 1
@@ -208,7 +208,7 @@ def _apply_taps(dst, src, rows, cols, ws, start, stop, shift, fresh, base, act):
 
 @_inline
 def _activate(row, act):
-    if act != 0:
+    if act != NONE:
         for k in range(row.shape[0]):
             row[k] = _act(row[k], act)
 
@@ -255,9 +255,9 @@ def correlate_separable(src, group_rows, sy, term_ptr, vptr, vrows, vcols, vws, 
             for k in range(term_ptr[f], term_ptr[f + 1]):
                 for p in range(phases):
                     lo, hi = vptr[k * phases + p], vptr[k * phases + p + 1]
-                    _apply_taps(tmp[p], src, vrows, vcols, vws, lo, hi, shift, True, _ZERO, 0)
+                    _apply_taps(tmp[p], src, vrows, vcols, vws, lo, hi, shift, True, _ZERO, NONE)
                 _apply_taps(row, tmp, hphase, hcols, hws, hptr[k], hptr[k + 1], 0, False, _ZERO,
-                            0)
+                            NONE)
             _activate(row, act)
 
 
@@ -331,7 +331,26 @@ def winograd_output(m, bias, act, r0, nr, tw, out):
                     row[k] = _act(qi[k] + bf, act)
 
 
-KERNELS = (correlate, correlate_separable, winograd_input, winograd_output)
+@_kernel()
+def im2col(planes, plane, chan, off, first, y0, wq, nrows, wo, patches):
+    """Patch rows of one band for convcli.gemm: row k of ``patches`` (K+1, nrows*wo) holds,
+    for output rows y0..y0+nrows, planes[plane[k], first + chan[k]] from flat position
+    off[k] + y*wq, wo values per output row; the last row is ones (for the bias). The same
+    values as the strided copy convcli.gemm makes with NumPy. Serial: bands run in
+    parallel."""
+    K = plane.shape[0]
+    for k in range(K):
+        src = planes[plane[k], first + chan[k]]
+        dst = patches[k]
+        for r in range(nrows):
+            s = off[k] + (y0 + r) * wq
+            seg, row = src[s:s + wo], dst[r * wo:(r + 1) * wo]
+            for t in range(wo):
+                row[t] = seg[t]
+    patches[K, :] = 1.0
+
+
+KERNELS = (correlate, correlate_separable, winograd_input, winograd_output, im2col)
 
 
 def call(kernel, *args, threads: int | None = None) -> None:
