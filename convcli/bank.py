@@ -12,6 +12,7 @@ import difflib
 import inspect
 import math
 import re
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,17 +28,21 @@ MAX_KERNEL_CHANNELS = 64
 MAX_FILTERS = 4096
 MAX_WEIGHTS = 1 << 22  # numbers in one filter's weights
 MAX_NODES = 1 << 23  # values in a whole document, counting every alias expansion
-# The YAML reader (ruamel.yaml, pure Python) costs about 0.1 ms and 1 kB per list entry or
+# The YAML reader (ruamel.yaml, pure Python) costs 0.1-0.3 ms and 1 kB per list entry or
 # key (measured: 100,000 numbers in 13 s and 150 MB on a slow 2-core VM), so a file's size
-# is bounded *before* it is parsed, by counts that take milliseconds. The largest first
-# layers of well-known networks (AlexNet 23,232 weights, ResNet 9,408) are far inside.
-MAX_BANK_BYTES = 4 << 20  # 4 MiB
-MAX_BANK_LINES = 1 << 19  # 524,288 lines (a blank or comment line costs ~2-12 us)
-MAX_BANK_ITEMS = 1 << 18  # 262,144 list entries, keys and aliases written in the file
-# Weights a bank written by convcli (learn, import) may hold: dump() writes at most two
-# items per weight (a row of one: "- [w]") and about a dozen per filter, so such a bank
-# of at most MAX_FILTERS filters always stays under MAX_BANK_ITEMS.
-MAX_DUMP_WEIGHTS = 100_000
+# is bounded *before* it is parsed, by counts that take milliseconds. One-line rows of plain
+# numbers, most of a bank, are read without it (see _fast_rows): AlexNet's first layer
+# (64 x 3 x 11 x 11, 23,232 weights) loads in about half a second there, not eight.
+# Worst cases measured on that VM: a 2 MiB string ~2 s, 131,072 comment lines ~2 s,
+# 32,768 list entries of words (a 65 kB file) ~3-5 s.
+MAX_BANK_BYTES = 2 << 20  # 2 MiB (a long string costs the reader ~1 us a character)
+MAX_BANK_LINES = 1 << 17  # 131,072 lines (a blank or comment line costs ~2-15 us)
+MAX_BANK_ITEMS = 1 << 15  # 32,768 list entries, keys and aliases left for the YAML reader
+MAX_NESTING = 100  # levels of flow lists and mappings
+# Weights a bank written by convcli (learn, import) may hold: about 13 bytes each in the
+# text, so with rows and names such a bank stays well under MAX_BANK_BYTES; see
+# check_written_size for the items.
+MAX_DUMP_WEIGHTS = 1 << 16
 MAX_PROVENANCE_VALUES = 1 << 16  # free-form notes, kept in memory with the bank
 MAX_NAME_CHARS = 200  # a bank's or filter's name: it labels tiles and names files
 MAX_TEXT_CHARS = 4096  # a description or source
@@ -230,14 +235,17 @@ def load(ref: str) -> KernelBank:
 
 # --- parsing ------------------------------------------------------------------------------
 
-def parse(text: str, source: str = "<bank>") -> KernelBank:
-    """Parse bank YAML text; ``source`` names the file in error messages."""
-    return _Parser(source).parse(text)
+def parse(text: str, source: str = "<bank>", *, fast_rows: bool = True) -> KernelBank:
+    """Parse bank YAML text; ``source`` names the file in error messages. ``fast_rows``
+    reads one-line rows of plain numbers without the YAML reader (see _fast_rows); the
+    result is the same either way."""
+    return _Parser(source, fast_rows).parse(text)
 
 
 class _Parser:
-    def __init__(self, source: str):
+    def __init__(self, source: str, fast_rows: bool = True):
         self.source = source
+        self.fast_rows = fast_rows
         self.problems: list[Problem] = []
         self.sizes: dict[int, int] = {}  # expanded size of each node (see _screen)
         self.shapes: dict = {}  # weights lists already measured and converted, by id: YAML
@@ -249,7 +257,17 @@ class _Parser:
     def parse(self, text: str) -> KernelBank:
         if not self._prescan(text):
             raise BankError(self.problems)
-        doc = self._load_yaml(text)
+        quick, rows = _fast_rows(text) if self.fast_rows else (text, _Rows(text, []))
+        if not self._count_items(quick):
+            raise BankError(self.problems)
+        doc = self._load_yaml(quick)
+        if len(rows):
+            doc = _put_rows(doc, rows) if not self.problems else _AGAIN
+            if doc is _AGAIN:  # a row in an odd place, or a YAML error whose message would
+                self.problems = []  # quote placeholders: read the text the ordinary way
+                if not self._count_items(text):
+                    raise BankError(self.problems)
+                doc = self._load_yaml(text)
         if self.problems:
             raise BankError(self.problems)
         if not isinstance(doc, dict):
@@ -296,6 +314,19 @@ class _Parser:
             self.problem(None, None, None, f"has {lines:,} lines; a bank file may have at most "
                          f"{MAX_BANK_LINES:,}")
             return False
+        # The reader's cost grows with the square of flow nesting ([[[[...), and it gives up
+        # past about 300 levels anyway; a bank needs 4. Brackets in strings count too.
+        opens = np.frombuffer(text.encode("utf-8", "surrogatepass"), np.uint8)
+        step = np.isin(opens, (0x5B, 0x7B)).astype(np.int32) - np.isin(opens, (0x5D, 0x7D))
+        deepest = int(np.cumsum(step).max(initial=0))
+        if deepest > MAX_NESTING:
+            self.problem(None, None, None, f"nests lists or mappings {deepest:,} deep (counting "
+                         f"'[' and '{{'); at most {MAX_NESTING} are allowed")
+            return False
+        return True
+
+    def _count_items(self, text: str) -> bool:
+        """The YAML reader's cost: items it will see (rows read by _fast_rows count one)."""
         items = sum(text.count(c) for c in ",[{*") + sum(
             text.count(mark + space) for mark in "-:?" for space in " \t\n\r")
         if items > MAX_BANK_ITEMS:
@@ -312,7 +343,11 @@ class _Parser:
         yaml = YAML(typ="rt")  # keeps line numbers; constructs plain data only
         yaml.allow_duplicate_keys = False
         try:
-            return yaml.load(text)
+            with warnings.catch_warnings():
+                # ruamel.yaml warns about some oddities (an anchor defined twice): here they
+                # are problems like any other, never a raw Python warning on stderr.
+                warnings.simplefilter("error")
+                return yaml.load(text)
         except MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark is not None else None
@@ -335,14 +370,21 @@ class _Parser:
         sizes: dict[int, int] = {}
 
         def visit(node: Any) -> int:
-            if id(node) in sizes:
-                return sizes[id(node)]
-            sizes[id(node)] = 1  # provisional, also stops self-referencing aliases
             tag = getattr(getattr(node, "tag", None), "value", None)
             if tag is not None and tag not in PLAIN_TAGS:
                 self.problem(_node_line(node), None, None, f"tag {tag} is not allowed in a bank")
-            children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-            size = 1 + sum(visit(c) for c in children)
+            if type(node) is _Row:  # plain numbers only
+                return 1 + len(node)
+            if not isinstance(node, (dict, list)):
+                return 1
+            if id(node) in sizes:
+                return sizes[id(node)]
+            sizes[id(node)] = 1  # provisional, also stops self-referencing aliases
+            if isinstance(node, dict):
+                for key in node:  # keys are only looked at for tags
+                    if not isinstance(key, str):
+                        visit(key)
+            size = 1 + sum(visit(c) for c in (node.values() if isinstance(node, dict) else node))
             sizes[id(node)] = size
             return size
 
@@ -579,7 +621,162 @@ class _Parser:
         return k2d[None]
 
 
+# --- one-line rows of numbers, read without the YAML reader --------------------------------
+#
+# ruamel.yaml's pure-Python reader spends ~0.1-0.3 ms on every number, which makes a bank of
+# ten thousand weights take seconds. Rows such as "[0.25, -1, 3e-2]" on one line are most of
+# a bank's text, so they are read here instead, with the YAML 1.2 rules for plain decimal
+# numbers (the subset of ruamel.yaml's own resolver without '_', hex, octal, binary, .inf or
+# .nan; a row holding anything else is left to ruamel.yaml): each becomes a placeholder
+# scalar for the reader, then the list of numbers again. A row inside a string, a comment or
+# a block scalar comes back as its original text; a row after a tag, or a placeholder that
+# ends up as a mapping key, makes the whole text go through the reader unchanged.
+
+_NUMBER = (r"[-+]?(?:[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|[0-9]+(?:[eE][-+]?[0-9]+)?"
+           r"|\.[0-9]+(?:[eE][-+][0-9]+)?)")
+# At most MAX_KERNEL_SIDE numbers: a longer row is refused anyway, after the reader's items
+# have been counted, and the bounded repetition keeps a failing match cheap.
+# Spaces only: a tab is not allowed everywhere a row may stand (in a plain string, say).
+_ROW = re.compile(rf"(?:(?<=[\s\[,])|^)\[ *{_NUMBER}(?: *, *{_NUMBER})"
+                  rf"{{0,{MAX_KERNEL_SIDE - 1}}} *\](?=[\s,\]}}#]|$)", re.M)
+_NUMBER_RE = re.compile(_NUMBER)
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"  # private-use: never in a real bank
+_PLACEHOLDER = re.compile(f"{_MARK_OPEN}([0-9]+){_MARK_CLOSE}")
+_AGAIN = object()
+
+
+class _Row(list):
+    """A row of plain numbers read by _fast_rows; ``line`` is set once its place is known."""
+
+    line: int | None = None
+
+
+class _Rows:
+    """The rows _fast_rows took out, turned into numbers only when the document uses them."""
+
+    def __init__(self, text: str, spans: list[tuple[int, int]]):
+        self.text, self.spans, self.made = text, spans, {}
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def original(self, i: int) -> str:
+        start, end = self.spans[i]
+        return self.text[start:end]
+
+    def row(self, i: int) -> _Row | None:
+        """The numbers, or None when one is too long to convert cheaply."""
+        if i not in self.made:
+            numbers = _NUMBER_RE.findall(self.original(i))
+            self.made[i] = None if any(len(n) > 400 for n in numbers) else _Row(
+                int(n) if _INTEGER.fullmatch(n) else float(n) for n in numbers)
+        return self.made[i]
+
+
+def _fast_rows(text: str, limit: int = MAX_BANK_ITEMS) -> tuple[str, _Rows]:
+    """(text with each one-line row of plain numbers replaced by a placeholder, the rows).
+    Stops replacing after ``limit`` rows: each leaves at least one item for the reader, so
+    the text is refused by the item count anyway."""
+    if _MARK_OPEN in text or _MARK_CLOSE in text:
+        return text, _Rows(text, [])
+    spans: list[tuple[int, int]] = []
+    parts: list[str] = []
+    last = 0
+    for m in _ROW.finditer(text):
+        start = m.start()
+        before = text[max(0, start - 64):start].rstrip(" \t")
+        if before and before[-1] not in "[,\n" and "!" in before.rsplit(None, 1)[-1]:
+            continue  # after a tag (e.g. !!seq): the reader decides what it means
+        parts.append(text[last:start])
+        parts.append(f"{_MARK_OPEN}{len(spans)}{_MARK_CLOSE}")
+        spans.append((start, m.end()))
+        last = m.end()
+        if len(spans) > limit:
+            break
+    parts.append(text[last:])
+    return "".join(parts), _Rows(text, spans)
+
+
+def _put_rows(doc: Any, rows: _Rows) -> Any:
+    """Put the rows back in place of their placeholders (in place), or _AGAIN."""
+    seen: set[int] = set()
+
+    def restore(text: str) -> str:
+        return _PLACEHOLDER.sub(lambda m: rows.original(int(m.group(1))), text)
+
+    def fix(value: str, line: int | None) -> Any:
+        """What to store instead of the string ``value``, or _AGAIN."""
+        if type(value) is str:  # plain or quoted; block scalars have their own types
+            m = _PLACEHOLDER.fullmatch(value)
+            if m:
+                row = rows.row(int(m.group(1)))
+                if row is None:
+                    return _AGAIN
+                row.line = row.line or line
+                return row
+        if _MARK_OPEN in value:
+            return restore(value) if type(value) is str else _AGAIN
+        return value
+
+    if isinstance(doc, str):
+        new = fix(doc, 1)
+        return _AGAIN if new is _AGAIN or isinstance(new, _Row) else new
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, dict):
+            places = [(key, _value_line_of(node, key)) for key in node]
+            if any(_MARK_OPEN in (key if isinstance(key, str) else repr(key)) for key in node):
+                return _AGAIN  # a row as (part of) a key: rare, and the reader knows best
+        elif isinstance(node, list):
+            places = [(i, None) for i in range(len(node))]
+        else:
+            continue
+        for place, line in places:
+            value = node[place]
+            if isinstance(value, (dict, list)):
+                stack.append(value)
+            elif isinstance(value, str):
+                new = fix(value, line if isinstance(node, dict) else _item_line(node, place))
+                if new is _AGAIN:
+                    return _AGAIN
+                if new is not value:
+                    node[place] = new
+    return doc
+
+
+def _value_line_of(mapping: Any, key: Any) -> int | None:
+    try:
+        return mapping.lc.value(key)[0] + 1
+    except Exception:
+        return None
+
+
 # --- writing ------------------------------------------------------------------------------
+
+def check_written_size(filters: int, channels: int, kh: int, kw: int) -> None:
+    """ValueError unless a bank of this many filters of this shape, as dump() writes it,
+    loads again: weights at most MAX_DUMP_WEIGHTS, and items for the YAML reader (about
+    eight keys and entries per filter, one more per channel and per row) under
+    MAX_BANK_ITEMS."""
+    weights = filters * channels * kh * kw
+    items = filters * (8 + channels + channels * kh) + 64
+    what = f"{filters:,} filters of {channels}x{kh}x{kw}"
+    if filters > MAX_FILTERS:
+        raise ValueError(f"{filters:,} filters; a bank holds at most {MAX_FILTERS}")
+    if max(kh, kw) > MAX_KERNEL_SIDE:
+        raise ValueError(f"kernels of {kh}x{kw}; at most {MAX_KERNEL_SIDE} along each axis")
+    if weights > MAX_DUMP_WEIGHTS:
+        raise ValueError(f"{what} are {weights:,} weights; a bank file holds at most "
+                         f"{MAX_DUMP_WEIGHTS:,}")
+    if items > MAX_BANK_ITEMS:
+        raise ValueError(f"{what} need about {items:,} rows and keys in a bank file; it holds "
+                         f"at most {MAX_BANK_ITEMS:,}")
+
 
 def dump(*, name: str, description: str, defaults: dict, filters: list[dict],
          provenance: dict | None = None, header: str = "") -> str:
@@ -610,7 +807,7 @@ def dump(*, name: str, description: str, defaults: dict, filters: list[dict],
     buf = StringIO()
     yaml = YAML()
     yaml.default_flow_style = None  # rows of numbers as [a, b, c]
-    yaml.width = 4096
+    yaml.width = 1 << 30  # a row on one line, as parse() reads fastest
     yaml.dump(doc, buf)
     text = header + buf.getvalue()
     parse(text, source=name)  # what we write must load
@@ -758,6 +955,8 @@ def _line(mapping: Any, key: Any) -> int | None:
 
 
 def _item_line(seq: Any, index: int) -> int | None:
+    if type(seq) is _Row:
+        return seq.line
     try:
         return seq.lc.item(index)[0] + 1
     except Exception:

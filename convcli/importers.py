@@ -59,13 +59,10 @@ def _check_shape(p: Path, shape: tuple[int, ...], what: str = "weights") -> tupl
         shape = (shape[0], 1) + shape[1:]
     if len(shape) != 4 or min(shape) < 1:
         raise InputError(f"{p}: {what} have shape {shape}; want (F, C, KH, KW) or (F, KH, KW)")
-    f, c, kh, kw = shape
-    if f > bank.MAX_FILTERS or max(kh, kw) > bank.MAX_KERNEL_SIDE or \
-            f * c * kh * kw > bank.MAX_DUMP_WEIGHTS:
-        raise InputError(f"{p}: {what} of shape {'x'.join(map(str, shape))} are too large: a "
-                         f"bank holds at most {bank.MAX_FILTERS} filters of at most "
-                         f"{bank.MAX_KERNEL_SIDE}x{bank.MAX_KERNEL_SIDE}, and convcli writes "
-                         f"at most {bank.MAX_DUMP_WEIGHTS:,} weights in all")
+    try:
+        bank.check_written_size(*shape)
+    except ValueError as e:
+        raise InputError(f"{p}: {what} of shape {'x'.join(map(str, shape))}: {e}") from None
     return shape
 
 

@@ -137,10 +137,10 @@ def check_options(filters: int, size: int, method: str, seed: int, count: int,
     if method == "pca" and filters > dim:
         raise UsageError(f"PCA of {size}x{size}x{channels} patches has at most {dim} "
                          f"components; asked for {filters}")
-    if filters * dim > bank.MAX_DUMP_WEIGHTS:
-        raise UsageError(f"{filters:,} filters of {channels}x{size}x{size} are "
-                         f"{filters * dim:,} weights; a learned bank holds at most "
-                         f"{bank.MAX_DUMP_WEIGHTS:,}")
+    try:
+        bank.check_written_size(filters, channels, size, size)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if count * (dim + filters) > MAX_NUMBERS:
         raise UsageError(f"{count:,} patches of {channels}x{size}x{size} for {filters:,} "
                          f"filters need {count * (dim + filters):,} numbers in memory; at most "

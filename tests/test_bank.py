@@ -278,14 +278,14 @@ def one_filter(extra: str = "", weights: str = "[[1]]") -> str:
 
 def test_files_over_the_size_limits_are_refused_before_the_yaml_is_read():
     n = bank.MAX_BANK_ITEMS
-    many = one_filter(weights="[[" + ",".join(["0"] * n) + "]]")
+    many = one_filter(weights="[[" + ",".join(["a"] * n) + "]]")
     assert problems(many) == [f"b.yaml: has about {n + 6:,} list entries and keys; a bank file "
                               f"may have at most {n:,} (counted before reading the YAML)"]
     lines = one_filter() + "\n" * bank.MAX_BANK_LINES
     assert problems(lines) == [f"b.yaml: has {bank.MAX_BANK_LINES + 4:,} lines; a bank file may "
                                f"have at most {bank.MAX_BANK_LINES:,}"]
     assert problems(one_filter() + "#" * bank.MAX_BANK_BYTES) == [
-        "b.yaml: is larger than 4 MiB, the most a bank file may be"]
+        "b.yaml: is larger than 2 MiB, the most a bank file may be"]
 
 
 def test_a_huge_file_is_not_read_whole(tmp_path):
@@ -295,7 +295,7 @@ def test_a_huge_file_is_not_read_whole(tmp_path):
         fh.truncate(64 << 30)
     with pytest.raises(BankError) as info:
         bank.load(str(big))
-    assert str(info.value) == f"{big}: is larger than 4 MiB, the most a bank file may be"
+    assert str(info.value) == f"{big}: is larger than 2 MiB, the most a bank file may be"
 
 
 def test_unreadable_bank_files_name_the_reason(tmp_path):

@@ -157,3 +157,73 @@ def test_huge_names_label_a_stack_at_once(name):
     tile = np.zeros((20, 40), np.uint8)
     canvas, boxes = render.stack([(name, tile), ("b", tile)])
     assert boxes[0]["name"] == name and canvas.shape[0] > 20
+
+
+# --- the fast reading of numeric rows changes nothing --------------------------------------
+
+ROW_NUMBERS = st.one_of(
+    st.sampled_from(["0", "-0", "+1", "1.", ".5", "-.5", "1e3", "1E-3", "-2E+1", ".5e1",
+                     ".5e+1", "1.e5", "017", "08", "1e39", "1.0e+400", "1_0", "0x1", ".inf",
+                     "1" * 450, "1" * 399 + ".5"]),
+    st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=False, allow_infinity=False).map(repr))
+ROWS = st.lists(ROW_NUMBERS, min_size=1, max_size=4).flatmap(
+    lambda ns: st.sampled_from([", ", ",", " ,", "\t,\t"]).map(lambda sep: "[" + sep.join(ns) + "]"))
+PLACES = st.sampled_from([
+    "weights: [{r}]", "weights: [{r}, {r}]", "weights:\n      - {r}\n      - {r}",
+    "weights: !!seq [{r}]", "weights: [!!seq {r}]", "weights: [&x {r}, *x]",
+    "weights: [{r}]  # {r}", "weights: [{r}]\n    description: '{r}'",
+    "weights: [{r}]\n    description: \" {r} \"", "weights: [{r}]\n    description: see {r}",
+    "weights: [{r}]\n    description: |-\n      {r}", "weights: [{r}]\n    description: >\n      {r}\n      {r}",
+    "weights: [{r}]\n    source: {r}x", "weights: [{r}]\n    stride: {r}", "weights: [{r}]\n    padding: {r}",
+    "weights: [{r}]\n    ? {r}\n    : 1", "weights: [{r}]\n    {r}: 1", "weights: [[{r}]]",
+    "weights: [{r}]\n    bias: {r}", "generator: {{type: box, size: {r}}}", "weights: {r}",
+    "weights: [{r}\n      ]", "weights: [ {r} ]", "weights: [{r}]x",
+    "{{weights: [{r}], description: {r}}}", "weights: [{r}] #{r}", "weights: [{r}]#{r}",
+    "weights: [{r}]\n    description: \"a\\\n      {r}\"", "weights: [{r},]", "weights: [{r}, ]",
+    "weights: [{r}]\n    description: '{r}''{r}'", "weights: [{r}]\n    provenance: {{a: {r}}}",
+    "weights: [{r}]\n    description: [{r}]", "weights: [{r}]\n    source: - {r}",
+    "weights: [{r}]\n    description: !!str {r}", "weights: !!python/tuple [{r}]",
+    "weights: [{r}:{r}]", "weights: [{r}: 1]", "weights: [{r}]\n    bias: [{r}]",
+])
+
+
+@given(st.lists(st.tuples(PLACES, ROWS, ROWS), min_size=1, max_size=3),
+       st.sampled_from(["\n", "\r\n"]))
+def test_fast_rows_read_exactly_as_the_yaml_reader_does(filters, newline):
+    text = "name: n\nprovenance: {note: [1, 2]}\nfilters:\n" + "".join(
+        f"  - name: f{i}\n    " + place.replace("{r}", "\0", 1).replace("{r}", r2)
+        .replace("\0", r1).replace("{{", "{").replace("}}", "}") + "\n"
+        for i, (place, r1, r2) in enumerate(filters))
+    text = text.replace("\n", newline)
+    outcomes = []
+    for fast in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                b = bank.parse(text, source=SOURCE, fast_rows=fast)
+            except BankError as e:
+                outcomes.append([str(p) for p in e.problems])
+            else:
+                outcomes.append([(f.name, f.weights.tolist(), f.bias, f.geometry, f.description,
+                                  f.source) for f in b.filters] + [b.provenance])
+    assert outcomes[0] == outcomes[1], text
+
+
+def test_numbers_too_long_for_a_fast_row_are_left_to_the_yaml_reader():
+    digits = "1" * 450  # past the 400 characters a fast row converts
+    assert problems_of(f"name: n\nfilters:\n  - name: k\n    weights: [[{digits}, 1]]\n") == [
+        "h.yaml:4: filter 'k': field 'weights': must be finite numbers within float32's range "
+        "(about ±3.4e+38; no .nan or .inf), found 1111111111111111111111111111...11111111111111"
+        "111111111111111"]
+
+
+def problems_of(text: str) -> list[str]:
+    with pytest.raises(BankError) as info:
+        bank.parse(text, source=SOURCE)
+    return [str(p) for p in info.value.problems]
+
+
+def test_deep_nesting_is_refused_before_reading():
+    assert problems_of("a: " + "[" * 100_000) == [
+        "h.yaml: nests lists or mappings 100,000 deep (counting '[' and '{'); at most 100 are "
+        "allowed"]

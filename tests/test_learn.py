@@ -214,7 +214,9 @@ def flat_images(value=0.5, n=2, shape=(1, 24, 24)):
     (dict(method="pca", filters=10, size=3), "PCA of 3x3x1 patches has at most 9 components; "
                                              "asked for 10"),
     (dict(filters=4096, size=5, count=5000), "4,096 filters of 1x5x5 are 102,400 weights; a "
-                                             "learned bank holds at most 100,000"),
+                                             "bank file holds at most 65,536"),
+    (dict(filters=4096, size=2, count=5000), "4,096 filters of 1x2x2 need about 45,120 rows and "
+                                             "keys in a bank file; it holds at most 32,768"),
     (dict(filters=16, size=20, count=100_000), "100,000 patches of 1x20x20 for 16 filters need "
                                                "41,600,000 numbers in memory; at most "
                                                "33,554,432 (use fewer patches)"),
@@ -321,9 +323,8 @@ def test_a_header_declaring_a_huge_array_is_refused_without_allocating_it(tmp_pa
     with zipfile.ZipFile(tmp_path / "huge.npz", "w") as z:
         z.writestr("weights.npy", buf.getvalue() + b"\0" * 64)
     assert import_error(tmp_path / "huge.npz") == (
-        f"{tmp_path / 'huge.npz'}: weights of shape 1000000000000x3x7x7 are too large: a bank "
-        "holds at most 4096 filters of at most 1025x1025, and convcli writes at most 100,000 "
-        "weights in all")
+        f"{tmp_path / 'huge.npz'}: weights of shape 1000000000000x3x7x7: 1,000,000,000,000 "
+        "filters; a bank holds at most 4096")
 
 
 def _onnx_conv(path, weight_shape, inputs=("x", "W", "B"), **attrs):
