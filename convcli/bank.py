@@ -419,6 +419,12 @@ class _Parser:
             self.problem(_line(mapping, key), filt, key, f"is {len(value):,} characters long; "
                          f"at most {limit:,} are allowed")
             return ""
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # "\udcff" in a quoted string: not a character
+            self.problem(_line(mapping, key), filt, key, f"holds {value[e.start]!r}, half of a "
+                         "UTF-16 surrogate pair, which is not a character")
+            return ""
         return str(value)
 
     def _defaults(self, doc: dict) -> dict[str, Any]:
@@ -533,6 +539,8 @@ class _Parser:
         line = _line(item, "weights") or _line(item, "generator")
         if has_g:
             arr = self._generated(item, label)
+            if arr is None:
+                return None
             channels = 1
         else:
             arr = None
@@ -636,9 +644,11 @@ _NUMBER = (r"[-+]?(?:[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|[0-9]+(?:[eE][-+]?[0-9]+
            r"|\.[0-9]+(?:[eE][-+][0-9]+)?)")
 # At most MAX_KERNEL_SIDE numbers: a longer row is refused anyway, after the reader's items
 # have been counted, and the bounded repetition keeps a failing match cheap.
-# Spaces only: a tab is not allowed everywhere a row may stand (in a plain string, say).
-_ROW = re.compile(rf"(?:(?<=[\s\[,])|^)\[ *{_NUMBER}(?: *, *{_NUMBER})"
-                  rf"{{0,{MAX_KERNEL_SIDE - 1}}} *\](?=[\s,\]}}#]|$)", re.M)
+# Spaces only inside (a tab is not allowed everywhere a row may stand, in a plain string
+# say), and only ASCII white space, '[' or ',' around it: where the reader itself would
+# see a row start and end.
+_ROW = re.compile(rf"(?:(?<=[ \t\r\n\[,])|^)\[ *{_NUMBER}(?: *, *{_NUMBER})"
+                  rf"{{0,{MAX_KERNEL_SIDE - 1}}} *\](?=[ \t\r\n,\]}}]|$)", re.M)
 _NUMBER_RE = re.compile(_NUMBER)
 _INTEGER = re.compile(r"[-+]?[0-9]+")
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"  # private-use: never in a real bank

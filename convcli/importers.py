@@ -21,6 +21,7 @@ from .errors import InputError, UsageError
 
 CHANNEL_MODES = {1: "gray", 3: "rgb"}
 MAX_ONNX_BYTES = 2 << 30  # protobuf's own limit for one message
+MAX_NPZ_MEMBERS = 10_000  # arrays in one .npz whose headers are read
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -95,7 +96,11 @@ def _from_numpy(p: Path) -> tuple[np.ndarray, np.ndarray]:
         if is_zip:
             with zipfile.ZipFile(p) as z:
                 headers = {}
-                for info in z.infolist():
+                members = z.infolist()
+                if len(members) > MAX_NPZ_MEMBERS:
+                    raise InputError(f"{p}: holds {len(members):,} arrays; convcli looks at "
+                                     f"archives of at most {MAX_NPZ_MEMBERS:,}")
+                for info in members:
                     if info.filename.endswith(".npy"):
                         with z.open(info) as fh:
                             headers[info.filename[:-4]] = _npy_header(fh)

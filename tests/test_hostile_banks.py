@@ -184,6 +184,9 @@ PLACES = st.sampled_from([
     "weights: [{r}]\n    description: [{r}]", "weights: [{r}]\n    source: - {r}",
     "weights: [{r}]\n    description: !!str {r}", "weights: !!python/tuple [{r}]",
     "weights: [{r}:{r}]", "weights: [{r}: 1]", "weights: [{r}]\n    bias: [{r}]",
+    "weights: [{r}]\n    description: {r}#x", "weights: [{r}]\n    description: {r}\u00a0",
+    "weights: [{r}]\n    description: \u00a0{r}", "weights: [{r}]\n    description: {r}\x85x",
+    "weights: [{r}]\n    description: x\u2028{r}", "weights: [\u00a0{r}]", "weights: [{r}\u00a0]",
 ])
 
 
