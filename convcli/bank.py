@@ -302,9 +302,8 @@ class _Parser:
 
     def _prescan(self, text: str) -> bool:
         """Bound what the YAML reader will cost before it starts, by counts that take
-        milliseconds even at the limits (str.count runs in C). Items are the indicators
-        every list entry, key or alias needs: ',', '[', '{', '*', and '-', ':', '?'
-        before a space or line break. Returns False if the text is too large to read."""
+        milliseconds even at the limits (str.count runs in C). Returns False if the text is
+        too large to read."""
         if len(text) > MAX_BANK_BYTES:
             self.problem(None, None, None, f"is larger than {MAX_BANK_BYTES >> 20} MiB, the "
                          "most a bank file may be")
@@ -326,8 +325,11 @@ class _Parser:
         return True
 
     def _count_items(self, text: str) -> bool:
-        """The YAML reader's cost: items it will see (rows read by _fast_rows count one)."""
-        items = sum(text.count(c) for c in ",[{*") + sum(
+        """The YAML reader's cost, from the indicators every list entry, key, alias or anchor
+        needs: ',', '[', '{', '*', '&', and '-', ':', '?' before a space or line break (an
+        anchor, the costliest, counts twice with its entry). Rows read by _fast_rows count
+        as one."""
+        items = sum(text.count(c) for c in ",[{*&") + sum(
             text.count(mark + space) for mark in "-:?" for space in " \t\n\r")
         if items > MAX_BANK_ITEMS:
             self.problem(None, None, None, f"has about {items:,} list entries and keys; a bank "
