@@ -164,11 +164,12 @@ def prepare(config: EngineConfig | None = None) -> None:
     jit.prepare({
         jit.correlate: (source.src, 5, 1, *dense, b, relu, out),
         jit.correlate_separable: (source.src, 5, 1, *sep, b, relu, 1, out),
-        jit.winograd_input: (z((1, 6, 6), np.float32), 0, 1, z((36, 1, 1), np.float32)),
+        jit.winograd_input: (z((1, 6, 6), np.float32), 0, 0, 0, 1, z((36, 1, 1), np.float32)),
         jit.winograd_output: (z((36, 1, 1), np.float32), b, relu, 0, 1, 1,
                               z((1, 4, 4), np.float32)),
         jit.im2col: (z((1, 1, 4), np.float32), *[z(1, np.int64)] * 3, 0, 0, 1, 1, 1,
                      z((2, 1), np.float32)),
+        jit.activate: (z((1, 1), np.float32), 0, 1, relu),
     })
 
 
@@ -292,6 +293,15 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
     threads = cfg.threads or _cores()
     key = (w.shape, w.tobytes(), groups)
     algorithm = _algorithm(cfg, w, key, groups, copies, s, d, finite, ho, wo)
+    if algorithm == "winograd":
+        from . import gemm, winograd
+
+        u = _memo(("winograd", key), lambda: winograd.filter_transform(w, groups))
+        # A zero border is read in place (the transforms pad each tile row as they go).
+        src, at = (x, (pads[0], pads[2])) if border == "zero" else (_pad(x, pads, border), (0, 0))
+        with _executor(cfg, float(F * Cw * 9 * ho * wo)) as jit:
+            gemm.run_winograd(src, at, u, b, act, out[0], threads, jit)
+        return out
     xp = _pad(x, pads, border)
 
     if algorithm == "fft":
@@ -305,15 +315,6 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
         with _executor(cfg, float(F * Cw * KH * KW * ho * wo)) as jit:
             gemm.run_gemm(xp, plan_, b, act, out[0], threads, jit)
         return out
-    if algorithm == "winograd":
-        from . import gemm, winograd
-
-        u = _memo(("winograd", key), lambda: winograd.filter_transform(w, groups))
-        work = float(F * Cw * 9 * ho * wo)
-        with _executor(cfg, work) as jit:
-            gemm.run_winograd(xp, u, b, act, out[0], threads, jit)
-        return out
-
     source = _source(xp, s[1])
     group_rows = Cw * source.height
     separable, plan_ = _memo(("direct", key, source.phases, source.channels, source.height,

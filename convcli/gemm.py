@@ -269,28 +269,28 @@ def run_gemm(xp: np.ndarray, plan: GemmPlan, b: np.ndarray, act: int, out: np.nd
         done = flat_out[:, y0 * wo:y0 * wo + n]
         if view:
             done += b[:, None]
-        _activate(done, act)
+        if jit is not None:
+            jit.call(jit.activate, flat_out, y0 * wo, y0 * wo + n, act)
+        else:
+            _activate(done, act)
 
     for_each_band(count, threads, band)
 
 
 # --- Winograd F(4x4, 3x3) ------------------------------------------------------------------
 
-def run_winograd(xp: np.ndarray, u: np.ndarray, b: np.ndarray, act: int, out: np.ndarray,
-                 threads: int, jit) -> None:
-    """out = act(bias + 3x3 stride-1 correlation of xp), through F(4x4, 3x3); ``u`` from
-    convcli.winograd.filter_transform; ``jit``: the convcli.jit module (numba transforms)
-    or None (NumPy transforms, same bits)."""
-    C, hp, wp = xp.shape
+def run_winograd(x: np.ndarray, pads: tuple[int, int], u: np.ndarray, b: np.ndarray,
+                 act: int, out: np.ndarray, threads: int, jit) -> None:
+    """out = act(bias + 3x3 stride-1 correlation), through F(4x4, 3x3), of x zero-padded by
+    pads = (top, left) rows and columns (x is already padded for other borders; zeros past
+    its end only feed dropped outputs). ``u`` from convcli.winograd.filter_transform;
+    ``jit``: the convcli.jit module (numba transforms, reading x in place) or None (NumPy
+    transforms on a padded copy, same bits)."""
+    C = x.shape[0]
     groups, _, fg, cg = u.shape
     F, ho, wo = out.shape
     th, tw = winograd.tiles(ho, wo)
-    hw, ww = 4 * th + 2, 4 * tw + 2
-    if (hp, wp) == (hw, ww):
-        xw = xp
-    else:  # whole tiles: rows and columns past the padded input only feed dropped outputs
-        xw = np.zeros((C, hw, ww), np.float32)
-        xw[:, :hp, :wp] = xp
+    xw = None if jit is not None else winograd.padded(x, *pads, th, tw)
     band_tiles = max(1, WINOGRAD_BAND_BYTES // (36 * (C + F) * tw * 4))
     count = -(-th // band_tiles)
 
@@ -301,7 +301,7 @@ def run_winograd(xp: np.ndarray, u: np.ndarray, b: np.ndarray, act: int, out: np
         v = _buffer(scratch, "v", 36 * C * n).reshape(36, C, n)
         m = _buffer(scratch, "m", 36 * F * n).reshape(36, F, n)
         if jit is not None:
-            jit.call(jit.winograd_input, xw, r0, nr, v)
+            jit.call(jit.winograd_input, x, pads[0], pads[1], r0, nr, v)
         else:
             winograd.input_numpy(xw, r0, nr, v)
         for g in range(groups):

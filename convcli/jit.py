@@ -262,21 +262,34 @@ def correlate_separable(src, group_rows, sy, term_ptr, vptr, vrows, vcols, vws, 
 
 
 @_kernel()
-def winograd_input(xw, r0, nr, v):
-    """Winograd F(4x4, 3x3) input transform of tile rows r0..r0+nr of ``xw`` (C, 4*th+2,
-    4*tw+2) into v (36, C, nr*tw): v[6a+b, c, r*tw+tx] = (B^T d B)[a, b] for the 6x6 tile d
-    at rows 4*(r0+r).., columns 4*tx... First along the rows (B^T down each column), then
-    along the columns; the same operations as convcli.winograd.input_numpy. The first step
-    stores column 4*tx+k at p[a, k, tx], so the second reads each of a tile's six columns
-    from its own contiguous run. Serial: convcli.gemm runs bands in parallel."""
-    C, _, ww = xw.shape
-    tw = (ww - 2) // 4
+def winograd_input(x, top, left, r0, nr, v):
+    """Winograd F(4x4, 3x3) input transform of tile rows r0..r0+nr into v (36, C, nr*tw):
+    v[6a+b, c, r*tw+tx] = (B^T d B)[a, b] for the 6x6 tile d of the input zero-padded by
+    ``top`` rows and ``left`` columns (and with zeros past its end), at rows 4*(r0+r)..,
+    columns 4*tx... Each tile row's six input rows are first copied with their zeros into
+    a small buffer (no padded copy of the whole input). Then B^T along the rows (down each
+    column), then along the columns; the same operations as convcli.winograd.input_numpy.
+    The first step stores column 4*tx+k at p[a, k, tx], so the second reads each of a
+    tile's six columns from its own contiguous run. Serial: convcli.gemm runs bands in
+    parallel."""
+    C, H, W = x.shape
+    tw = v.shape[2] // nr
+    ww = 4 * tw + 2
+    lo, hi = min(left, ww), min(max(left + W, 0), ww)  # buffer columns the input covers
+    rows = np.zeros((6, ww), np.float32)
     p = np.empty((6, 4, tw + 1), np.float32)
     for c in range(C):
         for r in range(nr):
-            y = 4 * (r0 + r)
-            x0, x1, x2 = xw[c, y], xw[c, y + 1], xw[c, y + 2]
-            x3, x4, x5 = xw[c, y + 3], xw[c, y + 4], xw[c, y + 5]
+            y = 4 * (r0 + r) - top
+            for a in range(6):
+                row = rows[a]
+                if 0 <= y + a < H and lo < hi:
+                    row[:lo] = 0.0
+                    row[lo:hi] = x[c, y + a, lo - left:hi - left]
+                    row[hi:] = 0.0
+                else:
+                    row[:] = 0.0
+            x0, x1, x2, x3, x4, x5 = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
             for k in range(4):
                 p0, p1, p2, p3, p4, p5 = p[0, k], p[1, k], p[2, k], p[3, k], p[4, k], p[5, k]
                 for tx in range(tw + (k < 2)):  # columns 4*tw and 4*tw+1 close the last tile
@@ -350,7 +363,19 @@ def im2col(planes, plane, chan, off, first, y0, wq, nrows, wo, patches):
     patches[K, :] = 1.0
 
 
-KERNELS = (correlate, correlate_separable, winograd_input, winograd_output, im2col)
+@_kernel()
+def activate(a, start, stop, act):
+    """a[:, start:stop] = act(a[:, start:stop]) in place (a band of convcli.gemm's output
+    rows); the same values as NumPy's maximum(a, 0) and abs(a), a little faster."""
+    if act != NONE:
+        for i in range(a.shape[0]):
+            row = a[i, start:stop]
+            for k in range(row.shape[0]):
+                row[k] = _act(row[k], act)
+
+
+KERNELS = (correlate, correlate_separable, winograd_input, winograd_output, im2col,
+           activate)
 
 
 def call(kernel, *args, threads: int | None = None) -> None:

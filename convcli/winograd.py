@@ -73,9 +73,20 @@ def tiles(ho: int, wo: int) -> tuple[int, int]:
     return -(-ho // 4), -(-wo // 4)
 
 
+def padded(x: np.ndarray, top: int, left: int, th: int, tw: int) -> np.ndarray:
+    """x (C, H, W) zero-padded by top rows and left columns, and with zeros past its end,
+    to whole tiles: (C, 4*th+2, 4*tw+2)."""
+    C, H, W = x.shape
+    xw = np.zeros((C, 4 * th + 2, 4 * tw + 2), np.float32)
+    h, w = min(H, 4 * th + 2 - top), min(W, 4 * tw + 2 - left)
+    xw[:, top:top + h, left:left + w] = x[:, :h, :w]
+    return xw
+
+
 def input_numpy(xw: np.ndarray, r0: int, nr: int, v: np.ndarray) -> None:
-    """V (36, C, nr*tw) for tile rows r0..r0+nr of xw (C, 4*th+2, 4*tw+2): first along the
-    rows (B^T over each column), then along the columns, as convcli.jit.winograd_input."""
+    """V (36, C, nr*tw) for tile rows r0..r0+nr of xw (C, 4*th+2, 4*tw+2) from ``padded``:
+    first along the rows (B^T over each column), then along the columns, as
+    convcli.jit.winograd_input."""
     C, _, ww = xw.shape
     tw = (ww - 2) // 4
     rows = [xw[:, 4 * r0 + a:4 * (r0 + nr - 1) + a + 1:4, :] for a in range(6)]

@@ -265,6 +265,22 @@ def test_prepare_compiles_every_kernel_without_running_them():
     assert all(kernel.signatures for kernel in jit.KERNELS)
 
 
+def test_each_kernel_is_compiled_once_whatever_the_layer():
+    """The wrappers always pass the same types (one specialisation, one cache entry)."""
+    from convcli import jit
+
+    rng = np.random.default_rng(8)
+    for c, size, border in [(8, 9, "zero"), (16, 30, "reflect")]:
+        x = rng.random((c, size, size + 3), dtype=np.float32)
+        for algorithm in ("direct", "gemm", "winograd"):
+            for k, stride in [(3, 1), (1, 1), (3, 2)] if algorithm != "winograd" else [(3, 1)]:
+                w = rng.standard_normal((16, c, k, k)).astype(np.float32)
+                conv2d(x, w, padding=k // 2, stride=stride, border=border,
+                       config=EngineConfig(method="jit", algorithm=algorithm, threads=2))
+        conv2d(x[:1], np.ones((1, 1, 9, 9), np.float32), method="jit")  # separable
+    assert [len(kernel.signatures) for kernel in jit.KERNELS] == [1] * len(jit.KERNELS)
+
+
 # --- configuration: explicit values, no influence from earlier calls -----------------------
 
 def test_engine_config_is_a_validated_frozen_value():
