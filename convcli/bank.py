@@ -61,7 +61,8 @@ TOP_KEYS = ("convcli", "name", "description", "defaults", "filters", "provenance
 FILTER_KEYS = ("name", "description", "source", "weights", "generator", "bias", "divisor",
                "scale") + GEOMETRY_KEYS
 
-PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")}
+PLAIN_TAGS = {f"tag:yaml.org,2002:{t}"
+              for t in ("str", "int", "float", "bool", "null", "seq", "map")}
 
 BUILTIN_DEFAULTS: dict[str, Any] = {
     "stride": (1, 1),
@@ -405,7 +406,8 @@ class _Parser:
             if key not in allowed:
                 shown = _label(f"{where}.{key}" if where else str(key))
                 self.problem(_line(mapping, key), filt, shown,
-                             f"unknown key{_hint(str(key), allowed)}; allowed: {', '.join(allowed)}")
+                             f"unknown key{_hint(str(key), allowed)}; allowed: "
+                             f"{', '.join(allowed)}")
 
     def _text(self, mapping: dict, key: str, filt: str | None, required: bool = False,
               limit: int = MAX_TEXT_CHARS) -> str:
@@ -415,7 +417,8 @@ class _Parser:
             return ""
         value = mapping[key]
         if not isinstance(value, str) or (required and not value.strip()):
-            self.problem(_line(mapping, key), filt, key, f"must be a non-empty string, got {_show(value)}")
+            self.problem(_line(mapping, key), filt, key,
+                         f"must be a non-empty string, got {_show(value)}")
             return ""
         if len(value) > limit:
             self.problem(_line(mapping, key), filt, key, f"is {len(value):,} characters long; "
@@ -579,7 +582,8 @@ class _Parser:
         with np.errstate(invalid="ignore"):  # NaN compares False: counted as out of range
             outside = ~(np.abs(arr) <= FLOAT32_MAX)
         if outside.any():
-            first = _element(raw, np.unravel_index(int(np.flatnonzero(outside)[0]), shape))
+            where = np.unravel_index(int(np.flatnonzero(outside)[0]), arr.shape)
+            first = _element(raw, tuple(int(i) for i in where))
             self.problem(_value_line(raw, first) or line, label, "weights",
                          "must be finite numbers within float32's range (about "
                          f"±{FLOAT32_MAX:.3g}; no .nan or .inf), found {_show(first)}")
@@ -597,7 +601,7 @@ class _Parser:
         if func is None:
             self.problem(_line(spec, "type"), label, "generator.type",
                          f"unknown generator {_show(kind)}"
-                         f"{_hint(str(kind), generators.GENERATORS) if isinstance(kind, str) else ''}"
+                         f"{_hint(kind, generators.GENERATORS) if isinstance(kind, str) else ''}"
                          f"; known: {', '.join(generators.GENERATORS)}")
             return None
         params = {k: v for k, v in spec.items() if k != "type"}
@@ -616,7 +620,8 @@ class _Parser:
             self.problem(_line(spec, e.param) or line, label, f"generator.{e.param}", str(e))
             return None
         except (TypeError, ValueError, ArithmeticError) as e:
-            self.problem(line, label, "generator", f"bad parameters for {kind}: {_one_line(str(e))}")
+            self.problem(line, label, "generator",
+                         f"bad parameters for {kind}: {_one_line(str(e))}")
             return None
         with np.errstate(invalid="ignore"):
             finite = bool((np.abs(k2d) <= FLOAT32_MAX).all())
@@ -668,7 +673,8 @@ class _Rows:
     """The rows _fast_rows took out, turned into numbers only when the document uses them."""
 
     def __init__(self, text: str, spans: list[tuple[int, int]]):
-        self.text, self.spans, self.made = text, spans, {}
+        self.text, self.spans = text, spans
+        self.made: dict[int, _Row | None] = {}
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -842,7 +848,8 @@ def _label(name: str) -> str:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and not _is_yaml_bool(v)
+    return isinstance(v, (int, float, np.number)) and not isinstance(v, bool) \
+        and not _is_yaml_bool(v)
 
 
 def _is_yaml_bool(v: Any) -> bool:

@@ -95,11 +95,13 @@ def padding(value: Any) -> str | Pads:
             raise ValueError(f"padding must be at most {MAX_PADDING} pixels on each side, "
                              f"got {brief(value)}")
         if len(items) == 1:
-            return (int(items[0]),) * 4  # type: ignore[return-value]
+            p = int(items[0])
+            return (p, p, p, p)
         if len(items) == 2:
             py, px = int(items[0]), int(items[1])
             return (py, py, px, px)
-        return tuple(int(v) for v in items)  # type: ignore[return-value]
+        top, bottom, left, right = (int(v) for v in items)
+        return (top, bottom, left, right)
     raise ValueError("padding must be same, valid, a whole number >= 0, a pair [y, x] or "
                      f"[top, bottom, left, right], got {brief(value)}")
 

@@ -242,7 +242,7 @@ def _from_onnx(p: Path, node_name: str | None):
     try:
         stride = geometry.pair(strides, "stride")
         dilation = geometry.pair(dilations, "dilation")
-        geometry.check_footprint(shape[2:], dilation)
+        geometry.check_footprint((shape[2], shape[3]), dilation)
     except ValueError as e:
         raise InputError(f"{where}: {e}") from None
     defaults["stride"], defaults["dilation"] = list(stride), list(dilation)

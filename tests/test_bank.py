@@ -110,7 +110,8 @@ def test_multichannel_and_odd_shapes():
 
 @pytest.mark.parametrize("text, expected", [
     ("name: x\nname: y\nfilters: []\n",
-     ["b.yaml:2: not valid YAML: while constructing a mapping found duplicate key \"name\" with value \"y\" (original value: \"x\")"]),
+     ["b.yaml:2: not valid YAML: while constructing a mapping found duplicate key \"name\" "
+      "with value \"y\" (original value: \"x\")"]),
     ("name: x\nfilters:\n  - name: k\n    weights: [[1, 2], [3]]\n",
      ["b.yaml:4: filter 'k': field 'weights': ragged: row 2 has shape 1, row 1 has 2 (line 4)"]),
     ("name: x\nfilters:\n  - name: k\n    weights:\n      - [1, 2]\n      - [3, a]\n",
@@ -121,7 +122,8 @@ def test_multichannel_and_odd_shapes():
      ["b.yaml:4: filter 'k': field 'weights': must be finite numbers within float32's range "
       "(about ±3.4e+38; no .nan or .inf), found nan"]),
     ("name: x\nfilters:\n  - name: k\n    weights: [1, 2]\n",
-     ["b.yaml:4: filter 'k': field 'weights': must be a KH x KW matrix or a C x KH x KW list of matrices"]),
+     ["b.yaml:4: filter 'k': field 'weights': must be a KH x KW matrix or a C x KH x KW list "
+      "of matrices"]),
     ("name: x\nfilters:\n  - name: k\n    weights: [[1]]\n    generator: {type: box}\n",
      ["b.yaml:3: filter 'k': field 'weights': give exactly one of 'weights' or 'generator'"]),
     ("name: x\nfilters:\n  - name: k\n    wieghts: [[1]]\n",
@@ -161,7 +163,8 @@ def test_multichannel_and_odd_shapes():
     ("convcli: 2\nname: x\nfilters:\n  - {name: k, weights: [[1]]}\n",
      ["b.yaml:1: field 'convcli': unsupported format version 2; this convcli reads version 1"]),
     ("- just\n- a list\n", ["b.yaml:1: a bank must be a mapping with 'name' and 'filters'"]),
-    ("name: [unclosed\n", ["b.yaml:2: not valid YAML: while parsing a flow sequence expected ',' or ']', but got '<stream end>'"]),
+    ("name: [unclosed\n", ["b.yaml:2: not valid YAML: while parsing a flow sequence expected "
+                           "',' or ']', but got '<stream end>'"]),
 ])
 def test_bad_banks(text, expected):
     assert problems(text) == expected
@@ -327,7 +330,8 @@ def test_unreadable_bank_files_name_the_reason(tmp_path):
      "±3.4e+38), got 9999999999999999999999999999...99999999999999999999999999999"),
     ("    divisor: 1e-30\n", "[[1e30]]", "5: filter 'k': field 'divisor': weights / divisor "
                                          "leave float32's range (about ±3.4e+38)"),
-    ("    divisor: 1e38\n", "[[1e-10, 2e-10]]", "5: filter 'k': field 'divisor': weights / divisor are "
+    ("    divisor: 1e38\n", "[[1e-10, 2e-10]]", "5: filter 'k': field 'divisor': weights / "
+                                                 "divisor are "
                                          "all too small for float32 (under about 1.4e-45) and "
                                          "would all be zero"),
     ("", "[[1e-50, -1e-60]]", "4: filter 'k': field 'weights': the weights are all too small "

@@ -61,7 +61,8 @@ def test_bank_loader_on_arbitrary_yaml_documents(tree):
     check_bank(buf.getvalue())
 
 
-@given(st.dictionaries(KEYS, TREES, max_size=6), st.lists(st.dictionaries(KEYS, TREES, max_size=6), max_size=4))
+@given(st.dictionaries(KEYS, TREES, max_size=6),
+       st.lists(st.dictionaries(KEYS, TREES, max_size=6), max_size=4))
 def test_bank_loader_on_bank_shaped_documents(top, filters):
     from ruamel.yaml import YAML
 

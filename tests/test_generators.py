@@ -28,10 +28,12 @@ def test_gaussian_matches_scipy():
 
     impulse = np.zeros((17, 17))
     impulse[8, 8] = 1
-    np.testing.assert_allclose(g.gaussian(sigma=2.0), ndimage.gaussian_filter(impulse, 2.0, mode="constant"), atol=1e-12)
+    np.testing.assert_allclose(g.gaussian(sigma=2.0),
+                               ndimage.gaussian_filter(impulse, 2.0, mode="constant"), atol=1e-12)
 
 
-@pytest.mark.parametrize("kernel", [g.log(sigma=1.5), g.dog(sigma=1.0), g.gabor(sigma=2, wavelength=5, theta=30)])
+@pytest.mark.parametrize("kernel", [g.log(sigma=1.5), g.dog(sigma=1.0),
+                                    g.gabor(sigma=2, wavelength=5, theta=30)])
 def test_band_pass_kernels_sum_to_zero(kernel):
     assert abs(kernel.sum()) < 1e-12
 
@@ -56,7 +58,8 @@ def test_disk_and_motion_are_normalised():
     diag = g.motion(length=9, angle=45)
     np.testing.assert_allclose(diag, diag[::-1, ::-1])  # point-symmetric
     c = diag.shape[0] // 2
-    assert diag[c - 2, c + 2] > 0 == diag[c - 2, c - 2]  # rises to the right: up-right is on the line
+    # Rises to the right: up-right is on the line.
+    assert diag[c - 2, c + 2] > 0 == diag[c - 2, c - 2]
 
 
 def test_derivatives_point_the_documented_way():

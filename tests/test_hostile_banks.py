@@ -167,14 +167,17 @@ ROW_NUMBERS = st.one_of(
                      "1" * 450, "1" * 399 + ".5"]),
     st.integers(-10**6, 10**6).map(str), st.floats(allow_nan=False, allow_infinity=False).map(repr))
 ROWS = st.lists(ROW_NUMBERS, min_size=1, max_size=4).flatmap(
-    lambda ns: st.sampled_from([", ", ",", " ,", "\t,\t"]).map(lambda sep: "[" + sep.join(ns) + "]"))
+    lambda ns: st.sampled_from([", ", ",", " ,", "\t,\t"]).map(
+        lambda sep: "[" + sep.join(ns) + "]"))
 PLACES = st.sampled_from([
     "weights: [{r}]", "weights: [{r}, {r}]", "weights:\n      - {r}\n      - {r}",
     "weights: !!seq [{r}]", "weights: [!!seq {r}]", "weights: [&x {r}, *x]",
     "weights: [{r}]  # {r}", "weights: [{r}]\n    description: '{r}'",
     "weights: [{r}]\n    description: \" {r} \"", "weights: [{r}]\n    description: see {r}",
-    "weights: [{r}]\n    description: |-\n      {r}", "weights: [{r}]\n    description: >\n      {r}\n      {r}",
-    "weights: [{r}]\n    source: {r}x", "weights: [{r}]\n    stride: {r}", "weights: [{r}]\n    padding: {r}",
+    "weights: [{r}]\n    description: |-\n      {r}",
+    "weights: [{r}]\n    description: >\n      {r}\n      {r}",
+    "weights: [{r}]\n    source: {r}x", "weights: [{r}]\n    stride: {r}",
+    "weights: [{r}]\n    padding: {r}",
     "weights: [{r}]\n    ? {r}\n    : 1", "weights: [{r}]\n    {r}: 1", "weights: [[{r}]]",
     "weights: [{r}]\n    bias: {r}", "generator: {{type: box, size: {r}}}", "weights: {r}",
     "weights: [{r}\n      ]", "weights: [ {r} ]", "weights: [{r}]x",

@@ -149,7 +149,8 @@ def _onnx_model(path, weights, bias, **attrs):
     conv = helper.make_node("Conv", ["x", "W", "B"], ["y"], name="stem", **attrs)
     relu = helper.make_node("Relu", ["y"], ["z"])
     graph = helper.make_graph(
-        [conv, relu], "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 32, 32])],
+        [conv, relu], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 32, 32])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
         initializer=[numpy_helper.from_array(weights.astype(np.float32), "W"),
                      numpy_helper.from_array(bias.astype(np.float32), "B")])
@@ -170,7 +171,8 @@ def test_onnx_conv_with_its_settings(tmp_path):
     image = rng.random((3, 20, 24), dtype=np.float32)
     want = reference_conv2d(image, w, b, stride=(2, 1), padding=(1, 3, 2, 0), dilation=(1, 2))
     np.testing.assert_allclose(maps_of(tmp_path / "m.yaml", image), want, rtol=1e-5, atol=1e-5)
-    missing = run("bank", "import", tmp_path / "m.onnx", "--node", "head", "-o", tmp_path / "x.yaml")
+    missing = run("bank", "import", tmp_path / "m.onnx", "--node", "head",
+                  "-o", tmp_path / "x.yaml")
     assert missing.exit_code == 1
     assert missing.stderr == (f"convcli: error: {tmp_path / 'm.onnx'}: no Conv node named "
                               "'head'; Conv nodes: stem\n")
@@ -262,7 +264,8 @@ def test_read_for_learning_refuses_bad_images(tmp_path):
     tifffile.imwrite(tmp_path / "nan.tif", data)
     with pytest.raises(learn.InputError) as info:
         learn.read_for_learning([str(tmp_path / "nan.tif")], "gray")
-    assert str(info.value) == f"{tmp_path / 'nan.tif'}: holds values that are not finite (NaN or infinite)"
+    assert str(info.value) == (f"{tmp_path / 'nan.tif'}: holds values that are not finite "
+                               "(NaN or infinite)")
 
 
 def import_error(path, node=None) -> str:
@@ -292,21 +295,19 @@ def test_numpy_files_of_the_wrong_kind(tmp_path):
     (tmp_path / "cut.npy").write_bytes((tmp_path / "nan.npy").read_bytes()[:100])
     (tmp_path / "fake.npz").write_bytes(b"PK\x03\x04 not really a zip")
     p = tmp_path
+    shape = "weights have shape {}; want (F, C, KH, KW) or (F, KH, KW)"
+    stored = "weights are stored as {}; want real numbers (float or int)"
+    finite = ("the weights or biases are not all finite numbers within float32's range "
+              "(about ±3.4e+38)")
     want = {
-        "object.npy": f"{p / 'object.npy'}: weights have shape (2,); want (F, C, KH, KW) or (F, KH, KW)",
-        "text.npy": f"{p / 'text.npy'}: weights have shape (2, 2); want (F, C, KH, KW) or (F, KH, KW)",
-        "complex.npy": f"{p / 'complex.npy'}: weights are stored as complex64; want real numbers (float or int)",
-        "flags.npy": f"{p / 'flags.npy'}: weights are stored as bool; want real numbers (float or int)",
-        "flat.npy": f"{p / 'flat.npy'}: weights have shape (9,); want (F, C, KH, KW) or (F, KH, KW)",
-        "plane.npy": f"{p / 'plane.npy'}: weights have shape (3, 3); want (F, C, KH, KW) or (F, KH, KW)",
-        "five.npy": f"{p / 'five.npy'}: weights have shape (2, 1, 1, 3, 3); want (F, C, KH, KW) or (F, KH, KW)",
-        "empty.npy": f"{p / 'empty.npy'}: weights have shape (0, 1, 3, 3); want (F, C, KH, KW) or (F, KH, KW)",
-        "nan.npy": f"{p / 'nan.npy'}: the weights or biases are not all finite numbers within float32's range (about ±3.4e+38)",
-        "big.npy": f"{p / 'big.npy'}: the weights or biases are not all finite numbers within float32's range (about ±3.4e+38)",
-        "objects.npz": f"{p / 'objects.npz'}: weights have shape (4,); want (F, C, KH, KW) or (F, KH, KW)",
+        "object.npy": shape.format("(2,)"), "text.npy": shape.format("(2, 2)"),
+        "complex.npy": stored.format("complex64"), "flags.npy": stored.format("bool"),
+        "flat.npy": shape.format("(9,)"), "plane.npy": shape.format("(3, 3)"),
+        "five.npy": shape.format("(2, 1, 1, 3, 3)"), "empty.npy": shape.format("(0, 1, 3, 3)"),
+        "nan.npy": finite, "big.npy": finite, "objects.npz": shape.format("(4,)"),
     }
     for name, message in want.items():
-        assert import_error(p / name) == message, name
+        assert import_error(p / name) == f"{p / name}: {message}", name
     np.save(tmp_path / "obj4.npy", np.full((2, 1, 3, 3), None, dtype=object), allow_pickle=True)
     assert import_error(p / "obj4.npy") == (f"{p / 'obj4.npy'}: weights are stored as object; "
                                             "want real numbers (float or int)")
