@@ -660,8 +660,10 @@ def bank_import(
     from . import importers
 
     weights, bias, defaults, about = importers.load_weights(source, node)
-    filters = [{"name": f"filter_{k:02d}", "source": f"imported from {source}", "bias": b,
-                "weights": w} for k, (w, b) in enumerate(zip(weights, bias))]
+    # Where the weights came from is said once, in the provenance, not in every filter.
+    filters = [{"name": f"filter_{k:02d}", "bias": b, "weights": w}
+               for k, (w, b) in enumerate(zip(weights, bias))]
+    about = dict(about, source=str(source))
     bank_name = name or (Path(output).stem if output != "-" else Path(source).stem)
     text = banks.dump(name=bank_name, defaults=defaults, filters=filters,
                       description=f"{len(filters)} filters imported from {Path(source).name}",
@@ -728,6 +730,7 @@ def learn(
     """Learn a bank of filters from random patches of images."""
     from . import learn as learning
 
+    learning.check_options(filters, size, method, seed, count)  # before reading any image
     pixels = learning.read_for_learning(image_paths, channels)
     if method == "kmeans" and not quiet and sys.stderr.isatty():  # a bar only on a terminal
         from rich.console import Console
@@ -736,9 +739,9 @@ def learn(
         with Progress(console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("k-means", total=learning.KMEANS_ITERATIONS)
             result = learning.learn(pixels, filters, size, method, seed, count,
-                                    progress=lambda: bar.advance(task))
+                                    progress=lambda: bar.advance(task), labels=image_paths)
     else:
-        result = learning.learn(pixels, filters, size, method, seed, count)
+        result = learning.learn(pixels, filters, size, method, seed, count, labels=image_paths)
     command = " ".join(["convcli", "learn", *image_paths, "-o", output, "--filters",
                         str(filters), "--size", str(size), "--channels", channels, "--method",
                         method, "--seed", str(seed), "--patches", str(count)])
