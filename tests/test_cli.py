@@ -188,7 +188,8 @@ def test_folder_input_and_partial_failure(tmp_path, photo):
     assert r.exit_code == 3
     lines = r.stderr.splitlines()
     assert lines[0] == (f"convcli: error: {folder / 'b.png'}: not a recognised image (unknown "
-                        "format or damaged file)")
+                        "format or damaged file); convcli reads PNG, JPEG, GIF, BMP, WebP and "
+                        "TIFF")
     assert lines[1].startswith("convcli: finished 2 of 2 inputs: 1 done, 1 failed in ")
     assert len(lines) == 2
     assert (tmp_path / "out" / "a" / "sobel_x.png").is_file()
