@@ -16,14 +16,15 @@ import signal
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Protocol
 
 import numpy as np
 
-from . import images, pipeline, render
+from . import images, pipeline, render, workers
 from .bank import KernelBank
+from .engine import EngineConfig
 from .errors import EXIT_ERROR
 from .inputs import SHEETS_FOLDER, Source
 from .pipeline import Options, Result
@@ -35,24 +36,22 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def plan_engine(sources: list[Source], bank: KernelBank, method: str = "auto") -> str:
-    """Choose the engine's path for the whole batch, from the first image's size (read from
-    its header) times the number of inputs: "jit" or "numpy". A single input is left to
-    the engine to decide from its real size ("auto")."""
+def choose_engine(sources: list[Source], bank: KernelBank, method: str = "auto",
+                  threads: int | None = None) -> EngineConfig:
+    """The engine's configuration for a whole batch: with ``auto``, "jit" or "numpy" from
+    the first image's size (read from its header) times the number of inputs, so a small
+    job never starts numba. A single input stays "auto": the engine decides per call."""
     from . import engine
 
-    if method != "auto":
-        return engine.plan(method=method)
-    if len(sources) == 1:
-        engine.plan(None)
-        return "auto"
+    if method != "auto" or len(sources) == 1:
+        return engine.plan_for_job(None, method, threads)
     size = (512, 512)  # a guess when the first input cannot be measured
-    for source in sources[:1]:
-        try:
-            size = images.image_size(source.content())
-        except Exception:  # the input's own error is reported when it is processed
-            pass
-    return engine.plan(pipeline.work_per_image(bank, *size) * len(sources))
+    try:
+        size = images.image_size(sources[0].content())
+    except Exception:  # the input's own error is reported when it is processed
+        pass
+    return engine.plan_for_job(pipeline.work_per_image(bank, *size) * len(sources), method,
+                               threads)
 
 
 class Stream(Protocol):
@@ -63,7 +62,7 @@ class Stream(Protocol):
     ``close()``: release the workers. An interrupt (KeyboardInterrupt) raised while
     iterating leaves the stream usable: call stop() or abort() and iterate on."""
 
-    method: str  # the engine path the batch takes (see plan_engine)
+    method: str  # the engine's method for the batch (see choose_engine)
 
     def __iter__(self) -> Iterator[Result]: ...
     def __next__(self) -> Result: ...
@@ -88,33 +87,36 @@ class Backend:
 def apply(sources: list[Source], bank: KernelBank, options: Options,
           backend: Backend = Backend()) -> Stream:
     """Run a bank over many inputs on a back-end; the one entry point for batches. Returns
-    a Stream of Results (see Stream), whose ``method`` says which engine path it took."""
-    method = plan_engine(sources, bank, backend.engine)
+    a Stream of Results (see Stream), whose ``method`` says which engine method it took."""
+    config = choose_engine(sources, bank, backend.engine)
+    options = replace(options, engine=config)
     if backend.scheduler is not None:
         from . import cluster
 
         stream: Stream = cluster.run(backend.scheduler, sources, bank, options,
-                                     backend.fail_fast, method, backend.verbose)
+                                     backend.fail_fast, backend.verbose)
     else:
-        stream = run(sources, bank, options, backend.jobs, backend.fail_fast, method)
-    stream.method = method
+        stream = run(sources, bank, options, backend.jobs, backend.fail_fast)
+    stream.method = config.method
     return stream
 
 
 def run(sources: list[Source], bank: KernelBank, options: Options, jobs: int | None = None,
-        fail_fast: bool = False, path: str | None = None) -> Stream:
-    """Process every source here (one worker) or in a local process pool. With
-    ``fail_fast``, stop handing out work after the first failure. ``path`` is what
-    plan_engine chose (planned here when not given)."""
+        fail_fast: bool = False) -> Stream:
+    """Process every source here (one worker) or in a local process pool, with the engine
+    as ``options.engine`` says. With ``fail_fast``, stop handing out work after the first
+    failure."""
     from . import engine
 
-    path = path or plan_engine(sources, bank)
     workers = max(1, min(jobs or cpu_count(), len(sources)))
     if workers == 1:
-        engine.set_threads(cpu_count())
+        options = replace(options, engine=replace(options.engine, threads=cpu_count()))
         return _InProcess(sources, bank, options, fail_fast)
-    if path == "jit":
-        engine.prepare()  # compile or load once, before any worker exists
+    if options.engine.method == "jit":
+        engine.prepare(options.engine)  # compile or load once, before any worker exists
+    # Each worker's engine gets its share of the cores, so the machine is not oversubscribed.
+    threads = max(1, cpu_count() // workers)
+    options = replace(options, engine=replace(options.engine, threads=threads))
     return _Pool(sources, bank, options, workers, fail_fast)
 
 
@@ -176,11 +178,10 @@ class _Pool:
         from concurrent.futures import ProcessPoolExecutor
 
         self.bank, self.options, self.workers, self.fail_fast = bank, options, workers, fail_fast
-        threads = max(1, cpu_count() // workers)
         context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         self.new_pool = lambda: ProcessPoolExecutor(
             workers, mp_context=context, initializer=_worker_init,
-            initargs=(bank, options, threads, os.getpid()))
+            initargs=(bank, options, os.getpid()))
         self.pool = self.new_pool()
         self.queue = [(s, 0) for s in reversed(sources)]  # (source, earlier tries), from the end
         self.running: dict = {}  # future -> (source, tries)
@@ -295,14 +296,12 @@ def _abort(signum, frame) -> None:
     os._exit(0)  # idle: nothing to abandon
 
 
-def _worker_init(bank: KernelBank, options: Options, threads: int, parent: int) -> None:
-    from . import engine
-
+def _worker_init(bank: KernelBank, options: Options, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, _abort)
     _die_with(parent)
-    engine.set_threads(threads)
+    workers.set_up(options.engine)
     _WORKER.update(bank=bank, options=options, parent=parent)
 
 

@@ -799,6 +799,9 @@ def main() -> None:
     """Console-script entry point."""
     import warnings
 
+    from . import workers
+
+    workers.keep_freed_memory()  # this process is ours: see convcli.workers
     warnings.showwarning = _show_warning
     app(prog_name="convcli")
 

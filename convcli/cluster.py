@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .bank import KernelBank
+from .engine import EngineConfig
 from .errors import ConvcliError, OutputError, UsageError
 from .inputs import Source
 from .pipeline import Options, Result
@@ -38,10 +39,10 @@ else:
         WorkerPlugin = object
 
 
-def connect(address: str, path: str = "auto", verbose: bool = False):
+def connect(address: str, method: str = "auto", verbose: bool = False):
     """A distributed Client for an address, or for a new LocalCluster when it is 'local'.
 
-    ``path`` is the engine path the batch will take (see batch.plan_engine). On Linux a
+    ``method`` is the engine method the batch will take (see batch.choose_engine). On Linux a
     local cluster's workers are forked from this process rather than started afresh, so they
     begin with convcli, Dask, NumPy and numba already imported instead of spending about a
     second of CPU each on imports. A local cluster's scheduler and workers would log to our
@@ -59,7 +60,7 @@ def connect(address: str, path: str = "auto", verbose: bool = False):
 
         from . import engine
 
-        if path == "jit":
+        if method == "jit":
             engine.import_compiler()
         # Dask makes glibc return freed memory to the system at once (MALLOC_TRIM_THRESHOLD_),
         # so every map would be allocated on fresh pages that the kernel must zero first (the
@@ -92,23 +93,21 @@ def connect(address: str, path: str = "auto", verbose: bool = False):
 
 class _WorkerSetup(WorkerPlugin):
     """Run on every worker before its first task, including workers that join or are
-    restarted later: the engine's threads limited to the worker's own Dask threads, the JIT
-    loaded (so workers never race on the cache), the output folder proven writable. A local
-    cluster's workers also ignore Ctrl-C, which the terminal sends to the whole process
-    group: the client decides how to stop (see _Stream.stop)."""
+    restarted later: what every worker needs (convcli.workers: memory thresholds, the JIT
+    loaded so workers never race on the cache), and the output folder proven writable. A
+    local cluster's workers also ignore Ctrl-C, which the terminal sends to the whole process
+    group: the client decides how to stop (see _Stream.stop). Each task runs the engine on
+    its worker's own number of Dask threads (see _task)."""
 
-    def __init__(self, out: str, path: str, local: bool):
-        self.out, self.path, self.local = out, path, local
+    def __init__(self, out: str, config: EngineConfig, local: bool):
+        self.out, self.config, self.local = out, config, local
 
     def setup(self, worker) -> None:
-        from . import engine
+        from . import workers
 
         if self.local and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        engine.plan(method=self.path if self.path in ("jit", "numpy", "fft") else "auto",
-                    threads=worker.state.nthreads)
-        if self.path == "jit":
-            engine.prepare()
+        workers.set_up(self.config)
         Path(self.out).mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.out, prefix=".convcli-probe-"):
             pass
@@ -123,10 +122,13 @@ def _task(sources: list[Source], bank: KernelBank, options: Options, fail_fast: 
           stop_event: str) -> list[Result]:
     """One task: a few inputs in order. Ends early after a failure with fail_fast, or when
     the client has set the batch's stop event (then before its next input)."""
-    from distributed import Event
+    from distributed import Event, get_worker
 
     from . import pipeline
 
+    # The engine gets this worker's own threads (workers of one cluster may differ).
+    options = replace(options, engine=replace(options.engine,
+                                              threads=get_worker().state.nthreads))
     stop, checked = Event(stop_event), None
     results = []
     for source in sources:
@@ -167,7 +169,7 @@ def task_sizes(inputs: int, threads: int) -> list[int]:
 
 
 def run(address: str, sources: list[Source], bank: KernelBank, options: Options,
-        fail_fast: bool, path: str, verbose: bool = False) -> "_Stream":
+        fail_fast: bool, verbose: bool = False) -> "_Stream":
     """Connect to the scheduler at ``address`` (or start a LocalCluster for "local"), submit
     every input, and return the stream of Results as they complete (see batch.Stream). The
     stream owns the connection: its close() ends it, and the cluster if it started one."""
@@ -175,9 +177,9 @@ def run(address: str, sources: list[Source], bank: KernelBank, options: Options,
         raise UsageError("an image on stdin cannot go to a cluster; give a path")
     if options.out == "-":
         raise UsageError("a cluster writes to an output folder, not to stdout")
-    client = connect(address, path, verbose)
+    client = connect(address, options.engine.method, verbose)
     try:
-        return _Stream(client, sources, bank, options, fail_fast, path, address == "local")
+        return _Stream(client, sources, bank, options, fail_fast, address == "local")
     except BaseException:
         _disconnect(client, address == "local")
         raise
@@ -201,7 +203,7 @@ class _Stream:
 
     method = "auto"  # set by batch.apply
 
-    def __init__(self, client, sources, bank, options, fail_fast, path, local):
+    def __init__(self, client, sources, bank, options, fail_fast, local):
         from distributed import as_completed
 
         self.client, self.fail_fast, self.local = client, fail_fast, local
@@ -213,7 +215,8 @@ class _Stream:
         self.bank, self.stop_event = bank, f"convcli-stop-{uuid.uuid4().hex}"
         self.plugin: str | None = f"convcli-setup-{uuid.uuid4().hex}"
         try:
-            client.register_plugin(_WorkerSetup(self.out, path, local), name=self.plugin)
+            client.register_plugin(_WorkerSetup(self.out, options.engine, local),
+                                   name=self.plugin)
         except OSError as e:
             raise OutputError(f"{self.out}: a worker cannot write there ({e}); the output "
                               "folder must be on storage every worker sees") from None
@@ -311,3 +314,6 @@ class _Stream:
             pass
         self.plugin = None
         _disconnect(self.client, self.local)
+        from . import pipeline
+
+        pipeline.sweep_staging(self.out)  # what workers of this machine that died had begun

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import __version__, images, render
 from .bank import KernelBank
+from .engine import EngineConfig
 from .errors import EXIT_ERROR, ConvcliError, InputError, OutputError, UsageError
 from .inputs import Source
 
@@ -49,6 +50,7 @@ class Options:
     resume: bool = False  # skip inputs whose outputs are all present
     max_memory: int = 4 * 2**30  # bytes for one input's maps at a time (see plan_groups)
     thumbnails: bool = False  # keep a small picture of every map in the Result
+    engine: EngineConfig = EngineConfig()  # how the engine runs (a value, never a global)
 
 
 @dataclass
@@ -93,7 +95,8 @@ def work_per_image(bank: KernelBank, height: int, width: int, channels: int = 3)
                      / (f.geometry.stride[0] * f.geometry.stride[1]) for f in bank.filters))
 
 
-def compute_maps(pixels: np.ndarray, bank: KernelBank) -> list[FeatureMap]:
+def compute_maps(pixels: np.ndarray, bank: KernelBank,
+                 config: EngineConfig = EngineConfig()) -> list[FeatureMap]:
     """Run every filter of the bank over one image (C, H, W). Filters that share geometry
     and kernel shape go through the engine in one pass."""
     from . import engine
@@ -110,7 +113,7 @@ def compute_maps(pixels: np.ndarray, bank: KernelBank) -> list[FeatureMap]:
         w = np.stack([bank.filters[i].weights for i in members])
         b = np.array([bank.filters[i].bias for i in members], np.float32)
         kwargs = dict(stride=geo.stride, padding=geo.padding, dilation=geo.dilation,
-                      border=geo.border, activation=geo.activation)
+                      border=geo.border, activation=geo.activation, config=config)
         if bank.input == "depthwise":
             out = engine.conv2d_depthwise(x, w, b, **kwargs)
         else:
@@ -297,20 +300,25 @@ def _staging_prefix(pid: int) -> str:
     return f".convcli-{host}-{pid}-"
 
 
+def staging_pid(name: str) -> int | None:
+    """The process of this machine that made the staging folder called ``name``, if any."""
+    host_prefix = _staging_prefix(0)[:-2]  # ".convcli-HOST-"
+    if not (name.startswith(host_prefix) and name.endswith(".part")):
+        return None
+    pid = name[len(host_prefix):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
 def sweep_staging(root: str) -> None:
     """Remove staging folders in ``root`` left by processes of this machine that are gone
     (a worker killed with SIGKILL cannot remove its own)."""
-    host_prefix = _staging_prefix(0)[:-2]  # ".convcli-HOST-"
     try:
         entries = list(os.scandir(root))
     except OSError:
         return
     for entry in entries:
-        name = entry.name
-        if not (name.startswith(host_prefix) and name.endswith(".part")):
-            continue
-        pid = name[len(host_prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        pid = staging_pid(entry.name)
+        if pid is not None and not _alive(pid):
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
@@ -506,7 +514,7 @@ def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
 
     def computed():
         for group in groups:
-            yield compute_maps(pixels, bank.select([names[i] for i in group]))
+            yield compute_maps(pixels, bank.select([names[i] for i in group]), options.engine)
 
     if options.format == "npy":
         if len(set(shapes)) != 1:

@@ -104,7 +104,8 @@ def test_non_image_named_explicitly_is_an_error(tmp_path, photos):
     r = run("apply", photos / "a.png", photos / "notes.txt", "-f", "sobel_x", "-o", tmp_path / "o")
     assert r.exit_code == 3
     assert r.stderr.splitlines()[0] == (f"convcli: error: {photos / 'notes.txt'}: not a "
-                                        "recognised image (unknown format or damaged file)")
+                                        "recognised image (unknown format or damaged file); "
+                                        "convcli reads PNG, JPEG, GIF, BMP, WebP and TIFF")
 
 
 def test_same_stem_collisions_get_their_extension(tmp_path):

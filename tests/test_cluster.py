@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from convcli import pipeline
 from convcli.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,12 +219,18 @@ def test_a_killed_worker_costs_only_a_retry(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "convcli", "apply", str(folder), "-o", str(out),
                              "--scheduler", "local", "--json", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*/stack.png"))) < 2:
-        time.sleep(0.1)
-    leaves = [p for p in _descendants(proc.pid) if not _descendants(p)]
-    assert leaves, "no worker processes found"
-    os.kill(leaves[-1], signal.SIGKILL)
+    # Kill a worker while it is provably inside an input: its staging folder, named with
+    # its process id, exists.
+    victim, deadline = None, time.time() + 120
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        for entry in (out.iterdir() if out.exists() else []):
+            pid = pipeline.staging_pid(entry.name)
+            if pid is not None and pid in _descendants(proc.pid):
+                victim = pid
+                os.kill(victim, signal.SIGKILL)
+                break
+        time.sleep(0.005)
+    assert victim is not None, "never saw a worker inside an input"
     stdout, stderr = proc.communicate(timeout=300)
     assert (proc.returncode, stderr) == (0, "")  # -q, and Dask's log stays out of the way
     assert sorted(Path(json.loads(l)["input"]).name for l in stdout.splitlines()) == \

@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from convcli import inputs
+from convcli import inputs, pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE_FILES = 17  # 16 edge filters and the stack
@@ -249,9 +249,9 @@ def test_a_busy_worker_that_dies_costs_a_retry(tmp_path, many):
     deadline = time.time() + 120
     while victim is None and time.time() < deadline and proc.poll() is None:
         for entry in (out.iterdir() if out.exists() else []):
-            pid = entry.name.split("-")[2] if entry.name.startswith(".convcli-") else ""
-            if pid.isdigit() and int(pid) != proc.pid:
-                victim = int(pid)
+            pid = pipeline.staging_pid(entry.name)
+            if pid is not None and pid != proc.pid:
+                victim = pid
                 os.kill(victim, signal.SIGKILL)
                 break
         time.sleep(0.005)
