@@ -12,7 +12,10 @@ are never loaded, and every problem is one InputError line naming the file.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -149,10 +152,10 @@ def _reason(e: BaseException) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _from_onnx(p: Path, node_name: str | None):
+def _read_onnx(p: Path) -> Any:
+    """The ModelProto in an ONNX file, or one InputError/UsageError line."""
     try:
         import onnx
-        from onnx import numpy_helper
     except ImportError:
         raise UsageError("importing ONNX models needs the onnx package: "
                          "pip install 'convcli[onnx]'") from None
@@ -161,9 +164,18 @@ def _from_onnx(p: Path, node_name: str | None):
     try:
         # External data files would be opened by paths the model names: never followed.
         model = onnx.load(str(p), load_external_data=False)
-        convs = [n for n in model.graph.node if n.op_type == "Conv"]
+        list(model.graph.node)  # a damaged graph fails here, not later
     except Exception as e:  # protobuf raises its own types on damaged files
         raise InputError(f"{p}: not a readable ONNX model ({_reason(e)})") from None
+    return model
+
+
+def _from_onnx(p: Path, node_name: str | None):
+    import onnx
+    from onnx import numpy_helper
+
+    model = _read_onnx(p)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
     if not convs:
         raise InputError(f"{p}: the model has no Conv node")
     if node_name is None:
@@ -262,3 +274,819 @@ def _from_onnx(p: Path, node_name: str | None):
         raise InputError(f"{where} uses auto_pad={geometry.brief(auto_pad)}, which convcli's "
                          "padding cannot express (SAME_LOWER puts the extra pixel first)")
     return weights, bias, defaults, {"format": "onnx", "node": node.name}
+
+
+# --- whole networks from ONNX ---------------------------------------------------------------
+# The longest chain of supported layers from the model's input: each node reads only the
+# previous node's output (and numbers stored in the model), and that output feeds only it.
+# BatchNormalization and per-channel Mul/Add/Sub/Div right after a Conv are folded into its
+# weights in float64; elsewhere they become a normalize layer (or a 1x1 grouped conv when a
+# scale is not positive). The walk stops, with a note, at the first node it cannot import.
+
+ONNX_DOMAINS = ("", "ai.onnx")
+MAX_LAYER_NAME = 60
+FUSED = ("relu", "abs")  # activations the engine applies inside the conv pass
+
+# Attributes each imported operation may carry (any other might change what it computes).
+KNOWN_ATTRIBUTES: dict[str, set[str]] = {
+    "Conv": {"auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"},
+    "BatchNormalization": {"epsilon", "momentum", "spatial", "is_test", "consumed_inputs",
+                           "training_mode"},
+    "Relu": {"consumed_inputs"}, "Abs": {"consumed_inputs"}, "Sigmoid": {"consumed_inputs"},
+    "Tanh": {"consumed_inputs"}, "HardSwish": set(),
+    "LeakyRelu": {"alpha", "consumed_inputs"},
+    "HardSigmoid": {"alpha", "beta", "consumed_inputs"},
+    "Clip": {"min", "max", "consumed_inputs"},
+    "MaxPool": {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order",
+                "strides"},
+    "AveragePool": {"auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape",
+                    "pads", "strides"},
+    "Identity": set(), "Dropout": {"ratio", "is_test", "seed", "consumed_inputs"},
+    "Add": {"broadcast", "axis", "consumed_inputs"}, "Sub": {"broadcast", "axis",
+                                                            "consumed_inputs"},
+    "Mul": {"broadcast", "axis", "consumed_inputs"}, "Div": {"broadcast", "axis",
+                                                            "consumed_inputs"},
+}
+JOINS = ("Add", "Sub", "Mul", "Div", "Sum", "Mean", "Max", "Min", "Concat")
+
+
+@dataclass
+class ImportedNetwork:
+    """Layers read from an ONNX model, in the layered bank schema: write them with
+    ``bank.dump_network(**net.dump_args())``. ``notes`` say where the import stopped and why
+    (the last note) and anything the user should know about the result."""
+
+    name: str
+    description: str
+    layers: list[dict]
+    provenance: dict
+    notes: list[str] = field(default_factory=list)
+
+    def dump_args(self) -> dict[str, Any]:
+        """The keyword arguments of bank.dump_network."""
+        return {"name": self.name, "description": self.description, "layers": self.layers,
+                "provenance": self.provenance}
+
+
+def import_network(path: str, upto: str | None = None,
+                   node: str | None = None) -> ImportedNetwork:
+    """Import the longest chain of supported layers from an ONNX model's input.
+
+    ``upto``: stop after the node of that name. ``node``: import that Conv node alone (with
+    a BatchNormalization and a Relu or Abs right after it folded in)."""
+    if upto is not None and node is not None:
+        raise UsageError("give either the last node to import or a single Conv node, not both")
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{path}: " + ("not a regular file" if p.exists() else "no such file"))
+    if p.suffix.lower() != ".onnx":
+        raise UsageError(f"{path}: networks are imported from ONNX models (.onnx), not "
+                         f"{p.suffix or 'files without a suffix'}")
+    graph = _Graph(p, _read_onnx(p))
+    walker = _Walker(graph, upto)
+    if node is not None:
+        stop = walker.single(node)
+    else:
+        if upto is not None and not any(n.name == upto for n in graph.nodes):
+            raise UsageError(f"{p}: the model has no node named {upto!r}")
+        stop = walker.chain()
+        if upto is not None and walker.used[-1:] != [upto]:
+            raise InputError(f"{p}: node {upto!r} is not on the chain of layers convcli can "
+                             f"import from the model's input; {stop}")
+    if not walker.layers:
+        raise InputError(f"{p}: nothing to import: {stop}")
+    layers = walker.finish()
+    model = graph.model
+    producer = " ".join(x for x in (model.producer_name, model.producer_version) if x)
+    provenance: dict[str, Any] = {"format": "onnx", "source": str(path)}
+    if model.graph.name:
+        provenance["graph"] = _cut(model.graph.name)
+    if producer:
+        provenance["producer"] = _cut(producer)
+    provenance.update(opset=graph.opset, input=_cut(walker.start),
+                      nodes=[_cut(n) for n in walker.used], stopped=_cut(stop, 1000))
+    label = f" (graph {model.graph.name!r})" if model.graph.name else ""
+    description = f"{len(layers)} layers imported from ONNX model {p.name}{label}"
+    return ImportedNetwork(name=_safe_name(p.stem) or "onnx", description=_cut(description, 1000),
+                           layers=layers, provenance=provenance, notes=walker.notes + [stop])
+
+
+class _Stop(Exception):
+    """The chain ends at this node; the message (why) becomes the last note."""
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _safe_name(text: str) -> str:
+    """A layer or network name from an ONNX name: letters, digits, '.', '_' and '-' only."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:MAX_LAYER_NAME].strip("._-")
+
+
+def _f32(values: Any) -> Any:
+    """Nested lists of the shortest decimals that read back as the same float32 values."""
+    return np.asarray(values, np.float32).astype(str).astype(np.float64).tolist()
+
+
+def _in_float32(*arrays: np.ndarray) -> bool:
+    with np.errstate(invalid="ignore"):  # NaN compares False: out of range
+        return all(bool((np.abs(a) <= FLOAT32_MAX).all()) for a in arrays)
+
+
+def _subgraph_inputs(node: Any) -> list[str]:
+    """Names read inside a node's subgraphs (If, Loop, Scan bodies see outer tensors)."""
+    names: list[str] = []
+    for a in node.attribute:
+        for g in list(a.g.node and [a.g]) + list(a.graphs):
+            for inner in g.node:
+                names.extend(inner.input)
+                names.extend(_subgraph_inputs(inner))
+    return names
+
+
+class _Graph:
+    """Who produces and who reads each tensor, and the numbers stored in the model."""
+
+    def __init__(self, p: Path, model: Any):
+        self.p, self.model = p, model
+        graph = model.graph
+        try:
+            self.init = {t.name: t for t in graph.initializer}
+            self.nodes = list(graph.node)
+            self.index = {id(n): i for i, n in enumerate(self.nodes)}
+            self.producer: dict[str, Any] = {}
+            self.consumers: dict[str, list] = {}
+            for n in self.nodes:
+                for name in n.output:
+                    if name:
+                        self.producer.setdefault(name, n)
+                for name in dict.fromkeys(list(n.input) + _subgraph_inputs(n)):
+                    if name:
+                        self.consumers.setdefault(name, []).append(n)
+            self.outputs = {o.name for o in graph.output}
+            self.inputs = [i for i in graph.input if i.name not in self.init]
+            versions = {imp.domain: int(imp.version) for imp in model.opset_import}
+        except Exception as e:
+            raise InputError(f"{p}: not a readable ONNX model ({_reason(e)})") from None
+        opset = versions.get("", versions.get("ai.onnx"))
+        if opset is None or opset < 1:
+            raise InputError(f"{p}: the model declares no opset version for the standard ONNX "
+                             "operators")
+        self.opset = opset
+
+    def label(self, n: Any) -> str:
+        return f"{n.op_type} node " + (repr(n.name) if n.name else f"#{self.index[id(n)] + 1}")
+
+    def where(self, n: Any) -> str:
+        return f"{self.p}: {self.label(n)}"
+
+    def attrs(self, n: Any) -> dict[str, Any]:
+        import onnx
+
+        try:
+            values = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        except Exception as e:
+            raise InputError(f"{self.where(n)} has attributes that cannot be read "
+                             f"({_reason(e)})") from None
+        return {k: v.decode(errors="replace") if isinstance(v, bytes) else v
+                for k, v in values.items()}
+
+    def constant(self, name: str, user: Any, what: str) -> np.ndarray | None:
+        """float64 values of a tensor stored in the model (an initializer or a Constant node,
+        also through Identity nodes); None for a tensor computed at run time."""
+        for _ in range(64):
+            if name in self.init:
+                return self.array(self.init[name], user, what)
+            n = self.producer.get(name)
+            if n is None or n.domain not in ONNX_DOMAINS:
+                return None
+            if n.op_type == "Identity" and len(n.input) == 1:
+                name = n.input[0]
+                continue
+            if n.op_type != "Constant":
+                return None
+            attrs = self.attrs(n)
+            if "value" in attrs and hasattr(attrs["value"], "dims"):
+                return self.array(attrs["value"], user, what)
+            for key in ("value_float", "value_floats", "value_int", "value_ints"):
+                if key in attrs:
+                    return np.asarray(attrs[key], np.float64)
+            raise InputError(f"{self.where(user)}: its {what} comes from {self.label(n)}, which "
+                             "holds no dense array of numbers")
+        return None
+
+    def array(self, t: Any, user: Any, what: str) -> np.ndarray:
+        import onnx
+        from onnx import numpy_helper
+
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            raise InputError(f"{self.where(user)} keeps its {what} in an external data file; "
+                             "convcli reads only models that hold their weights")
+        try:
+            a = numpy_helper.to_array(t)
+        except Exception as e:
+            raise InputError(f"{self.where(user)}: its {what} cannot be read "
+                             f"({_reason(e)})") from None
+        if a.dtype.kind not in "iuf" or a.dtype.fields is not None:
+            raise InputError(f"{self.where(user)}: its {what} is stored as {a.dtype}; want "
+                             "real numbers (float or int)")
+        with np.errstate(all="ignore"):  # beyond float32 is refused where it matters
+            return a.astype(np.float64)
+
+
+@dataclass
+class _Conv:
+    name: str
+    weights: np.ndarray  # float64 (F, C / groups, KH, KW)
+    bias: np.ndarray  # float64 (F,)
+    groups: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: str | tuple[int, int, int, int]
+    nodes: list[str]
+    activation: str = "none"
+
+    def as_dict(self, first: bool) -> dict:
+        f, c = self.weights.shape[:2]
+        if first and self.groups == 1 and c in CHANNEL_MODES:
+            mode = CHANNEL_MODES[c]  # images get luminance or three channels, as single banks
+        else:
+            mode = "dense"
+        defaults: dict[str, Any] = {"input": mode}
+        if self.groups > 1:
+            defaults["groups"] = self.groups
+        pad = self.padding if isinstance(self.padding, str) else list(self.padding)
+        defaults.update(stride=list(self.stride), dilation=list(self.dilation), padding=pad,
+                        border="zero", activation=self.activation)
+        width = max(3, len(str(f - 1)))
+        weights, bias = _f32(self.weights), _f32(self.bias)
+        filters = [{"name": f"{self.name}_{k:0{width}d}", "bias": bias[k], "weights": weights[k]}
+                   for k in range(f)]
+        return {"conv": {"name": self.name, "description": _cut("ONNX " + ", ".join(self.nodes),
+                                                                 1000),
+                         "defaults": defaults, "filters": filters}}
+
+
+@dataclass
+class _Affine:
+    """y[c] = scale[c] * x[c] + shift[c] (arrays of one value or one per channel)."""
+
+    name: str
+    scale: np.ndarray
+    shift: np.ndarray
+
+    def as_dict(self) -> dict:
+        if (self.scale > 0).all():
+            return {"normalize": {"name": self.name, "mean": _f32(-self.shift / self.scale),
+                                  "std": _f32(1 / self.scale)}}
+        # A scale <= 0 is not a normalisation: a 1x1 conv, one channel per group, does it.
+        conv = _Conv(self.name, self.scale[:, None, None, None], self.shift, len(self.scale),
+                     (1, 1), (1, 1), (0, 0, 0, 0), [self.name])
+        return conv.as_dict(first=False)
+
+
+class _Walker:
+    def __init__(self, graph: _Graph, upto: str | None):
+        self.g, self.upto = graph, upto
+        self.layers: list[Any] = []  # _Conv, _Affine or finished layer dicts
+        self.names: set[str] = set()
+        self.notes: list[str] = []
+        self.used: list[str] = []  # names (or labels) of the nodes imported
+        self.channels: int | None = None
+        self.hw: tuple[int, int] | None = None
+        self.start = ""
+
+    # -- walking -----------------------------------------------------------------------------
+    def chain(self) -> str:
+        g = self.g
+        if not g.inputs:
+            raise InputError(f"{g.p}: the model has no input")
+        first = g.inputs[0]
+        self.start = first.name
+        if len(g.inputs) > 1:
+            self.notes.append(f"the model has {len(g.inputs)} inputs; the layers start at the "
+                              f"first, {first.name!r}")
+        try:
+            dims = [d.dim_value if d.HasField("dim_value") else None
+                    for d in first.type.tensor_type.shape.dim]
+        except Exception:
+            dims = []
+        if len(dims) == 4:
+            self.channels = dims[1] if dims[1] else None
+            if dims[2] and dims[3]:
+                self.hw = (int(dims[2]), int(dims[3]))
+        cur, seen = first.name, set()
+        while True:
+            users = g.consumers.get(cur, [])
+            if not users:
+                return (f"the chain reaches the model's output {cur!r}" if cur in g.outputs
+                        else f"nothing reads {cur!r}")
+            if len(users) > 1:
+                names = ", ".join(g.label(u) for u in users[:4])
+                return (f"stopped after {cur!r}: it feeds {len(users)} nodes ({names}"
+                        f"{', ...' if len(users) > 4 else ''}), a branch (e.g. a residual "
+                        "connection)")
+            n = users[0]
+            if id(n) in seen:
+                raise InputError(f"{g.where(n)} is part of a cycle; an ONNX graph has none")
+            seen.add(id(n))
+            try:
+                cur = self.step(n, cur)
+            except _Stop as e:
+                return f"stopped at {g.label(n)}: {e}"
+            if self.upto is not None and n.name == self.upto:
+                return f"stopped after {g.label(n)}, as asked"
+
+    def single(self, name: str) -> str:
+        g = self.g
+        convs = [n for n in g.nodes if n.op_type == "Conv" and n.domain in ONNX_DOMAINS]
+        found = [n for n in convs if n.name == name]
+        if not found:
+            other = [n for n in g.nodes if n.name == name]
+            if other:
+                raise UsageError(f"{g.p}: node {name!r} is a {other[0].op_type}, not a Conv")
+            names = ", ".join(n.name or "(unnamed)" for n in convs[:20])
+            raise UsageError(f"{g.p}: no Conv node named {name!r}; Conv nodes: "
+                             f"{names or 'none'}"
+                             + (f" and {len(convs) - 20} more" if len(convs) > 20 else ""))
+        conv = found[0]
+        self.start = conv.input[0] if conv.input else ""
+        try:
+            cur = self.step(conv, self.start)
+        except _Stop as e:
+            raise InputError(f"{g.where(conv)}: {e}") from None
+        # A BatchNormalization and a Relu or Abs right after the conv belong to its layer;
+        # both fold into it while its output is untouched (last_open_conv), so it stays one.
+        while self.last_open_conv() is not None:
+            users = g.consumers.get(cur, [])
+            if len(users) != 1 or users[0].domain not in ONNX_DOMAINS or \
+                    users[0].op_type not in ("BatchNormalization", "Relu", "Abs"):
+                break
+            try:
+                cur = self.step(users[0], cur)
+            except _Stop:
+                break
+        return f"imported {g.label(conv)} alone" + (
+            f" with {', '.join(self.used[1:])} folded in" if len(self.used) > 1 else "")
+
+    def step(self, n: Any, cur: str) -> str:
+        """Import node n, which reads the chain's tensor cur; its output, or _Stop."""
+        g = self.g
+        if n.domain not in ONNX_DOMAINS:
+            raise _Stop(f"{n.domain}.{n.op_type} is not an operation convcli imports")
+        if n.op_type not in KNOWN_ATTRIBUTES:
+            raise _Stop(f"{n.op_type} is not an operation convcli imports")
+        if not n.output or not n.output[0]:
+            raise InputError(f"{g.where(n)} has no output")
+        attrs = g.attrs(n)
+        unknown = sorted(set(attrs) - KNOWN_ATTRIBUTES[n.op_type])
+        if unknown:
+            raise _Stop(f"its attribute {unknown[0]!r} is not one convcli knows for "
+                        f"{n.op_type}")
+        for extra in n.output[1:]:
+            if extra and g.consumers.get(extra):
+                raise _Stop(f"its second output {extra!r} is used "
+                            f"(by {g.label(g.consumers[extra][0])})")
+        getattr(self, "_" + n.op_type)(n, cur, attrs)
+        self.used.append(n.name or g.label(n))
+        return n.output[0]
+
+    def params(self, n: Any, cur: str, what: tuple[str, ...], data_at: tuple[int, ...] = (0,)
+               ) -> list[np.ndarray | None]:
+        """The constant inputs of n (None where absent and at the data position)."""
+        ins = list(n.input)
+        at = [i for i, name in enumerate(ins) if name == cur]
+        if not at:
+            raise _Stop(f"it reads {cur!r} only inside a subgraph")
+        if len(at) > 1:
+            raise _Stop(f"it reads {cur!r} more than once")
+        if at[0] not in data_at:
+            raise _Stop(f"it reads {cur!r} as its input {at[0] + 1}, not as its data")
+        out: list[np.ndarray | None] = []
+        for i, name in enumerate(ins):
+            label = what[i] if i < len(what) else f"input {i + 1}"
+            if i == at[0] or not name:
+                out.append(None)
+                continue
+            value = self.g.constant(name, n, label)
+            if value is None:
+                src = self.g.producer.get(name)
+                if src is None and name not in {i.name for i in self.g.inputs}:
+                    raise InputError(f"{self.g.where(n)} reads {name!r} ({label}), which no node "
+                                     "makes and the model does not store")
+                by = self.g.label(src) if src is not None else "the model's inputs"
+                if n.op_type in JOINS:
+                    raise _Stop(f"it also reads {name!r} from {by}: two branches join here "
+                                "(e.g. a residual connection)")
+                raise _Stop(f"its {label} ({name!r}) comes from {by}, not from numbers stored "
+                            "in the model")
+            out.append(value)
+        return out
+
+    def layer_name(self, n: Any, kind: str) -> str:
+        base = _safe_name(n.name) or f"{len(self.layers) + 1:02d}-{kind}"
+        name, k = base, 2
+        while name.casefold() in self.names:  # unique also on case-insensitive file systems
+            name, k = f"{base}-{k}", k + 1
+        self.names.add(name.casefold())
+        return name
+
+    def finish(self) -> list[dict]:
+        out = []
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, _Conv):
+                out.append(layer.as_dict(first=i == 0))
+            elif isinstance(layer, _Affine):
+                out.append(layer.as_dict())
+            else:
+                out.append(layer)
+        return out
+
+    def last_open_conv(self) -> _Conv | None:
+        """The previous layer if it is a conv whose output nothing has changed yet."""
+        last = self.layers[-1] if self.layers else None
+        return last if isinstance(last, _Conv) and last.activation == "none" else None
+
+    # -- geometry ------------------------------------------------------------------------------
+    def ints(self, n: Any, attrs: dict, key: str, default: list[int], what: str) -> list[int]:
+        value = attrs.get(key, default)
+        if not (isinstance(value, list) and len(value) == len(default)
+                and all(geometry.is_int(v) for v in value)):
+            raise InputError(f"{self.g.where(n)} has {key}={geometry.brief(value)}; a 2-D "
+                             f"{what} needs {len(default)} whole numbers")
+        return [int(v) for v in value]
+
+    def geometry(self, n: Any, attrs: dict, kernel: tuple[int, int], what: str
+                 ) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int] | None]:
+        """stride, dilation and explicit pads (None for auto_pad) of a conv or pool node."""
+        strides = self.ints(n, attrs, "strides", [1, 1], what)
+        dilations = self.ints(n, attrs, "dilations", [1, 1], what)
+        pads = self.ints(n, attrs, "pads", [0, 0, 0, 0], what)
+        try:
+            stride = geometry.pair(strides, "stride")
+            dilation = geometry.pair(dilations, "dilation")
+            geometry.check_footprint(kernel, dilation)
+            top, left, bottom, right = pads  # ONNX: all the starts, then all the ends
+            explicit = geometry.padding([top, bottom, left, right])
+        except ValueError as e:
+            raise InputError(f"{self.g.where(n)}: {e}") from None
+        assert not isinstance(explicit, str)
+        return stride, dilation, explicit
+
+    def auto_pad(self, n: Any, attrs: dict) -> str:
+        mode = attrs.get("auto_pad", "NOTSET")
+        if mode not in ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"):
+            raise InputError(f"{self.g.where(n)} has auto_pad={geometry.brief(mode)}; ONNX "
+                             "defines NOTSET, SAME_UPPER, SAME_LOWER and VALID")
+        return mode
+
+    def same_pads(self, n: Any, mode: str, kernel: tuple[int, int], stride: tuple[int, int],
+                  dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+        """Explicit pads for auto_pad SAME_*: fixed for stride 1; for a larger stride they
+        depend on the input size, so only a model with a fixed input size gives them."""
+        sides = []
+        fixed = False
+        for axis in (0, 1):
+            span = (kernel[axis] - 1) * dilation[axis] + 1
+            if stride[axis] == 1:
+                total = span - 1
+            elif self.hw is not None:
+                size, s = self.hw[axis], stride[axis]
+                total = max((-(-size // s) - 1) * s + span - size, 0)
+                fixed = True
+            else:
+                raise _Stop(f"auto_pad={mode} with stride {stride[axis]} pads by an amount that "
+                            "depends on the input size, which the model leaves open")
+            head = (total + 1) // 2 if mode == "SAME_LOWER" else total // 2
+            sides.append((head, total - head))
+        if fixed:
+            assert self.hw is not None
+            self.notes.append(
+                f"{self.g.label(n)}: auto_pad={mode} with stride {stride[0]}x{stride[1]} became "
+                f"fixed padding computed for its {self.hw[0]}x{self.hw[1]} input (the model's "
+                "size); inputs of other sizes are padded the same, where ONNX would adapt")
+        return (sides[0][0], sides[0][1], sides[1][0], sides[1][1])
+
+    def track(self, kernel: tuple[int, int], stride: tuple[int, int],
+              dilation: tuple[int, int], pads: str | tuple[int, int, int, int],
+              ceil_mode: bool = False) -> None:
+        """Follow the spatial size through a conv or pool (known only for fixed inputs)."""
+        if self.hw is None:
+            return
+        if pads == "same":
+            self.hw = (-(-self.hw[0] // stride[0]), -(-self.hw[1] // stride[1]))
+            return
+        resolved = geometry.resolve_pads(pads, self.hw, kernel, stride, dilation)
+        out = []
+        for axis in (0, 1):
+            size, s = self.hw[axis], stride[axis]
+            before, after = resolved[2 * axis], resolved[2 * axis + 1]
+            room = size + before + after - (kernel[axis] - 1) * dilation[axis] - 1
+            count = (-(-room // s) if ceil_mode else room // s) + 1
+            if ceil_mode and (count - 1) * s >= size + before:  # the last window starts inside
+                count -= 1
+            out.append(count)
+        self.hw = (out[0], out[1]) if min(out) > 0 else None
+
+    # -- operations ------------------------------------------------------------------------
+    def _Conv(self, n: Any, cur: str, attrs: dict) -> None:
+        g, where = self.g, self.g.where(n)
+        if len(n.input) < 2 or not n.input[1]:
+            raise InputError(f"{where} has no weights input")
+        _, w, b = (self.params(n, cur, ("data", "weights", "bias")) + [None])[:3]
+        assert w is not None
+        if w.ndim != 4:
+            kind = f"{w.ndim - 2}-D" if w.ndim >= 3 else "malformed"
+            raise InputError(f"{where} is a {kind} convolution (weights of shape "
+                             f"{tuple(w.shape)}); only 2-D convolutions can become a bank")
+        f, cg, kh, kw = (int(v) for v in w.shape)
+        if min(f, cg, kh, kw) < 1:
+            raise InputError(f"{where} has weights of shape {tuple(w.shape)}")
+        group = attrs.get("group", 1)
+        if not geometry.is_int(group) or group < 1 or f % group:
+            raise InputError(f"{where} has group={geometry.brief(group)}; it must be a whole "
+                             f"number >= 1 that divides the {f} filters")
+        if self.channels is not None and cg * group != self.channels:
+            raise InputError(f"{where} reads {cg * group} channels ({cg} per group x {group}) "
+                             f"but its input has {self.channels}")
+        channel_limit = getattr(bank, "MAX_DENSE_CHANNELS", bank.MAX_KERNEL_CHANNELS)
+        if cg > channel_limit:
+            raise _Stop(f"its filters read {cg} channels each; a bank's filters read at most "
+                        f"{channel_limit}")
+        try:
+            bank.check_written_size(f, cg, kh, kw)
+        except ValueError as e:
+            raise _Stop(f"its weights are too large for a bank file ({e})") from None
+        kernel = self.ints(n, attrs, "kernel_shape", [kh, kw], "convolution")
+        if tuple(kernel) != (kh, kw):
+            raise InputError(f"{where} has kernel_shape {kernel} but weights of {kh}x{kw}")
+        stride, dilation, explicit = self.geometry(n, attrs, (kh, kw), "convolution")
+        mode = self.auto_pad(n, attrs)
+        padding: str | tuple[int, int, int, int]
+        if mode == "SAME_UPPER":
+            padding = "same"  # convcli's same puts the odd pixel last, as SAME_UPPER does
+        elif mode == "VALID":
+            padding = "valid"
+        elif mode == "SAME_LOWER":
+            padding = self.same_pads(n, mode, (kh, kw), stride, dilation)
+        else:
+            assert explicit is not None
+            padding = explicit
+        bias = np.zeros(f) if b is None else b
+        if bias.size != f:
+            raise InputError(f"{where} has a bias of shape {tuple(bias.shape)} for {f} filters")
+        if not _in_float32(w, bias):
+            raise InputError(f"{where}: the weights or biases are not all finite numbers within "
+                             f"float32's range (about ±{FLOAT32_MAX:.3g})")
+        self.layers.append(_Conv(self.layer_name(n, "conv"), w, bias.ravel(), int(group),
+                                 stride, dilation, padding, [g.label(n)]))
+        self.channels = f
+        self.track((kh, kw), stride, dilation, padding)
+
+    def _BatchNormalization(self, n: Any, cur: str, attrs: dict) -> None:
+        where = self.g.where(n)
+        if len(n.input) != 5 or not all(n.input):
+            raise InputError(f"{where} has {len(n.input)} inputs; BatchNormalization takes 5 "
+                             "(data, scale, bias, mean, variance)")
+        if attrs.get("training_mode", 0):
+            raise _Stop("it runs in training mode (it normalises by the batch's statistics)")
+        if attrs.get("spatial", 1) != 1:
+            raise _Stop("spatial=0 (statistics per pixel) is not supported")
+        _, scale, beta, mean, var = self.params(
+            n, cur, ("data", "scale", "bias", "mean", "variance"))
+        assert scale is not None and beta is not None and mean is not None and var is not None
+        c = self.channels if self.channels is not None else scale.size
+        for value, what in ((scale, "scale"), (beta, "bias"), (mean, "mean"), (var, "variance")):
+            if value.shape != (c,):
+                raise InputError(f"{where} has a {what} of shape {tuple(value.shape)} for {c} "
+                                 "channels")
+        eps = attrs.get("epsilon", 1e-5)
+        with np.errstate(all="ignore"):
+            spread = var + float(eps)
+            if not (np.isfinite(spread).all() and (spread > 0).all()):
+                raise InputError(f"{where}: variance + epsilon must be finite and > 0")
+            s = scale / np.sqrt(spread)
+            t = beta - mean * s
+        self.affine(n, s, t, "BatchNormalization")
+
+    def _Add(self, n: Any, cur: str, attrs: dict) -> None:
+        self.arithmetic(n, cur, attrs)
+
+    _Sub = _Mul = _Div = _Add
+
+    def arithmetic(self, n: Any, cur: str, attrs: dict) -> None:
+        where = self.g.where(n)
+        if len(n.input) != 2:
+            raise InputError(f"{where} has {len(n.input)} inputs; {n.op_type} takes 2")
+        values = self.params(n, cur, ("first operand", "second operand"),
+                             (0,) if n.op_type == "Div" else (0, 1))
+        data_first = values[0] is None
+        value = values[1] if data_first else values[0]
+        assert value is not None
+        c = self.per_channel(n, value, attrs)
+        one = np.ones(1)
+        if n.op_type == "Add":
+            scale, shift = one, c
+        elif n.op_type == "Sub":
+            scale, shift = (one, -c) if data_first else (-one, c)
+        elif n.op_type == "Mul":
+            scale, shift = c, np.zeros(1)
+        else:
+            if not c.all():
+                raise _Stop("it divides by zero")
+            scale, shift = 1 / c, np.zeros(1)
+        self.affine(n, scale, shift, "normalize")
+
+    def per_channel(self, n: Any, value: np.ndarray, attrs: dict) -> np.ndarray:
+        """A constant operand as one value or one per channel, or _Stop."""
+        if "axis" in attrs:  # opset < 7's broadcast: a 1-D operand aligned with this axis
+            if attrs["axis"] != 1 or value.ndim != 1:
+                raise _Stop(f"its legacy broadcast along axis {attrs['axis']} is not per channel")
+            value = value.reshape(-1, 1, 1)
+        if value.ndim > 4:
+            raise _Stop(f"its operand of shape {tuple(value.shape)} adds dimensions")
+        shape = (1,) * (4 - value.ndim) + tuple(value.shape)
+        if shape[0] != 1 or shape[2] != 1 or shape[3] != 1:
+            raise _Stop(f"its operand of shape {tuple(value.shape)} varies along more than the "
+                        "channels")
+        flat = value.reshape(-1)
+        if flat.size == 0 or (self.channels is not None and flat.size not in (1, self.channels)):
+            raise InputError(f"{self.g.where(n)} combines {self.channels} channels with an "
+                             f"operand of shape {tuple(value.shape)}")
+        return flat
+
+    def affine(self, n: Any, scale: np.ndarray, shift: np.ndarray, kind: str) -> None:
+        """x -> scale * x + shift per channel: folded into a conv just before, merged with an
+        affine just before, or a new layer."""
+        scale, shift = (np.array(a, np.float64) for a in np.broadcast_arrays(scale, shift))
+        if not _in_float32(scale, shift):
+            raise _Stop("its numbers are not all finite within float32's range")
+        conv = self.last_open_conv()
+        last = self.layers[-1] if self.layers else None
+        if conv is not None:
+            f = conv.weights.shape[0]
+            weights = conv.weights * scale.reshape(-1, 1, 1, 1) if scale.size == f \
+                else conv.weights * scale[0]
+            bias = conv.bias * scale + shift
+            if not _in_float32(weights, bias):
+                raise _Stop(f"folding it into {conv.nodes[0]} leaves float32's range")
+            conv.weights, conv.bias = weights, np.broadcast_to(bias, (f,)).copy()
+            conv.nodes.append(self.g.label(n))
+            return
+        if isinstance(last, _Affine):
+            merged_scale, merged_shift = last.scale * scale, last.shift * scale + shift
+            if not _in_float32(merged_scale, merged_shift):
+                raise _Stop("combined with the operations before it, its numbers leave "
+                            "float32's range")
+            last.scale, last.shift = merged_scale, merged_shift
+            return
+        if not (scale > 0).all() and scale.size == 1:
+            if self.channels is None:
+                raise _Stop("it scales by a number <= 0 and the number of channels is unknown")
+            scale, shift = np.full(self.channels, scale[0]), np.full(self.channels, shift[0])
+        if scale.size > 1:
+            self.channels = scale.size
+        self.layers.append(_Affine(self.layer_name(n, kind), scale, shift))
+
+    def activation(self, n: Any, function: str, **params: float) -> None:
+        conv = self.last_open_conv()
+        if function in FUSED and conv is not None:
+            conv.activation = function
+            conv.nodes.append(self.g.label(n))
+            return
+        body: dict[str, Any] = {"name": self.layer_name(n, "activation"), "function": function}
+        body.update({k: _f32(v) for k, v in params.items()})
+        self.layers.append({"activation": body})
+
+    def _no_params(self, n: Any, cur: str) -> None:
+        self.params(n, cur, ("data",))
+
+    def _Relu(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)
+        self.activation(n, "relu")
+
+    def _Abs(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)
+        self.activation(n, "abs")
+
+    def _Sigmoid(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)
+        self.activation(n, "sigmoid")
+
+    def _Tanh(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)
+        self.activation(n, "tanh")
+
+    def _HardSwish(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)
+        self.activation(n, "hardswish")
+
+    def _LeakyRelu(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)
+        self.activation(n, "leaky_relu", alpha=self.number(n, attrs, "alpha", 0.01))
+
+    def _HardSigmoid(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)
+        self.activation(n, "hardsigmoid", alpha=self.number(n, attrs, "alpha", 0.2),
+                        beta=self.number(n, attrs, "beta", 0.5))
+
+    def number(self, n: Any, attrs: dict, key: str, default: float) -> float:
+        value = attrs.get(key, default)
+        if not isinstance(value, (int, float)) or not abs(value) <= FLOAT32_MAX:
+            raise InputError(f"{self.g.where(n)} has {key}={geometry.brief(value)}; want a "
+                             "finite number")
+        return float(value)
+
+    def _Clip(self, n: Any, cur: str, attrs: dict) -> None:
+        where = self.g.where(n)
+        _, lo_in, hi_in = (self.params(n, cur, ("data", "minimum", "maximum")) + [None, None])[:3]
+        bounds = []
+        for value, key, default in ((lo_in, "min", -math.inf), (hi_in, "max", math.inf)):
+            if value is not None:
+                if value.size != 1:
+                    raise InputError(f"{where} has a {key}imum of shape {tuple(value.shape)}; "
+                                     "Clip takes one number")
+                bounds.append(float(value.reshape(-1)[0]))
+            elif key in attrs:
+                number = attrs[key]
+                if not isinstance(number, (int, float)) or math.isnan(number):
+                    raise InputError(f"{where} has {key}={geometry.brief(number)}; want a number")
+                bounds.append(float(number))
+            else:
+                bounds.append(default)
+        lo, hi = (-math.inf if v <= -FLOAT32_MAX else math.inf if v >= FLOAT32_MAX else v
+                  for v in bounds)
+        if math.isnan(lo) or math.isnan(hi):
+            raise InputError(f"{where} has a bound that is not a number")
+        if lo > hi:
+            raise _Stop(f"its minimum {lo:g} is above its maximum {hi:g}")
+        if (lo, hi) == (0, 6):
+            self.activation(n, "relu6")
+        elif (lo, hi) == (0, math.inf):
+            self.activation(n, "relu")
+        elif (lo, hi) == (-math.inf, math.inf):
+            return  # clips nothing
+        else:
+            params = {k: v for k, v in (("min", lo), ("max", hi)) if math.isfinite(v)}
+            self.activation(n, "clip", **params)
+
+    def _Identity(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)
+
+    def _Dropout(self, n: Any, cur: str, attrs: dict) -> None:
+        values = self.params(n, cur, ("data", "ratio", "training mode"))
+        training = values[2] if len(values) > 2 else None
+        if training is not None and training.size and training.reshape(-1)[0]:
+            raise _Stop("it runs in training mode (drops values at random)")
+
+    def _MaxPool(self, n: Any, cur: str, attrs: dict) -> None:
+        self.pool(n, cur, attrs, "max")
+
+    def _AveragePool(self, n: Any, cur: str, attrs: dict) -> None:
+        self.pool(n, cur, attrs, "avg")
+
+    def pool(self, n: Any, cur: str, attrs: dict, mode: str) -> None:
+        where = self.g.where(n)
+        self._no_params(n, cur)
+        kernel_shape = attrs.get("kernel_shape")
+        if isinstance(kernel_shape, list) and len(kernel_shape) != 2:
+            raise InputError(f"{where} is a {len(kernel_shape)}-D pooling; only 2-D pooling can "
+                             "be imported")
+        if kernel_shape is None:
+            raise InputError(f"{where} has no kernel_shape")
+        kernel_list = self.ints(n, attrs, "kernel_shape", [1, 1], "pooling")
+        try:
+            kernel = geometry.pair(kernel_list, "kernel_shape", maximum=geometry.MAX_FOOTPRINT)
+        except ValueError as e:
+            raise InputError(f"{where}: {e}") from None
+        stride, dilation, explicit = self.geometry(n, attrs, kernel, "pooling")
+        ceil_mode = attrs.get("ceil_mode", 0)
+        count_include_pad = attrs.get("count_include_pad", 0)
+        for key, value in (("ceil_mode", ceil_mode), ("count_include_pad", count_include_pad)):
+            if value not in (0, 1):
+                raise InputError(f"{where} has {key}={geometry.brief(value)}; want 0 or 1")
+        if mode == "avg" and dilation != (1, 1):
+            raise _Stop("average pooling with dilation is not supported")
+        auto = self.auto_pad(n, attrs)
+        if auto == "VALID":
+            pads = (0, 0, 0, 0)
+        elif auto in ("SAME_UPPER", "SAME_LOWER"):
+            if ceil_mode:
+                raise _Stop(f"ceil_mode with auto_pad={auto} is not supported")
+            pads = self.same_pads(n, auto, kernel, stride, dilation)
+        else:
+            assert explicit is not None
+            pads = explicit
+        body: dict[str, Any] = {"name": self.layer_name(n, "pool"), "mode": mode,
+                                "kernel": list(kernel), "stride": list(stride),
+                                "padding": list(pads), "ceil_mode": bool(ceil_mode)}
+        if mode == "max":
+            body["dilation"] = list(dilation)
+        else:
+            body["count_include_pad"] = bool(count_include_pad)
+        self.layers.append({"pool": body})
+        self.track(kernel, stride, dilation, pads, bool(ceil_mode))
