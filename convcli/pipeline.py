@@ -582,3 +582,4 @@ def check_output_folder(out: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"{out}: cannot create the output folder: {e.strerror or e}") from None
+    sweep_staging(out)  # left by a run that was killed
