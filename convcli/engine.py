@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -420,30 +421,29 @@ class _executor:
             _numpy_seconds[0] += time.perf_counter() - self.start
 
 
-_CORES: list[int] = []
-
-
 def _cores() -> int:
-    if not _CORES:
-        try:
-            _CORES.append(len(os.sched_getaffinity(0)))
-        except AttributeError:  # not on Linux
-            _CORES.append(os.cpu_count() or 1)
-    return _CORES[0]
+    """Cores this process may run on (its affinity, which a batch's workers may narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 _PLANS: dict = {}  # the same bank runs over many images: derived data once per kernel set
+_PLANS_LOCK = threading.Lock()
 
 
 def _memo(key, make):
     """make(), remembered under key (at most 256 entries, oldest dropped first). Keys hold
-    the weights' bytes: a plan is a pure function of them and the geometry."""
+    the weights' bytes: a plan is a pure function of them and the geometry, so a plan made
+    twice by two threads at once is the same plan."""
     found = _PLANS.get(key, _PLANS)
     if found is _PLANS:
         found = make()
-        if len(_PLANS) >= 256:
-            _PLANS.pop(next(iter(_PLANS)))
-        _PLANS[key] = found
+        with _PLANS_LOCK:
+            if len(_PLANS) >= 256:
+                _PLANS.pop(next(iter(_PLANS)))
+            _PLANS[key] = found
     return found
 
 

@@ -17,8 +17,10 @@ machine's peak, which the tap-by-tap direct kernels cannot reach once C*F is lar
   transforms run in numba (convcli.jit) or NumPy (convcli.winograd), with the same bits.
 
 Memory: nothing is ever the size of the input times the kernel. Each band's buffers are sized
-to stay in cache (BAND_BYTES, a few hundred KB to about 2 MB): the im2col matrix, or the
-band's transformed tiles and their products.
+to stay in cache (BAND_BYTES, WINOGRAD_BAND_BYTES: about 1 MB): the im2col matrix, or the
+band's transformed tiles and their products. A band is at least one output row, so a very
+deep layer on a wide image can need more: (C*KH*KW + 1) * W' * 4 bytes for im2col,
+144 * (C + F) * ceil(W' / 4) for Winograd (1.1 MB for 256 channels and filters at W' 224).
 
 Threads and determinism: bands are cut from the layer's shape alone (never from the thread
 count), and each band is computed the same way whichever thread takes it, so the result is
@@ -44,10 +46,11 @@ from . import winograd
 from .activation import ABS, RELU
 
 # Working set of one band (per thread): the im2col matrix, or Winograd's tiles and products.
-# About the size of a core's L2 cache: larger bands gain little in BLAS speed and lose it to
-# cache misses in the copies and transforms (measured on 512 KB L2, 32 MB L3).
+# About one or two L2 caches: larger bands gain nothing in BLAS speed and lose in the copies
+# and transforms (measured on 512 KB L2, 32 MB L3: VGG-like 3x3 layers took the same time
+# with 0.5 to 2 MB Winograd bands, 25-40% longer with 4 to 8 MB).
 BAND_BYTES = 768 * 1024
-WINOGRAD_BAND_BYTES = 2 * 1024 * 1024
+WINOGRAD_BAND_BYTES = 1024 * 1024
 
 
 # --- running bands in parallel, with BLAS on one thread --------------------------------------
