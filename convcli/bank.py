@@ -15,18 +15,26 @@ import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from . import generators, geometry
+from . import generators, geometry, ops
 from .errors import BankError, Problem, UsageError
+
+if TYPE_CHECKING:
+    from .network import Network
 
 FORMAT_VERSION = 1
 MAX_KERNEL_SIDE = generators.MAX_GENERATED_SIZE
-MAX_KERNEL_CHANNELS = 64
+# Input channels one filter may span (dense layers; VGG's and EfficientNet's deepest layers
+# read 4096 and 3840), and groups a layer may split its input into.
+MAX_KERNEL_CHANNELS = 4096
+MAX_GROUPS = MAX_KERNEL_CHANNELS
 MAX_FILTERS = 4096
 MAX_WEIGHTS = 1 << 22  # numbers in one filter's weights
+MAX_LAYER_WEIGHTS = 1 << 23  # numbers in all the filters of one layer (32 MiB as float32)
+MAX_LAYERS = 1024  # layers in one bank file
 MAX_NODES = 1 << 23  # values in a whole document, counting every alias expansion
 # The YAML reader (ruamel.yaml, pure Python) costs 0.1-0.3 ms and 1 kB per list entry or
 # key (measured: 100,000 numbers in 13 s and 150 MB on a slow 2-core VM), so a file's size
@@ -49,15 +57,34 @@ MAX_TEXT_CHARS = 4096  # a description or source
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # ~3.4e38; weights and biases are float32
 
 BORDERS = ("zero", "reflect", "replicate", "wrap")
-ACTIVATIONS = ("relu", "none", "abs")
-INPUT_MODES = ("gray", "rgb", "depthwise")
+# A conv layer's activation: any function of convcli.ops that needs no parameters (or has
+# defaults for them). The engine applies FUSED_ACTIVATIONS as it writes each output; the
+# others are applied to the layer's maps afterwards (see convcli.network).
+FUSED_ACTIVATIONS = ("relu", "none", "abs")
+ACTIVATIONS = FUSED_ACTIVATIONS + ("relu6", "leaky_relu", "hardswish", "hardsigmoid",
+                                   "sigmoid", "tanh")
+# gray: luminance of a colour image, 2-D kernels; rgb: 3 x KH x KW kernels over R, G, B;
+# depthwise: 2-D kernels, each on every channel on its own; dense: C x KH x KW kernels over
+# an input of exactly C channels (C x groups with groups).
+INPUT_MODES = ("gray", "rgb", "depthwise", "dense")
 SCALES = ("auto", "global", "clip", "symmetric")
-# Channels a filter must have in each input mode (rgb: dense over R, G, B).
+# Channels a filter must have in each input mode (rgb: dense over R, G, B); a dense layer's
+# filters may have any number, the same for all.
 MODE_CHANNELS = {"gray": 1, "rgb": 3, "depthwise": 1}
 
 GEOMETRY_KEYS = ("stride", "padding", "dilation", "border", "activation")
-DEFAULT_KEYS = GEOMETRY_KEYS + ("input", "scale")
+DEFAULT_KEYS = GEOMETRY_KEYS + ("input", "scale", "groups")
 TOP_KEYS = ("convcli", "name", "description", "defaults", "filters", "provenance")
+# A bank file of several layers has ``layers`` in place of ``defaults`` and ``filters``.
+NETWORK_KEYS = ("convcli", "name", "description", "provenance", "layers")
+LAYER_TYPES = ("normalize", "conv", "activation", "pool")
+LAYER_KEYS = {
+    "normalize": ("name", "mean", "std"),
+    "conv": ("name", "description", "defaults", "filters"),
+    "activation": ("name", "function", "min", "max", "alpha", "beta"),
+    "pool": ("name", "mode", "kernel", "stride", "padding", "dilation", "ceil_mode",
+             "count_include_pad"),
+}
 FILTER_KEYS = ("name", "description", "source", "weights", "generator", "bias", "divisor",
                "scale") + GEOMETRY_KEYS
 
@@ -72,6 +99,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "activation": "relu",
     "input": "gray",
     "scale": "auto",
+    "groups": 1,
 }
 
 
@@ -97,6 +125,7 @@ class Filter:
     scale: str
     description: str = ""
     source: str = ""
+    group: int = 0  # which of the bank's groups of input channels it reads (torch's groups)
 
 
 @dataclass(frozen=True)
@@ -107,13 +136,18 @@ class KernelBank:
     description: str = ""
     origin: str = ""  # the file it came from
     provenance: dict = field(default_factory=dict)
+    groups: int = 1  # dense only: the input is split into this many groups of channels
 
     @property
     def channels(self) -> int:
+        """Input channels the filters need: 1 for gray and depthwise (each channel on its
+        own), 3 for rgb, C x groups for dense."""
+        if self.input == "dense":
+            return int(self.filters[0].weights.shape[0]) * self.groups
         return MODE_CHANNELS[self.input]
 
     def select(self, names: Iterable[str]) -> "KernelBank":
-        """Keep only the named filters, in the order given."""
+        """Keep only the named filters, in the order given (each keeps its input group)."""
         by_name = {f.name: f for f in self.filters}
         chosen = []
         for n in names:
@@ -140,6 +174,22 @@ class KernelBank:
         return replace(self, filters=filters)
 
 
+@dataclass(frozen=True)
+class LayerProblem(Problem):
+    """A Problem inside one layer of a layered bank file: named after the file and line."""
+
+    layer: str | None = None
+
+    def __str__(self) -> str:
+        where = self.source + (f":{self.line}" if self.line is not None else "")
+        parts = [where] + ([f"layer {self.layer!r}"] if self.layer is not None else [])
+        if self.filter is not None:
+            parts.append(f"filter {self.filter!r}")
+        if self.field is not None:
+            parts.append(f"field {self.field!r}")
+        return ": ".join(parts) + ": " + self.message
+
+
 # --- setting values: shared by bank files and the command line ------------------------------
 
 def _one_of(allowed: tuple[str, ...], what: str):
@@ -151,6 +201,14 @@ def _one_of(allowed: tuple[str, ...], what: str):
     return check
 
 
+def _groups(value: Any) -> int:
+    if not (geometry.is_int(value) and value >= 1):
+        raise ValueError(f"groups must be a whole number >= 1, got {_show(value)}")
+    if value > MAX_GROUPS:
+        raise ValueError(f"groups must be at most {MAX_GROUPS}, got {_show(value)}")
+    return int(value)
+
+
 SETTING_PARSERS = {
     "stride": lambda v: geometry.pair(v, "stride"),
     "dilation": lambda v: geometry.pair(v, "dilation"),
@@ -159,6 +217,7 @@ SETTING_PARSERS = {
     "activation": _one_of(ACTIVATIONS, "activation"),
     "input": _one_of(INPUT_MODES, "input"),
     "scale": _one_of(SCALES, "scale"),
+    "groups": _groups,
 }
 
 
@@ -213,9 +272,22 @@ def resolve(ref: str) -> Path:
 
 
 def load(ref: str) -> KernelBank:
-    """Load a bank by built-in name or path; raises BankError listing every problem."""
+    """Load a single-layer bank by built-in name or path; raises BankError listing every
+    problem (a file of several layers is refused: see load_network)."""
     path = resolve(ref)
+    return parse(_read(path), source=str(path))
 
+
+def load_network(ref: str) -> "Network":
+    """Load a bank file of one or several layers as a :class:`convcli.network.Network`
+    (a single-layer file gives one Conv layer named after the bank); raises BankError
+    listing every problem."""
+    path = resolve(ref)
+    return parse_network(_read(path), source=str(path))
+
+
+def _read(path: Path) -> str:
+    """A bank file's text, read no further than MAX_BANK_BYTES; BankError if unreadable."""
     def refuse(message: str) -> BankError:
         return BankError([Problem(str(path), None, None, None, message)])
 
@@ -227,20 +299,25 @@ def load(ref: str) -> KernelBank:
     if len(data) > MAX_BANK_BYTES:
         raise refuse(f"is larger than {MAX_BANK_BYTES >> 20} MiB, the most a bank file may be")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise refuse(f"cannot read: not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
                      f"{e.start})") from None
-    return parse(text, source=str(path))
 
 
 # --- parsing ------------------------------------------------------------------------------
 
 def parse(text: str, source: str = "<bank>", *, fast_rows: bool = True) -> KernelBank:
-    """Parse bank YAML text; ``source`` names the file in error messages. ``fast_rows``
-    reads one-line rows of plain numbers without the YAML reader (see _fast_rows); the
-    result is the same either way."""
+    """Parse single-layer bank YAML text; ``source`` names the file in error messages.
+    ``fast_rows`` reads one-line rows of plain numbers without the YAML reader (see
+    _fast_rows); the result is the same either way. A file of several layers is refused
+    (see parse_network)."""
     return _Parser(source, fast_rows).parse(text)
+
+
+def parse_network(text: str, source: str = "<bank>", *, fast_rows: bool = True) -> "Network":
+    """Parse bank YAML text of one or several layers into a Network."""
+    return _Parser(source, fast_rows).parse_network(text)
 
 
 class _Parser:
@@ -251,11 +328,52 @@ class _Parser:
         self.sizes: dict[int, int] = {}  # expanded size of each node (see _screen)
         self.shapes: dict = {}  # weights lists already measured and converted, by id: YAML
         self.arrays: dict = {}  # aliases may repeat one list in many places
+        self.layer: str | None = None  # the layer being read, named in problems
+        self.dense: tuple[int, str] | None = None  # a dense layer's channels, and who set them
 
     def problem(self, line: int | None, filt: str | None, fld: str | None, msg: str) -> None:
-        self.problems.append(Problem(self.source, line, filt, fld, msg))
+        if self.layer is None:
+            self.problems.append(Problem(self.source, line, filt, fld, msg))
+        else:
+            self.problems.append(LayerProblem(self.source, line, filt, fld, msg, self.layer))
 
     def parse(self, text: str) -> KernelBank:
+        doc = self._document(text, "a bank must be a mapping with 'name' and 'filters'")
+        if "layers" in doc:
+            layers = doc["layers"]
+            count = f"{len(layers)} layers" if isinstance(layers, list) else "layers"
+            self.problem(_line(doc, "layers"), None, "layers",
+                         f"this file holds {count}; a single-layer bank (with 'filters' "
+                         "instead of 'layers') is needed here")
+            raise BankError(self.problems)
+        return self._bank(doc)
+
+    def parse_network(self, text: str) -> "Network":
+        from .network import Conv, Network
+
+        doc = self._document(text, "a bank must be a mapping with 'name' and 'filters' or "
+                                   "'layers'")
+        if "layers" not in doc:
+            b = self._bank(doc)
+            return Network(name=b.name, description=b.description, layers=(Conv(b.name, b),),
+                           origin=self.source, provenance=b.provenance)
+        for key in ("defaults", "filters"):
+            if key in doc:
+                self.problem(_line(doc, key), None, key, "not allowed next to 'layers': a "
+                             f"layered file keeps '{key}' inside its conv layers")
+        self._unknown_keys(doc, NETWORK_KEYS, None, None, skip=("defaults", "filters"))
+        self._version(doc)
+        name = self._text(doc, "name", None, required=True)
+        description = self._text(doc, "description", None)
+        layers = self._layers(doc)
+        provenance = self._provenance(doc)
+        if self.problems:
+            raise BankError(self.problems)
+        return Network(name=name, description=description, layers=tuple(layers),
+                       origin=self.source, provenance=provenance)
+
+    def _document(self, text: str, not_a_mapping: str) -> dict:
+        """The YAML document, read within the limits and screened; BankError otherwise."""
         if not self._prescan(text):
             raise BankError(self.problems)
         quick, rows = _fast_rows(text) if self.fast_rows else (text, _Rows(text, []))
@@ -272,34 +390,264 @@ class _Parser:
         if self.problems:
             raise BankError(self.problems)
         if not isinstance(doc, dict):
-            self.problem(1, None, None, "a bank must be a mapping with 'name' and 'filters'")
+            self.problem(1, None, None, not_a_mapping)
             raise BankError(self.problems)
         if not self._screen(doc):
             raise BankError(self.problems)
-        self._unknown_keys(doc, TOP_KEYS, None, None)
+        return doc
 
+    def _version(self, doc: dict) -> None:
         version = doc.get("convcli", FORMAT_VERSION)
         if not (geometry.is_int(version) and version == FORMAT_VERSION):
             self.problem(_line(doc, "convcli"), None, "convcli",
                          f"unsupported format version {_show(version)}; this convcli reads "
                          f"version {FORMAT_VERSION}")
-        name = self._text(doc, "name", None, required=True)
-        description = self._text(doc, "description", None)
-        defaults = self._defaults(doc)
-        filters = self._filters(doc, defaults)
+
+    def _provenance(self, doc: dict) -> dict:
         provenance = doc.get("provenance", {})
         if not isinstance(provenance, dict):
             self.problem(_line(doc, "provenance"), None, "provenance", "must be a mapping")
-        elif self.sizes.get(id(provenance), 0) > MAX_PROVENANCE_VALUES:
+            return {}
+        if self.sizes.get(id(provenance), 0) > MAX_PROVENANCE_VALUES:
             self.problem(_line(doc, "provenance"), None, "provenance",
                          f"holds {self.sizes[id(provenance)]:,} values once aliases are "
                          f"expanded; at most {MAX_PROVENANCE_VALUES:,} are allowed")
-            provenance = {}
+            return {}
+        return _plain(provenance)
+
+    def _bank(self, body: dict, name: str | None = None) -> KernelBank:
+        """A single-layer file (name None), or the body of a conv layer called ``name``."""
+        self.dense = None
+        if name is None:
+            self._unknown_keys(body, TOP_KEYS, None, None)
+            self._version(body)
+            name = self._text(body, "name", None, required=True)
+        description = self._text(body, "description", None)
+        defaults = self._defaults(body)
+        filters = self._filters(body, defaults)
+        filters = self._grouped(body, defaults, filters)
+        provenance = self._provenance(body) if self.layer is None else {}
         if self.problems:
             raise BankError(self.problems)
         return KernelBank(name=name, input=defaults["input"], filters=tuple(filters),
                           description=description, origin=self.source,
-                          provenance=_plain(provenance) if isinstance(provenance, dict) else {})
+                          provenance=provenance, groups=defaults["groups"])
+
+    def _grouped(self, body: dict, defaults: dict, filters: list[Filter]) -> list[Filter]:
+        """Check groups and the layer's size; each filter learns its input group."""
+        groups, line = defaults["groups"], defaults["_lines"].get("groups")
+        items = body.get("filters")
+        declared = len(items) if isinstance(items, list) else 0
+        if groups != 1 and defaults["input"] != "dense":
+            self.problem(line, None, "defaults.groups", f"groups apply to input 'dense' only, "
+                         f"not {defaults['input']!r}")
+        elif declared and declared % groups:
+            self.problem(line, None, "defaults.groups", f"groups ({groups}) must divide the "
+                         f"number of filters ({declared})")
+        elif groups != 1 and len(filters) == declared:
+            per = declared // groups
+            filters = [replace(f, group=i // per) for i, f in enumerate(filters)]
+        total = sum(f.weights.size for f in filters)
+        if total > MAX_LAYER_WEIGHTS:
+            self.problem(_line(body, "filters"), None, "filters",
+                         f"the filters hold {total:,} weights in all; a layer may hold at most "
+                         f"{MAX_LAYER_WEIGHTS:,}")
+        return filters
+
+    # --- layered files ------------------------------------------------------------------
+
+    def _layers(self, doc: dict) -> list:
+        items = doc.get("layers")
+        if not isinstance(items, list) or not items:
+            self.problem(_line(doc, "layers"), None, "layers", "must be a non-empty list of "
+                         "layers, each a mapping with one key naming its type ("
+                         + ", ".join(LAYER_TYPES) + ")")
+            return []
+        if len(items) > MAX_LAYERS:
+            self.problem(_line(doc, "layers"), None, "layers",
+                         f"{len(items):,} layers; at most {MAX_LAYERS} are allowed")
+            return []
+        out: list = []
+        seen: dict[str, int] = {}
+        for index, item in enumerate(items):
+            line = _item_line(items, index)
+            if not (isinstance(item, dict) and len(item) == 1):
+                self.layer = f"#{index + 1}"
+                self.problem(line, None, None, "a layer must be a mapping with exactly one key "
+                             "naming its type (" + ", ".join(LAYER_TYPES) + "), e.g. "
+                             "{pool: {mode: max, kernel: 2}}")
+                self.layer = None
+                continue
+            ((kind, body),) = item.items()
+            if kind not in LAYER_TYPES:
+                self.layer = f"#{index + 1}"
+                shown = _label(str(kind)) if isinstance(kind, str) else _show(kind)
+                self.problem(_line(item, kind), None, None, f"unknown layer type {shown!r}"
+                             f"{_hint(str(kind), LAYER_TYPES)}; known: "
+                             + ", ".join(LAYER_TYPES))
+                self.layer = None
+                continue
+            default = f"{index + 1:02d}-{kind}"
+            self.layer = default
+            if not isinstance(body, dict):
+                self.problem(_line(item, kind), None, None, f"a {kind} layer must be a mapping "
+                             f"of its settings, got {_show(body)}")
+                self.layer = None
+                continue
+            raw = body.get("name")
+            if isinstance(raw, str) and raw.strip():
+                self.layer = _label(raw)
+            name = self._text(body, "name", None, limit=MAX_NAME_CHARS) if "name" in body \
+                else default
+            if name in seen:
+                self.problem(_line(body, "name"), None, "name",
+                             f"duplicate layer name (first used on line {seen[name]})")
+            elif name:
+                seen[name] = _line(body, "name") or line or 0
+            before = len(self.problems)
+            self._unknown_keys(body, LAYER_KEYS[kind], None, None)
+            try:
+                layer = getattr(self, f"_{kind}_layer")(body, name or default)
+            except BankError:  # a conv layer stops at its own problems; the others go on
+                layer = None
+            if layer is not None and len(self.problems) == before:
+                out.append(layer)
+            self.layer = None
+        return out
+
+    def _conv_layer(self, body: dict, name: str):
+        from .network import Conv
+
+        return Conv(name, self._bank(body, name))
+
+    def _normalize_layer(self, body: dict, name: str):
+        from .network import Normalize
+
+        mean = self._values(body, "mean", positive=False)
+        std = self._values(body, "std", positive=True)
+        if mean is None or std is None:
+            return None
+        if len(mean) > 1 and len(std) > 1 and len(mean) != len(std):
+            self.problem(_line(body, "std"), None, "std", f"has {len(std)} values but mean has "
+                         f"{len(mean)}; give one per channel (or one for every channel)")
+            return None
+        return Normalize(name, mean, std)
+
+    def _values(self, body: dict, key: str, positive: bool) -> tuple[float, ...] | None:
+        """A number or a non-empty list of numbers (one per channel), within float32."""
+        if key not in body:
+            self.problem(_node_line(body), None, key, "missing (a number, or a list of one "
+                         "number per channel)")
+            return None
+        raw, line = body[key], _line(body, key)
+        values = raw if isinstance(raw, list) else [raw]
+        if not values or len(values) > MAX_KERNEL_CHANNELS:
+            self.problem(line, None, key, f"must hold 1 to {MAX_KERNEL_CHANNELS} numbers, got "
+                         f"{len(values):,}")
+            return None
+        out = []
+        for v in values:
+            number = _as_float(v) if _is_number(v) else math.nan
+            ok = math.isfinite(number) and abs(number) <= FLOAT32_MAX
+            if positive and not (ok and np.float32(number) > 0):
+                self.problem(line, None, key, "must be numbers > 0 within float32's range, got "
+                             f"{_show(v)}")
+                return None
+            if not ok:
+                self.problem(line, None, key, "must be finite numbers within float32's range "
+                             f"(about ±{FLOAT32_MAX:.3g}), got {_show(v)}")
+                return None
+            out.append(number)
+        return tuple(out)
+
+    def _activation_layer(self, body: dict, name: str):
+        from .network import Activation
+
+        function = body.get("function")
+        if "function" not in body:
+            self.problem(_node_line(body), None, "function", "missing (one of "
+                         + ", ".join(ops.FUNCTIONS) + ")")
+            return None
+        if not (isinstance(function, str) and function in ops.FUNCTIONS):
+            hint = _hint(function, ops.FUNCTIONS) if isinstance(function, str) else ""
+            self.problem(_line(body, "function"), None, "function", "must be one of "
+                         f"{', '.join(ops.FUNCTIONS)}; got {_show(function)}{hint}")
+            return None
+        takes = ops.PARAMETERS.get(function, {})
+        params = dict(takes)
+        for key in ("min", "max", "alpha", "beta"):
+            if key not in body:
+                continue
+            if key not in takes:
+                what = f"takes {', '.join(takes)}" if takes else "takes no parameters"
+                self.problem(_line(body, key), None, key, f"does not apply to {function} "
+                             f"({function} {what})")
+                continue
+            v = body[key]
+            number = _as_float(v) if _is_number(v) else math.nan
+            bounds = key in ("min", "max")  # clip's bounds may be .inf; the rest finite
+            if math.isnan(number) or (not bounds and not math.isfinite(number)):
+                self.problem(_line(body, key), None, key, "must be a "
+                             + ("number (.inf and -.inf allowed)" if bounds else
+                                "finite number") + f", got {_show(v)}")
+                continue
+            params[key] = number
+        if function == "clip" and params["min"] > params["max"]:
+            self.problem(_line(body, "min") or _line(body, "max"), None, "min",
+                         f"clip needs min <= max, got min {params['min']:g} and max "
+                         f"{params['max']:g}")
+        return Activation(name, function, tuple(params.items()))
+
+    def _pool_layer(self, body: dict, name: str):
+        from .network import Pool
+
+        n_before = len(self.problems)
+        mode = body.get("mode")
+        if "mode" not in body:
+            self.problem(_node_line(body), None, "mode", "missing (max or avg)")
+        elif mode not in ("max", "avg"):
+            hint = _hint(mode, ("max", "avg")) if isinstance(mode, str) else ""
+            self.problem(_line(body, "mode"), None, "mode", f"must be max or avg, got "
+                         f"{_show(mode)}{hint}")
+        settings: dict[str, Any] = {}
+        parsers = {
+            "kernel": lambda v: geometry.pair(v, "kernel", maximum=MAX_KERNEL_SIDE),
+            "stride": lambda v: geometry.pair(v, "stride", maximum=MAX_KERNEL_SIDE),
+            "padding": geometry.padding,
+            "dilation": lambda v: geometry.pair(v, "dilation"),
+            "ceil_mode": lambda v: _flag(v, "ceil_mode"),
+            "count_include_pad": lambda v: _flag(v, "count_include_pad"),
+        }
+        for key, parser in parsers.items():
+            if key in body:
+                try:
+                    settings[key] = parser(body[key])
+                except ValueError as e:
+                    self.problem(_line(body, key), None, key, str(e))
+        if "kernel" not in body:
+            self.problem(_node_line(body), None, "kernel", "missing (a whole number or [kh, kw])")
+        if mode == "avg" and "dilation" in body:
+            self.problem(_line(body, "dilation"), None, "dilation",
+                         "applies to max pooling only (average pooling has no dilation)")
+        if mode == "max" and "count_include_pad" in body:
+            self.problem(_line(body, "count_include_pad"), None, "count_include_pad",
+                         "applies to average pooling only")
+        if len(self.problems) > n_before:
+            return None
+        kernel = settings["kernel"]
+        dilation = settings.get("dilation", (1, 1))
+        padding = settings.get("padding", (0, 0, 0, 0))
+        try:
+            geometry.check_footprint(kernel, dilation)
+        except ValueError as e:
+            self.problem(_line(body, "dilation"), None, "dilation", str(e))
+            return None
+        if isinstance(padding, str) and settings.get("ceil_mode"):
+            self.problem(_line(body, "ceil_mode"), None, "ceil_mode",
+                         f"applies to explicit padding, not padding {padding!r}")
+            return None
+        return Pool(name, str(mode), kernel, settings.get("stride", kernel), padding, dilation,
+                    settings.get("ceil_mode", False), settings.get("count_include_pad", True))
 
     def _prescan(self, text: str) -> bool:
         """Bound what the YAML reader will cost before it starts, by counts that take
@@ -400,10 +748,10 @@ class _Parser:
         return True
 
     def _unknown_keys(self, mapping: dict, allowed: Iterable[str], filt: str | None,
-                      where: str | None) -> None:
-        allowed = tuple(allowed)
+                      where: str | None, skip: Iterable[str] = ()) -> None:
+        allowed, skip = tuple(allowed), tuple(skip)
         for key in mapping:
-            if key not in allowed:
+            if key not in allowed and key not in skip:
                 shown = _label(f"{where}.{key}" if where else str(key))
                 self.problem(_line(mapping, key), filt, shown,
                              f"unknown key{_hint(str(key), allowed)}; allowed: "
@@ -451,7 +799,8 @@ class _Parser:
     def _filters(self, doc: dict, defaults: dict[str, Any]) -> list[Filter]:
         items = doc.get("filters")
         if not isinstance(items, list) or not items:
-            self.problem(_line(doc, "filters") if "filters" in doc else 1, None, "filters",
+            self.problem(_line(doc, "filters") if "filters" in doc else
+                         (_node_line(doc) or 1) if self.layer else 1, None, "filters",
                          "must be a non-empty list of filters")
             return []
         if len(items) > MAX_FILTERS:
@@ -482,7 +831,8 @@ class _Parser:
     def _filter(self, item: dict, label: str, defaults: dict[str, Any]) -> Filter | None:
         self._unknown_keys(item, FILTER_KEYS, label, None)
         n_before = len(self.problems)
-        weights = self._weights(item, label, MODE_CHANNELS[defaults["input"]], defaults["input"])
+        weights = self._weights(item, label, MODE_CHANNELS.get(defaults["input"]),
+                                defaults["input"])
         settings = dict(defaults)
         for key in GEOMETRY_KEYS + ("scale",):
             if key in item:
@@ -535,7 +885,10 @@ class _Parser:
             return default
         return number
 
-    def _weights(self, item: dict, label: str, want: int, mode: str) -> np.ndarray | None:
+    def _weights(self, item: dict, label: str, want: int | None, mode: str
+                 ) -> np.ndarray | None:
+        """(C, KH, KW) float64 weights; ``want`` channels (None: dense, any number but the
+        same for every filter of the layer)."""
         has_w, has_g = "weights" in item, "generator" in item
         if has_w == has_g:
             self.problem(_node_line(item), label, "weights",
@@ -566,7 +919,15 @@ class _Parser:
                              f"{MAX_KERNEL_SIDE})")
                 return None
             channels = shape[0] if len(shape) == 3 else 1
-        if channels != want:  # before reading the numbers: cheap, and says the real problem
+        if want is None and self.dense is not None and channels != self.dense[0]:
+            self.problem(line, label, "weights", f"has {channels} channels but filter "
+                         f"{self.dense[1]!r} has {self.dense[0]}; every filter of a dense "
+                         "layer spans the same input channels")
+            return None
+        if want is None and self.dense is None:
+            self.dense = (channels, label)
+        if want is not None and channels != want:  # before reading the numbers: cheap, and
+            # says the real problem
             kind = "2-D (KH x KW) weights" if want == 1 else f"{want} x KH x KW weights"
             self.problem(line, label, "weights", f"has {channels} channels but the bank's "
                          f"input mode {mode!r} needs {kind}")
@@ -832,6 +1193,165 @@ def dump(*, name: str, description: str, defaults: dict, filters: list[dict],
     return text
 
 
+def check_written_network(layers: list[dict]) -> None:
+    """ValueError, naming the first layer past a limit, unless layers as dump_network writes
+    them load again: at most MAX_DUMP_WEIGHTS weights in all the conv layers together, and
+    items for the YAML reader (as check_written_size counts them) under MAX_BANK_ITEMS."""
+    weights = 0
+    items = 64
+    for index, item in enumerate(layers):
+        kind, body = _layer_item(item, index)
+        label = body.get("name") or f"{index + 1:02d}-{kind}"
+        items += 16
+        if kind != "conv":
+            items += sum(len(v) if isinstance(v, (list, tuple)) else 1 for v in body.values())
+            continue
+        for f in body.get("filters", []):
+            shape = np.shape(f["weights"]) if "weights" in f else (1, 1)
+            c, kh = (shape[0], shape[1]) if len(shape) == 3 else (1, shape[0])
+            weights += int(np.prod(shape))
+            items += 8 + len(f) + c + c * kh
+        if weights > MAX_DUMP_WEIGHTS:
+            raise ValueError(f"layer {label!r} brings the weights to {weights:,}; a bank file "
+                             f"holds at most {MAX_DUMP_WEIGHTS:,}")
+        if items > MAX_BANK_ITEMS:
+            raise ValueError(f"layer {label!r} brings the rows and keys to about {items:,}; a "
+                             f"bank file holds at most {MAX_BANK_ITEMS:,}")
+
+
+def dump_network(name: str, description: str, layers: list[dict],
+                 provenance: dict | None = None, *, header: str = "") -> str:
+    """Layered bank YAML text for ``layers``, each a mapping with one key naming its type
+    whose value holds its settings as in the file (see parse_network); a conv layer's
+    filters give ``weights`` as (C, KH, KW) or (KH, KW) arrays. Weights and biases are
+    written as the shortest decimals that read back as the same float32 numbers, so the
+    file loads to exactly these layers. Raises ValueError for layers too large for a bank
+    file (see check_written_network); the text is checked to load before it is returned."""
+    from io import StringIO
+
+    from ruamel.yaml import YAML
+
+    check_written_network(layers)
+    doc: dict[str, Any] = {"convcli": FORMAT_VERSION, "name": name, "description": description}
+    if provenance:
+        doc["provenance"] = _yaml_plain(provenance)
+    doc["layers"] = [_layer_doc(item, index) for index, item in enumerate(layers)]
+    buf = StringIO()
+    yaml = YAML()
+    yaml.default_flow_style = None  # rows of numbers as [a, b, c]
+    yaml.width = 1 << 30  # a row on one line, as parse() reads fastest
+    yaml.dump(doc, buf)
+    text = header + buf.getvalue()
+    parse_network(text, source=name)  # what we write must load
+    return text
+
+
+def network_layers(net: "Network") -> list[dict]:
+    """The layers of ``net`` as dump_network takes them: every setting written out, so that
+    dump_network(net.name, net.description, network_layers(net), net.provenance) loads as
+    ``net`` again. ValueError for a grouped conv layer whose filters were selected so that
+    they no longer line up with its groups (a file cannot say that)."""
+    from .network import Activation, Conv, Normalize, Pool
+
+    out: list[dict] = []
+    for layer in net.layers:
+        if isinstance(layer, Normalize):
+            out.append({"normalize": {"name": layer.name, "mean": list(layer.mean),
+                                      "std": list(layer.std)}})
+        elif isinstance(layer, Activation):
+            out.append({"activation": {"name": layer.name, "function": layer.function,
+                                       **dict(layer.params)}})
+        elif isinstance(layer, Pool):
+            body: dict[str, Any] = {"name": layer.name, "mode": layer.mode,
+                                    "kernel": list(layer.kernel), "stride": list(layer.stride),
+                                    "padding": _yaml_plain(layer.padding),
+                                    "ceil_mode": layer.ceil_mode}
+            if layer.mode == "max":
+                body["dilation"] = list(layer.dilation)
+            else:
+                body["count_include_pad"] = layer.count_include_pad
+            out.append({"pool": body})
+        elif isinstance(layer, Conv):
+            out.append({"conv": _conv_layer_dict(layer.name, layer.bank)})
+    return out
+
+
+def _conv_layer_dict(name: str, b: KernelBank) -> dict:
+    per = len(b.filters) // b.groups
+    if b.groups > 1 and (len(b.filters) % b.groups
+                         or any(f.group != i // per for i, f in enumerate(b.filters))):
+        raise ValueError(f"the filters of layer {name!r} were selected from a layer of "
+                         f"{b.groups} groups and no longer line up with them")
+    defaults: dict[str, Any] = {"input": b.input}
+    if b.groups > 1:
+        defaults["groups"] = b.groups
+    filters = []
+    for f in b.filters:
+        g = f.geometry
+        item: dict[str, Any] = {"name": f.name, "weights": f.weights, "bias": f.bias,
+                                "stride": list(g.stride), "padding": _yaml_plain(g.padding),
+                                "dilation": list(g.dilation), "border": g.border,
+                                "activation": g.activation, "scale": f.scale}
+        item.update({k: v for k, v in (("description", f.description),
+                                       ("source", f.source)) if v})
+        filters.append(item)
+    body: dict[str, Any] = {"name": name}
+    if b.description:
+        body["description"] = b.description
+    body.update(defaults=defaults, filters=filters)
+    return body
+
+
+def _layer_item(item: Any, index: int) -> tuple[str, dict]:
+    if not (isinstance(item, dict) and len(item) == 1):
+        raise ValueError(f"layer #{index + 1} must be a mapping with one key naming its type "
+                         f"({', '.join(LAYER_TYPES)})")
+    ((kind, body),) = item.items()
+    if kind not in LAYER_TYPES or not isinstance(body, dict):
+        raise ValueError(f"layer #{index + 1}: want one of {', '.join(LAYER_TYPES)} with a "
+                         f"mapping of settings, got {kind!r}")
+    return kind, body
+
+
+def _layer_doc(item: dict, index: int) -> dict:
+    """One layer as YAML data: plain Python values, weights as exact float32 decimals."""
+    kind, body = _layer_item(item, index)
+    if kind != "conv":
+        return {kind: _yaml_plain(body)}
+    out = {k: _yaml_plain(v) for k, v in body.items() if k != "filters"}
+    mode = (body.get("defaults") or {}).get("input", "gray")
+    rows = []
+    for f in body.get("filters", []):
+        row = {k: _yaml_plain(v) for k, v in f.items() if k not in ("weights", "bias")}
+        if "bias" in f:
+            row["bias"] = _float32_decimal(f["bias"])
+        if "weights" in f:
+            w = np.asarray(f["weights"], np.float32)
+            if w.ndim == 3 and w.shape[0] == 1 and mode != "rgb":
+                w = w[0]
+            flat = [_float32_decimal(v) for v in w.ravel()]
+            row["weights"] = np.array(flat, dtype=object).reshape(w.shape).tolist()
+        rows.append(row)
+    out["filters"] = rows
+    return {kind: out}
+
+
+def _float32_decimal(v: Any) -> float:
+    """The shortest decimal that reads back as float32(v), as a Python float."""
+    return float(str(np.float32(v)))
+
+
+def _yaml_plain(v: Any) -> Any:
+    """Data ruamel.yaml can write: NumPy values and tuples become Python numbers and lists."""
+    if isinstance(v, dict):
+        return {str(k): _yaml_plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_yaml_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
 # --- small helpers ------------------------------------------------------------------------
 
 def _as_float(v: Any) -> float:
@@ -858,6 +1378,12 @@ def _is_yaml_bool(v: Any) -> bool:
 
 def _show(v: Any) -> str:
     return geometry.brief(v)
+
+
+def _flag(value: Any, what: str) -> bool:
+    if isinstance(value, bool) or _is_yaml_bool(value):
+        return bool(value)
+    raise ValueError(f"{what} must be true or false, got {_show(value)}")
 
 
 def _one_line(text: str) -> str:
@@ -912,8 +1438,10 @@ def _nested_shape(raw: Any, depth: int = 0, memo: dict | None = None) -> tuple[i
 def _shape_of(raw: Any, depth: int, memo: dict) -> tuple[int, ...] | str:
     if not isinstance(raw, list) or not raw:
         return "every row must be a non-empty list"
-    if len(raw) > max(MAX_KERNEL_SIDE, MAX_KERNEL_CHANNELS):
-        return f"has {len(raw)} entries along one axis; at most {MAX_KERNEL_SIDE} are allowed"
+    # The first axis may be channels (C x KH x KW); the rows and columns are kernel sides.
+    most = max(MAX_KERNEL_SIDE, MAX_KERNEL_CHANNELS) if depth == 0 else MAX_KERNEL_SIDE
+    if len(raw) > most:
+        return f"has {len(raw)} entries along one axis; at most {most} are allowed"
     kinds = {isinstance(v, list) for v in raw}
     if kinds == {False}:
         return (len(raw),)
