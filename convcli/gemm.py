@@ -20,7 +20,8 @@ Memory: nothing is ever the size of the input times the kernel. Each band's buff
 to stay in cache (BAND_BYTES, WINOGRAD_BAND_BYTES: about 1 MB): the im2col matrix, or the
 band's transformed tiles and their products. A band is at least one output row, so a very
 deep layer on a wide image can need more: (C*KH*KW + 1) * W' * 4 bytes for im2col,
-144 * (C + F) * ceil(W' / 4) for Winograd (1.1 MB for 256 channels and filters at W' 224).
+144 * (C + F) * ceil(W' / 4) for Winograd (1 MB for 64 channels and 64 filters at W'
+224, 3.9 MB for 256 and 256).
 
 Threads and determinism: bands are cut from the layer's shape alone (never from the thread
 count), and each band is computed the same way whichever thread takes it, so the result is
