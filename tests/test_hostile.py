@@ -150,12 +150,25 @@ def test_corrupt_jit_cache_is_rebuilt(tmp_path):
     cmd = [sys.executable, "-m", "convcli", "apply", str(tmp_path / "in.png"), "--engine", "jit",
            "-o", str(tmp_path / "o"), "-q"]
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
+    first = (tmp_path / "o" / "in" / "stack.png").read_bytes()
     cached = [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".nbi", ".nbc")]
     assert cached
+    garbage = b"garbage" * 10
     for p in cached:
-        p.write_bytes(b"garbage" * 10)
+        p.write_bytes(garbage)
     again = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
     assert again.returncode == 0 and b"Traceback" not in again.stderr
+    assert (tmp_path / "o" / "in" / "stack.png").read_bytes() == first
+    # the corrupt files were cleared ...
+    left = [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".nbi", ".nbc")]
+    assert all(p.read_bytes() != garbage for p in left)
+    # ... and the cache is whole again after the next run at the latest
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
+    rebuilt = [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".nbi", ".nbc")]
+    assert rebuilt and all(p.read_bytes() != garbage for p in rebuilt)
+    index = [p for p in rebuilt if p.suffix == ".nbi"]
+    assert {p.name.split("-")[0] for p in index} & {p.name.split("-")[0] for p in cached
+                                                    if p.suffix == ".nbi"}
 
 
 def test_non_utf8_file_names(tmp_path):
