@@ -350,12 +350,13 @@ def import_network(path: str, upto: str | None = None,
         if upto is not None and not any(n.name == upto for n in graph.nodes):
             raise UsageError(f"{p}: the model has no node named {upto!r}")
         stop = walker.chain()
-        if upto is not None and walker.used[-1:] != [upto]:
-            raise InputError(f"{p}: node {upto!r} is not on the chain of layers convcli can "
-                             f"import from the model's input; {stop}")
-    if not walker.layers:
+    layers, notes = walker.finish(stop)
+    stop = notes[-1]
+    if upto is not None and walker.used[-1:] != [upto]:
+        raise InputError(f"{p}: node {upto!r} is not on the chain of layers convcli can "
+                         f"import from the model's input; {stop}")
+    if not layers:
         raise InputError(f"{p}: nothing to import: {stop}")
-    layers = walker.finish()
     model = graph.model
     producer = " ".join(x for x in (model.producer_name, model.producer_version) if x)
     provenance: dict[str, Any] = {"format": "onnx", "source": str(path)}
@@ -368,7 +369,7 @@ def import_network(path: str, upto: str | None = None,
     label = f" (graph {model.graph.name!r})" if model.graph.name else ""
     description = f"{len(layers)} layers imported from ONNX model {p.name}{label}"
     return ImportedNetwork(name=_safe_name(p.stem) or "onnx", description=_cut(description, 1000),
-                           layers=layers, provenance=provenance, notes=walker.notes + [stop])
+                           layers=layers, provenance=provenance, notes=notes)
 
 
 class _Stop(Exception):
@@ -491,7 +492,7 @@ class _Graph:
         except Exception as e:
             raise InputError(f"{self.where(user)}: its {what} cannot be read "
                              f"({_reason(e)})") from None
-        if a.dtype.kind not in "iuf" or a.dtype.fields is not None:
+        if a.dtype.kind not in "biuf" or a.dtype.fields is not None:  # b: Dropout's flag
             raise InputError(f"{self.where(user)}: its {what} is stored as {a.dtype}; want "
                              "real numbers (float or int)")
         with np.errstate(all="ignore"):  # beyond float32 is refused where it matters
@@ -553,8 +554,10 @@ class _Walker:
     def __init__(self, graph: _Graph, upto: str | None):
         self.g, self.upto = graph, upto
         self.layers: list[Any] = []  # _Conv, _Affine or finished layer dicts
+        self.origins: list[str] = []  # the node that made each layer
+        self.ends: list[int] = []  # for each layer, how many of `used` it takes in
         self.names: set[str] = set()
-        self.notes: list[str] = []
+        self.notes: list[tuple[int, str]] = []  # (the layer it is about, the note)
         self.used: list[str] = []  # names (or labels) of the nodes imported
         self.channels: int | None = None
         self.hw: tuple[int, int] | None = None
@@ -568,8 +571,8 @@ class _Walker:
         first = g.inputs[0]
         self.start = first.name
         if len(g.inputs) > 1:
-            self.notes.append(f"the model has {len(g.inputs)} inputs; the layers start at the "
-                              f"first, {first.name!r}")
+            self.notes.append((-1, f"the model has {len(g.inputs)} inputs; the layers start "
+                                   f"at the first, {first.name!r}"))
         try:
             dims = [d.dim_value if d.HasField("dim_value") else None
                     for d in first.type.tensor_type.shape.dim]
@@ -651,8 +654,14 @@ class _Walker:
             if extra and g.consumers.get(extra):
                 raise _Stop(f"its second output {extra!r} is used "
                             f"(by {g.label(g.consumers[extra][0])})")
+        before = len(self.layers)
         getattr(self, "_" + n.op_type)(n, cur, attrs)
         self.used.append(n.name or g.label(n))
+        if len(self.layers) > before:
+            self.origins.append(g.label(n))
+            self.ends.append(len(self.used))
+        elif self.layers:  # folded into the last layer, or skipped after it
+            self.ends[-1] = len(self.used)
         return n.output[0]
 
     def params(self, n: Any, cur: str, what: tuple[str, ...], data_at: tuple[int, ...] = (0,)
@@ -695,7 +704,10 @@ class _Walker:
         self.names.add(name.casefold())
         return name
 
-    def finish(self) -> list[dict]:
+    def finish(self, stop: str) -> tuple[list[dict], list[str]]:
+        """The layer dicts, cut to the longest start a bank file holds (bank's limits on
+        weights, YAML items and layers), and the notes on them, the last saying where the
+        import stopped."""
         out = []
         for i, layer in enumerate(self.layers):
             if isinstance(layer, _Conv):
@@ -704,7 +716,31 @@ class _Walker:
                 out.append(layer.as_dict())
             else:
                 out.append(layer)
-        return out
+
+        def fits(count: int) -> bool:
+            try:
+                bank.check_written_network(out[:count])
+            except ValueError:
+                return False
+            return count <= bank.MAX_LAYERS
+
+        if fits(len(out)):
+            return out, [text for _, text in self.notes] + [stop]
+        lo, hi = 0, len(out)  # fits(lo) holds and fits(hi) does not (the limits add up)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        if hi > bank.MAX_LAYERS:
+            why = f"a bank file holds at most {bank.MAX_LAYERS} layers"
+        else:
+            try:
+                bank.check_written_network(out[:hi])
+                why = "the layers are more than a bank file holds"
+            except ValueError as e:
+                why = str(e)
+        self.used = self.used[:self.ends[lo - 1]] if lo else []
+        notes = [text for layer, text in self.notes if layer < lo]
+        return out[:lo], notes + [f"stopped at {self.origins[lo]}: {why}"]
 
     def last_open_conv(self) -> _Conv | None:
         """The previous layer if it is a conv whose output nothing has changed yet."""
@@ -765,10 +801,10 @@ class _Walker:
             sides.append((head, total - head))
         if fixed:
             assert self.hw is not None
-            self.notes.append(
+            self.notes.append((len(self.layers), (
                 f"{self.g.label(n)}: auto_pad={mode} with stride {stride[0]}x{stride[1]} became "
                 f"fixed padding computed for its {self.hw[0]}x{self.hw[1]} input (the model's "
-                "size); inputs of other sizes are padded the same, where ONNX would adapt")
+                "size); inputs of other sizes are padded the same, where ONNX would adapt")))
         return (sides[0][0], sides[0][1], sides[1][0], sides[1][1])
 
     def track(self, kernel: tuple[int, int], stride: tuple[int, int],
@@ -813,10 +849,9 @@ class _Walker:
         if self.channels is not None and cg * group != self.channels:
             raise InputError(f"{where} reads {cg * group} channels ({cg} per group x {group}) "
                              f"but its input has {self.channels}")
-        channel_limit = getattr(bank, "MAX_DENSE_CHANNELS", bank.MAX_KERNEL_CHANNELS)
-        if cg > channel_limit:
+        if cg > bank.MAX_KERNEL_CHANNELS:
             raise _Stop(f"its filters read {cg} channels each; a bank's filters read at most "
-                        f"{channel_limit}")
+                        f"{bank.MAX_KERNEL_CHANNELS}")
         try:
             bank.check_written_size(f, cg, kh, kw)
         except ValueError as e:

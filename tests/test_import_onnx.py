@@ -1,0 +1,682 @@
+"""ONNX networks -> layered banks: every supported operation, checked against ONNX's own
+reference evaluator on models built here, and the models that cannot be imported.
+
+Each model is imported, written with bank.dump_network, read back with bank.load_network and
+run with network.run on a random float32 (C, H, W) input; the maps must equal
+onnx.reference.ReferenceEvaluator's output at the last imported node within 1e-5 of its
+largest value. The layer dicts are also run by a small float64 NumPy evaluator written here
+from the schema (``run_layers``), a second opinion independent of the engine.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from convcli import importers
+from convcli.errors import InputError, UsageError
+from oracle import same_pads
+
+RNG = np.random.default_rng(20240611)
+
+
+# --- building models ------------------------------------------------------------------------
+
+def arr(*shape, scale=0.5, positive=False):
+    a = RNG.standard_normal(shape) * scale
+    return (np.abs(a) + 0.5 if positive else a).astype(np.float32)
+
+
+def node(op, inputs, output, name=None, **attrs):
+    return helper.make_node(op, list(inputs), [output], name=name or output, **attrs)
+
+
+def const(name, value):
+    """A Constant node holding value."""
+    return helper.make_node("Constant", [], [name], name=f"const_{name}",
+                            value=numpy_helper.from_array(np.asarray(value, np.float32), name))
+
+
+def save(tmp_path, nodes, inits=None, shape=(1, 3, 17, 15), opset=17, name="m.onnx"):
+    inits = inits or {}
+    graph = helper.make_graph(
+        nodes, "test-graph", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k)
+                     for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 8)
+    path = tmp_path / name
+    path.write_bytes(model.SerializeToString())
+    return path, model
+
+
+def conv(name, x, w_name, b_name=None, **attrs):
+    inputs = [x, w_name] + ([b_name] if b_name else [])
+    return node("Conv", inputs, name, **attrs)
+
+
+def bn(name, x, inits, channels, eps=1e-3):
+    inits.update({f"{name}_s": arr(channels), f"{name}_b": arr(channels),
+                  f"{name}_m": arr(channels), f"{name}_v": arr(channels, positive=True)})
+    return node("BatchNormalization", [x] + [f"{name}_{k}" for k in "sbmv"], name,
+                epsilon=eps)
+
+
+# --- running them ---------------------------------------------------------------------------
+
+def reference(model, tensor: str, x: np.ndarray) -> np.ndarray:
+    """ONNX's reference output for tensor, from the nodes up to the one that writes it (the
+    rest may be operations the reference evaluator does not know)."""
+    import copy
+
+    prefix = copy.deepcopy(model)
+    last = max(i for i, n in enumerate(prefix.graph.node) if tensor in n.output)
+    del prefix.graph.node[last + 1:]
+    del prefix.graph.output[:]
+    prefix.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+    return ReferenceEvaluator(prefix).run([tensor], {"x": x[None]})[0][0]
+
+
+def output_of(model, net) -> str:
+    """The tensor written by the last imported node (named in the provenance)."""
+    last = net.provenance["nodes"][-1]
+    found = [n for n in model.graph.node if n.name == last]
+    assert len(found) == 1, last
+    return found[0].output[0]
+
+
+def assert_close(ours, want):
+    """Equal within 1e-5 of the largest value, or of 1 for maps clipped into a smaller range
+    (their values keep the float32 rounding of the unclipped sums, of order 1 here)."""
+    assert ours.shape == want.shape, (ours.shape, want.shape)
+    scale = max(float(np.abs(want).max()), 1.0)
+    np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-5 * scale)
+
+
+def check(path, model, x=None, **kw):
+    """Import, compare our NumPy evaluation of the layer dicts with the reference; the
+    imported network for further checks."""
+    net = importers.import_network(str(path), **kw)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    if x is None:
+        x = RNG.standard_normal(shape[1:]).astype(np.float32)
+    want = reference(model, output_of(model, net), x)
+    assert_close(run_layers(net.layers, x), want)
+    check_end_to_end(net, x, want)
+    return net
+
+
+def check_end_to_end(net, x, want):
+    """bank.dump_network -> bank.load_network -> network.run equals the reference."""
+    import tempfile
+
+    from convcli import bank, network
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "net.yaml"
+        path.write_text(bank.dump_network(**net.dump_args()), encoding="utf-8")
+        loaded = bank.load_network(str(path))
+    data, names = network.run(x, loaded)
+    assert_close(np.asarray(data), want)
+    assert len(names) == want.shape[0]
+
+
+# --- a float64 evaluator of the layer dicts, straight from the schema ----------------------
+
+def run_layers(layers, x):
+    y = np.asarray(x, np.float64)
+    for item in layers:
+        (kind, body), = item.items()
+        y = {"conv": run_conv, "pool": run_pool, "activation": run_activation,
+             "normalize": run_normalize}[kind](y, body)
+    return y
+
+
+def pads_of(padding, size, kernel, stride, dilation):
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    if padding == "same":
+        return same_pads(size[0], kernel[0], stride[0], dilation[0]) + \
+            same_pads(size[1], kernel[1], stride[1], dilation[1])
+    if isinstance(padding, int):
+        return (padding,) * 4
+    if len(padding) == 2:
+        return (padding[0], padding[0], padding[1], padding[1])
+    return tuple(padding)
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def run_conv(x, body):
+    d = body["defaults"]
+    w = np.array([f["weights"] for f in body["filters"]], np.float64)
+    if w.ndim == 3:
+        w = w[:, None]
+    b = np.array([f.get("bias", 0.0) for f in body["filters"]])
+    groups = d.get("groups", 1)
+    stride, dilation = pair(d.get("stride", 1)), pair(d.get("dilation", 1))
+    f, cg, kh, kw = w.shape
+    assert x.shape[0] == cg * groups
+    t, bo, l, r = pads_of(d.get("padding", "same"), x.shape[1:], (kh, kw), stride, dilation)
+    xp = np.pad(x, ((0, 0), (t, bo), (l, r)))
+    ho = (xp.shape[1] - (kh - 1) * dilation[0] - 1) // stride[0] + 1
+    wo = (xp.shape[2] - (kw - 1) * dilation[1] - 1) // stride[1] + 1
+    patches = np.empty((x.shape[0], kh, kw, ho, wo))
+    for i in range(kh):
+        for j in range(kw):
+            y0, x0 = i * dilation[0], j * dilation[1]
+            patches[:, i, j] = xp[:, y0:y0 + (ho - 1) * stride[0] + 1:stride[0],
+                                  x0:x0 + (wo - 1) * stride[1] + 1:stride[1]]
+    out = np.empty((f, ho, wo))
+    per = f // groups
+    for g in range(groups):
+        out[g * per:(g + 1) * per] = np.einsum(
+            "fcij,cijyx->fyx", w[g * per:(g + 1) * per], patches[g * cg:(g + 1) * cg])
+    out += b[:, None, None]
+    return run_activation(out, {"function": d.get("activation", "relu")})
+
+
+def run_activation(x, body):
+    fn = body["function"]
+    if fn == "none":
+        return x
+    if fn == "relu":
+        return np.maximum(x, 0)
+    if fn == "relu6":
+        return np.clip(x, 0, 6)
+    if fn == "clip":
+        return np.clip(x, body.get("min", -np.inf), body.get("max", np.inf))
+    if fn == "leaky_relu":
+        return np.where(x >= 0, x, body.get("alpha", 0.01) * x)
+    if fn == "hardswish":
+        return x * np.clip(x + 3, 0, 6) / 6
+    if fn == "hardsigmoid":
+        return np.clip(body.get("alpha", 1 / 6) * x + body.get("beta", 0.5), 0, 1)
+    if fn == "sigmoid":
+        return 1 / (1 + np.exp(-x))
+    if fn == "tanh":
+        return np.tanh(x)
+    if fn == "abs":
+        return np.abs(x)
+    raise AssertionError(fn)
+
+
+def run_normalize(x, body):
+    mean, std = np.asarray(body["mean"]), np.asarray(body["std"])
+    return (x - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)
+
+
+def run_pool(x, body):
+    """torch's max_pool2d / avg_pool2d with ONNX's separate pads on each side."""
+    kh, kw = pair(body["kernel"])
+    sy, sx = pair(body.get("stride", (kh, kw)))
+    dy, dx = pair(body.get("dilation", 1))
+    t, b, l, r = pads_of(body.get("padding", 0), None, None, None, None)
+    ceil, include = body.get("ceil_mode", False), body.get("count_include_pad", True)
+    c, h, w = x.shape
+
+    def count(n, k, s, d, before, after):
+        room = n + before + after - (k - 1) * d - 1
+        out = (math.ceil(room / s) if ceil else room // s) + 1
+        return out - 1 if ceil and (out - 1) * s >= n + before else out
+
+    ho, wo = count(h, kh, sy, dy, t, b), count(w, kw, sx, dx, l, r)
+    need_h, need_w = (ho - 1) * sy + (kh - 1) * dy + 1, (wo - 1) * sx + (kw - 1) * dx + 1
+    big = np.full((c, max(need_h, h + t + b), max(need_w, w + l + r)), np.nan)
+    big[:, t:t + h, l:l + w] = x
+    padded = np.zeros(big.shape[1:], bool)
+    padded[:h + t + b, :w + l + r] = True  # inside the padding: counted by count_include_pad
+    vals, masks = [], []
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dy, i * dy + (ho - 1) * sy + 1, sy)
+            cols = slice(j * dx, j * dx + (wo - 1) * sx + 1, sx)
+            vals.append(big[:, rows, cols])
+            masks.append(padded[rows, cols])
+    v, m = np.stack(vals), np.stack(masks)
+    if body["mode"] == "max":
+        return np.nanmax(v, axis=0)
+    total = np.nansum(v, axis=0)
+    return total / (m.sum(axis=0) if include else (~np.isnan(v)).sum(axis=0))
+
+
+# --- whole networks -------------------------------------------------------------------------
+
+def test_a_small_cnn_with_normalisation_batch_norm_groups_and_pools(tmp_path):
+    inits = {"w1": arr(8, 3, 3, 3), "b1": arr(8), "w2": arr(8, 4, 3, 3), "w3": arr(8, 1, 3, 3),
+             "b3": arr(8)}
+    nodes = [
+        const("mean", np.array([0.485, 0.456, 0.406]).reshape(1, 3, 1, 1)),
+        const("std", np.array([0.229, 0.224, 0.225]).reshape(3, 1, 1)),
+        node("Sub", ["x", "mean"], "centred"), node("Div", ["centred", "std"], "scaled"),
+        conv("conv1", "scaled", "w1", "b1", pads=[1, 1, 1, 1]),
+        bn("bn1", "conv1", inits, 8), node("Relu", ["bn1"], "relu1"),
+        node("MaxPool", ["relu1"], "pool1", kernel_shape=[2, 2], strides=[2, 2]),
+        conv("conv2", "pool1", "w2", group=2, strides=[2, 1], dilations=[1, 2],
+             pads=[2, 1, 0, 2]),
+        bn("bn2", "conv2", inits, 8), node("LeakyRelu", ["bn2"], "leaky", alpha=0.2),
+        node("AveragePool", ["leaky"], "avg", kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+             count_include_pad=1),
+        conv("dw", "avg", "w3", "b3", group=8, pads=[1, 1, 1, 1]),
+        node("HardSwish", ["dw"], "hswish"),
+    ]
+    path, model = save(tmp_path, nodes, inits, opset=17)
+    net = check(path, model)
+    kinds = [next(iter(layer)) for layer in net.layers]
+    assert kinds == ["normalize", "conv", "pool", "conv", "activation", "pool", "conv",
+                     "activation"]
+    first, second, third = (layer["conv"] for layer in net.layers if "conv" in layer)
+    assert first["defaults"]["input"] == "dense"  # after normalize: exactly 3 channels
+    assert first["defaults"]["activation"] == "relu"
+    assert second["defaults"]["input"] == "dense" and second["defaults"]["groups"] == 2
+    assert second["defaults"]["padding"] == [2, 0, 1, 2]  # ONNX pads are [t, l, b, r]
+    assert third["defaults"]["groups"] == 8 and np.shape(third["filters"][0]["weights"]) == \
+        (1, 3, 3)
+    assert [f["name"] for f in first["filters"]] == [f"conv1_{k:03d}" for k in range(8)]
+    assert net.notes == ["the chain reaches the model's output 'hswish'"]
+    assert net.provenance["nodes"][:2] == ["centred", "scaled"]
+    assert net.provenance["format"] == "onnx" and net.provenance["opset"] == 17
+
+
+@pytest.mark.parametrize("activation, attrs, inputs, function", [
+    ("Relu", {}, {}, "relu"),
+    ("Abs", {}, {}, "abs"),
+    ("Sigmoid", {}, {}, "sigmoid"),
+    ("Tanh", {}, {}, "tanh"),
+    ("HardSwish", {}, {}, "hardswish"),
+    ("LeakyRelu", {}, {}, "leaky_relu"),
+    ("LeakyRelu", {"alpha": 0.3}, {}, "leaky_relu"),
+    ("HardSigmoid", {}, {}, "hardsigmoid"),
+    ("HardSigmoid", {"alpha": 0.35, "beta": 0.4}, {}, "hardsigmoid"),
+    ("Clip", {}, {"lo": 0.0, "hi": 6.0}, "relu6"),
+    ("Clip", {}, {"lo": -0.3, "hi": 0.4}, "clip"),
+    ("Clip", {}, {"lo": 0.0}, "relu"),
+    ("Clip", {}, {"hi": 0.25}, "clip"),
+])
+def test_every_activation_after_a_conv_and_after_a_pool(tmp_path, activation, attrs, inputs,
+                                                         function):
+    inits = {"w": arr(4, 3, 3, 3), "b": arr(4)}
+    inits.update({k: np.float32(v) for k, v in inputs.items()})
+    extra = [k if k in inputs else "" for k in ("lo", "hi")] if inputs else []
+    while extra and not extra[-1]:  # Clip's optional inputs: min, then max
+        extra.pop()
+    nodes = [conv("c", "x", "w", "b", pads=[1, 1, 1, 1]),
+             node(activation, ["c"] + extra, "act1", **attrs),
+             node("MaxPool", ["act1"], "p", kernel_shape=[2, 2], strides=[1, 1]),
+             node(activation, ["p"] + extra, "act2", **attrs)]
+    path, model = save(tmp_path, nodes, inits, opset=17)
+    x = RNG.standard_normal((3, 17, 15)).astype(np.float32) * 3
+    net = check(path, model, x)
+    layers = [(next(iter(layer)), next(iter(layer.values()))) for layer in net.layers]
+    if function in ("relu", "abs"):  # fused into the conv pass
+        assert [k for k, _ in layers] == ["conv", "pool", "activation"]
+        assert layers[0][1]["defaults"]["activation"] == function
+    else:
+        assert [k for k, _ in layers] == ["conv", "activation", "pool", "activation"]
+        assert layers[0][1]["defaults"]["activation"] == "none"
+    assert layers[-1][1]["function"] == function
+
+
+def test_clip_bounds_from_attributes_in_old_opsets(tmp_path):
+    inits = {"w": arr(4, 1, 3, 3)}
+    nodes = [conv("c", "x", "w"), node("Clip", ["c"], "clip", min=-0.2, max=0.3),
+             node("Clip", ["clip"], "six", min=0.0, max=6.0)]
+    path, model = save(tmp_path, nodes, inits, shape=(1, 1, 12, 12), opset=6)
+    net = check(path, model)
+    assert net.layers[0]["conv"]["defaults"]["input"] == "gray"
+    assert net.layers[1]["activation"] == {"name": "clip", "function": "clip", "min": -0.2,
+                                           "max": 0.3}
+    assert net.layers[2]["activation"]["function"] == "relu6"
+
+
+@pytest.mark.parametrize("mode, attrs", [
+    ("MaxPool", dict(kernel_shape=[3, 2], strides=[2, 3], pads=[0, 1, 2, 1], ceil_mode=1,
+                     dilations=[2, 1])),
+    ("MaxPool", dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[1, 1], pads=[1, 0, 1, 2], dilations=[1, 2])),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 2], ceil_mode=1,
+                         count_include_pad=0)),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 2], ceil_mode=1,
+                         count_include_pad=1)),
+    ("AveragePool", dict(kernel_shape=[2, 4], strides=[3, 1], pads=[0, 2, 1, 1])),
+    ("AveragePool", dict(kernel_shape=[5, 5], strides=[5, 5])),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")),
+    ("MaxPool", dict(kernel_shape=[3, 3], auto_pad="SAME_LOWER")),
+    ("AveragePool", dict(kernel_shape=[2, 4], auto_pad="SAME_LOWER")),
+    ("AveragePool", dict(kernel_shape=[2, 4], auto_pad="SAME_UPPER", count_include_pad=1)),
+    ("MaxPool", dict(kernel_shape=[2, 3], strides=[2, 2], auto_pad="VALID")),
+])
+def test_pools(tmp_path, mode, attrs):
+    inits = {"w": arr(5, 2, 3, 3)}
+    nodes = [conv("c", "x", "w", pads=[1, 1, 1, 1]), node(mode, ["c"], "pool", **attrs)]
+    path, model = save(tmp_path, nodes, inits, shape=(1, 2, 13, 11), opset=19)
+    net = check(path, model)
+    pool = net.layers[1]["pool"]
+    assert pool["mode"] == {"MaxPool": "max", "AveragePool": "avg"}[mode]
+    assert pool["stride"] == attrs.get("strides", [1, 1])  # ONNX's default stride is 1
+    if mode == "AveragePool":  # ONNX's default leaves the padding out
+        assert pool["count_include_pad"] is bool(attrs.get("count_include_pad", 0))
+
+
+@pytest.mark.parametrize("attrs, fixed", [
+    (dict(auto_pad="SAME_UPPER", strides=[2, 2], dilations=[2, 1]), False),
+    (dict(auto_pad="SAME_UPPER", strides=[1, 3]), False),
+    (dict(auto_pad="SAME_LOWER"), False),  # stride 1: the same pads for every size
+    (dict(auto_pad="SAME_LOWER", dilations=[1, 3]), False),
+    (dict(auto_pad="SAME_LOWER", strides=[2, 1]), True),  # depends on the size
+    (dict(auto_pad="VALID", strides=[2, 2]), False),
+])
+def test_conv_auto_pad(tmp_path, attrs, fixed):
+    inits = {"w": arr(3, 2, 4, 2), "b": arr(3)}
+    path, model = save(tmp_path, [conv("c", "x", "w", "b", **attrs)], inits,
+                       shape=(1, 2, 13, 10))
+    net = check(path, model)
+    notes = [n for n in net.notes if "fixed padding" in n]
+    assert len(notes) == int(fixed)
+    if fixed:
+        assert notes[0] == ("Conv node 'c': auto_pad=SAME_LOWER with stride 2x1 became fixed "
+                            "padding computed for its 13x10 input (the model's size); inputs "
+                            "of other sizes are padded the same, where ONNX would adapt")
+    if attrs["auto_pad"] == "SAME_UPPER":
+        assert net.layers[0]["conv"]["defaults"]["padding"] == "same"
+
+
+def test_same_lower_with_a_stride_needs_a_fixed_input_size(tmp_path):
+    inits = {"w": arr(3, 2, 3, 3), "w2": arr(3, 3, 3, 3)}
+    nodes = [conv("c", "x", "w", pads=[1, 1, 1, 1]),
+             conv("c2", "c", "w2", auto_pad="SAME_LOWER", strides=[2, 2])]
+    path, model = save(tmp_path, nodes, inits, shape=("N", 2, "H", "W"))
+    net = importers.import_network(str(path))
+    assert [next(iter(layer)) for layer in net.layers] == ["conv"]
+    assert net.notes == ["stopped at Conv node 'c2': auto_pad=SAME_LOWER with stride 2 pads by "
+                         "an amount that depends on the input size, which the model leaves "
+                         "open"]
+
+
+def test_weights_in_constant_nodes_identity_and_dropout_skipped(tmp_path):
+    w, b = arr(4, 3, 3, 3), arr(4)
+    off = helper.make_node("Constant", [], ["off"], name="off",
+                           value=helper.make_tensor("off", TensorProto.BOOL, [], [False]))
+    nodes = [const("w_c", w), helper.make_node("Identity", ["w_c"], ["w_id"], name="w_id"),
+             const("b_c", b), off, node("Identity", ["x"], "x_id"),
+             conv("c", "x_id", "w_id", "b_c", strides=[2, 2]),
+             helper.make_node("Dropout", ["c", "ratio", "off"], ["drop", "mask"], name="drop"),
+             node("Tanh", ["drop"], "tanh"),
+             helper.make_node("Dropout", ["tanh"], ["drop2"], name="drop2")]
+    path, model = save(tmp_path, nodes, {"ratio": np.float32(0.3)}, opset=13)
+    net = check(path, model)
+    assert [next(iter(layer)) for layer in net.layers] == ["conv", "activation"]
+    assert net.provenance["nodes"] == ["x_id", "c", "drop", "tanh", "drop2"]
+    assert net.notes == ["the chain reaches the model's output 'drop2'"]
+    np.testing.assert_allclose(np.array([f["weights"] for f in net.layers[0]["conv"]["filters"]]),
+                               w)  # exactly the float32 weights, written shortest
+
+
+def test_per_channel_arithmetic_folds_into_convs_or_becomes_layers(tmp_path):
+    inits = {"w": arr(4, 3, 3, 3), "w2": arr(4, 4, 1, 1), "scale": arr(1, 4, 1, 1),
+             "shift": arr(4, 1, 1), "neg": -arr(4, 1, 1, positive=True), "two": np.float32(2),
+             "off": arr(1, 3, 1, 1)}
+    nodes = [
+        node("Mul", ["two", "x"], "doubled"), node("Add", ["doubled", "off"], "shifted"),
+        conv("c", "shifted", "w", pads=[1, 1, 1, 1]),
+        node("Mul", ["c", "scale"], "c_scaled"), node("Sub", ["shift", "c_scaled"], "c_shifted"),
+        node("Relu", ["c_shifted"], "relu"),
+        node("Mul", ["relu", "neg"], "negated"), node("Div", ["negated", "two"], "halved"),
+        bn("bn", "halved", inits, 4),
+        conv("c2", "bn", "w2"),
+    ]
+    path, model = save(tmp_path, nodes, inits)
+    net = check(path, model)
+    kinds = [next(iter(layer)) for layer in net.layers]
+    # Mul/Add at the start: normalize; Mul/Sub after the conv: folded (so Relu is fused);
+    # Mul/Div/BatchNormalization after the relu, with negative scales: one 1x1 grouped conv.
+    assert kinds == ["normalize", "conv", "conv", "conv"]
+    norm = net.layers[0]["normalize"]
+    assert norm["std"] == [0.5] * 3 and len(norm["mean"]) == 3
+    assert net.layers[1]["conv"]["defaults"]["activation"] == "relu"
+    middle = net.layers[2]["conv"]
+    assert middle["defaults"]["groups"] == 4 and middle["name"] == "negated"
+    assert net.layers[1]["conv"]["defaults"]["input"] == "dense"  # not the first layer
+
+
+def test_batch_norm_alone_with_positive_scales_is_a_normalize_layer(tmp_path):
+    inits = {}
+    nodes = [node("Relu", ["x"], "r"), bn("bn", "r", inits, 3)]
+    inits["bn_s"] = np.abs(inits["bn_s"]) + 0.1
+    path, model = save(tmp_path, nodes, inits)
+    net = check(path, model)
+    assert [next(iter(layer)) for layer in net.layers] == ["activation", "normalize"]
+
+
+# --- where the chain stops ------------------------------------------------------------------
+
+def residual(tmp_path):
+    inits = {"w1": arr(4, 3, 3, 3), "w2": arr(4, 4, 3, 3), "w3": arr(4, 4, 3, 3)}
+    nodes = [conv("stem", "x", "w1", pads=[1, 1, 1, 1]), node("Relu", ["stem"], "stem_relu"),
+             conv("branch", "stem_relu", "w2", pads=[1, 1, 1, 1]),
+             node("Add", ["branch", "stem_relu"], "sum"), node("Relu", ["sum"], "out"),
+             conv("head", "out", "w3"), node("Softmax", ["head"], "probs")]
+    return save(tmp_path, nodes, inits)
+
+
+def test_a_residual_branch_stops_the_chain(tmp_path):
+    path, model = residual(tmp_path)
+    net = check(path, model)
+    assert len(net.layers) == 1 and net.layers[0]["conv"]["defaults"]["activation"] == "relu"
+    assert net.notes == ["stopped after 'stem_relu': it feeds 2 nodes (Conv node 'branch', Add "
+                         "node 'sum'), a branch (e.g. a residual connection)"]
+    assert net.provenance["nodes"] == ["stem", "stem_relu"]
+    assert net.provenance["stopped"] == net.notes[-1]
+
+
+def test_upto_stops_after_the_named_node(tmp_path):
+    path, model = residual(tmp_path)
+    net = check(path, model, upto="stem")
+    assert net.layers[0]["conv"]["defaults"]["activation"] == "none"
+    assert net.notes == ["stopped after Conv node 'stem', as asked"]
+    with pytest.raises(InputError) as info:
+        importers.import_network(str(path), upto="head")
+    assert str(info.value) == (
+        f"{path}: node 'head' is not on the chain of layers convcli can import from the model's "
+        "input; stopped after 'stem_relu': it feeds 2 nodes (Conv node 'branch', Add node "
+        "'sum'), a branch (e.g. a residual connection)")
+    with pytest.raises(UsageError) as info:
+        importers.import_network(str(path), upto="nowhere")
+    assert str(info.value) == f"{path}: the model has no node named 'nowhere'"
+
+
+def test_node_imports_one_conv_with_what_folds_into_it(tmp_path):
+    path, model = residual(tmp_path)
+    net = importers.import_network(str(path), node="branch")
+    assert len(net.layers) == 1 and net.notes == ["imported Conv node 'branch' alone"]
+    assert net.layers[0]["conv"]["defaults"]["input"] == "dense"
+    x = RNG.standard_normal((4, 9, 9)).astype(np.float32)
+    branch = helper.make_graph([model.graph.node[2]], "one",
+                               [helper.make_tensor_value_info("stem_relu", TensorProto.FLOAT,
+                                                              None)],
+                               [helper.make_tensor_value_info("branch", TensorProto.FLOAT, None)],
+                               initializer=[t for t in model.graph.initializer if t.name == "w2"])
+    want = ReferenceEvaluator(helper.make_model(branch)).run(None, {"stem_relu": x[None]})[0][0]
+    assert_close(run_layers(net.layers, x), want)
+    check_end_to_end(net, x, want)
+
+    inits = {"w": arr(4, 3, 3, 3)}
+    nodes = [conv("c", "x", "w"), bn("bn", "c", inits, 4), node("Relu", ["bn"], "r"),
+             node("Sigmoid", ["r"], "s")]
+    path, model = save(tmp_path, nodes, inits, name="bn.onnx")
+    net = check(path, model, node="c")
+    assert net.notes == ["imported Conv node 'c' alone with bn, r folded in"]
+    for kwargs, message in [
+        (dict(node="r"), f"{path}: node 'r' is a Relu, not a Conv"),
+        (dict(node="head"), f"{path}: no Conv node named 'head'; Conv nodes: c"),
+        (dict(node="c", upto="r"), "give either the last node to import or a single Conv node, "
+                                   "not both"),
+    ]:
+        with pytest.raises(UsageError) as info:
+            importers.import_network(str(path), **kwargs)
+        assert str(info.value) == message
+
+
+@pytest.mark.parametrize("nodes, inits, note", [
+    ([conv("c", "x", "w"), node("Softmax", ["c"], "s")], {"w": arr(2, 3, 1, 1)},
+     "stopped at Softmax node 's': Softmax is not an operation convcli imports"),
+    ([conv("c", "x", "w"), helper.make_node("FusedConv", ["c", "w2"], ["f"], name="f",
+                                            domain="com.microsoft")],
+     {"w": arr(2, 3, 1, 1), "w2": arr(2, 2, 1, 1)},
+     "stopped at FusedConv node 'f': com.microsoft.FusedConv is not an operation convcli "
+     "imports"),
+    ([conv("c", "x", "w"), node("Relu", ["c"], "r", foo=1)], {"w": arr(2, 3, 1, 1)},
+     "stopped at Relu node 'r': its attribute 'foo' is not one convcli knows for Relu"),
+    ([conv("c", "x", "w"), node("Mul", ["c", "row"], "m")],
+     {"w": arr(2, 3, 1, 1), "row": arr(1, 1, 1, 15)},
+     "stopped at Mul node 'm': its operand of shape (1, 1, 1, 15) varies along more than the "
+     "channels"),
+    ([conv("c", "x", "w"), node("Div", ["c", "zeros"], "d")],
+     {"w": arr(2, 3, 1, 1), "zeros": np.zeros((2, 1, 1))},
+     "stopped at Div node 'd': it divides by zero"),
+    ([conv("c", "x", "w"), node("Div", ["one", "c"], "d")],
+     {"w": arr(2, 3, 1, 1), "one": np.ones(1)},
+     "stopped at Div node 'd': it reads 'c' as its input 2, not as its data"),
+    ([conv("c", "x", "w"), node("Mul", ["c", "c"], "sq")], {"w": arr(2, 3, 1, 1)},
+     "stopped at Mul node 'sq': it reads 'c' more than once"),
+    ([conv("c", "x", "w"), node("AveragePool", ["c"], "p", kernel_shape=[2, 2],
+                                dilations=[2, 2])], {"w": arr(2, 3, 1, 1)},
+     "stopped at AveragePool node 'p': average pooling with dilation is not supported"),
+    ([conv("c", "x", "w"), node("BatchNormalization", ["c", "s", "b", "m", "v"], "bn",
+                                training_mode=1)],
+     {"w": arr(2, 3, 1, 1), "s": arr(2), "b": arr(2), "m": arr(2), "v": arr(2, positive=True)},
+     "stopped at BatchNormalization node 'bn': it runs in training mode (it normalises by the "
+     "batch's statistics)"),
+    ([conv("c", "x", "w"), node("Clip", ["c", "hi", "lo"], "clip")],
+     {"w": arr(2, 3, 1, 1), "hi": np.float32(1), "lo": np.float32(0)},
+     "stopped at Clip node 'clip': its minimum 1 is above its maximum 0"),
+    ([conv("c", "x", "w"), node("Relu", ["c"], "r"), conv("c2", "r", "w2")],
+     {"w": arr(2, 3, 1, 1), "w2": arr(2, 2, 1, 1)},
+     "the chain reaches the model's output 'c2'"),
+])
+def test_the_chain_stops_at_what_it_cannot_import(tmp_path, nodes, inits, note):
+    path, model = save(tmp_path, nodes, inits, opset=19)
+    net = check(path, model)
+    assert net.notes[-1] == note
+
+
+def test_weights_computed_by_another_node_stop_the_chain(tmp_path):
+    inits = {"w": arr(2, 3, 1, 1), "w2": arr(2, 2, 1, 1)}
+    nodes = [conv("c", "x", "w"), node("Neg", ["w2"], "w2_neg"), conv("c2", "c", "w2_neg")]
+    path, model = save(tmp_path, nodes, inits)
+    net = check(path, model)
+    assert net.notes == ["stopped at Conv node 'c2': its weights ('w2_neg') comes from Neg "
+                         "node 'w2_neg', not from numbers stored in the model"]
+
+
+# --- models that cannot be imported at all ---------------------------------------------------
+
+def import_error(path, **kwargs) -> str:
+    with pytest.raises((InputError, UsageError)) as info:
+        importers.import_network(str(path), **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+@pytest.mark.parametrize("nodes, inits, shape, message", [
+    ([conv("c", "x", "w")], {"w": arr(2, 3, 3)}, (1, 3, 10),
+     "Conv node 'c' is a 1-D convolution (weights of shape (2, 3, 3)); only 2-D convolutions "
+     "can become a bank"),
+    ([conv("c", "x", "w")], {"w": arr(2, 3, 3, 3, 3)}, (1, 3, 6, 6, 6),
+     "Conv node 'c' is a 3-D convolution (weights of shape (2, 3, 3, 3, 3)); only 2-D "
+     "convolutions can become a bank"),
+    ([node("Softmax", ["x"], "s")], {}, (1, 3, 8, 8),
+     "nothing to import: stopped at Softmax node 's': Softmax is not an operation convcli "
+     "imports"),
+    ([conv("c", "x", "missing")], {}, (1, 3, 8, 8),
+     "Conv node 'c' reads 'missing' (weights), which no node makes and the model does not "
+     "store"),
+    ([conv("c", "x", "w", "b")], {"w": arr(2, 3, 1, 1), "b": arr(3)}, (1, 3, 8, 8),
+     "Conv node 'c' has a bias of shape (3,) for 2 filters"),
+    ([conv("c", "x", "w")], {"w": arr(2, 4, 1, 1)}, (1, 3, 8, 8),
+     "Conv node 'c' reads 4 channels (4 per group x 1) but its input has 3"),
+    ([conv("c", "x", "w", group=2)], {"w": arr(3, 2, 1, 1)}, (1, 4, 8, 8),
+     "Conv node 'c' has group=2; it must be a whole number >= 1 that divides the 3 filters"),
+    ([conv("c", "x", "w", pads=[1, 1])], {"w": arr(2, 3, 3, 3)}, (1, 3, 8, 8),
+     "Conv node 'c' has pads=[1, 1]; a 2-D convolution needs 4 whole numbers"),
+    ([conv("c", "x", "w", auto_pad="MIDDLE")], {"w": arr(2, 3, 3, 3)}, (1, 3, 8, 8),
+     "Conv node 'c' has auto_pad='MIDDLE'; ONNX defines NOTSET, SAME_UPPER, SAME_LOWER and "
+     "VALID"),
+    ([conv("c", "x", "w"), node("BatchNormalization", ["c", "s", "b", "m", "v"], "bn")],
+     {"w": arr(2, 3, 1, 1), "s": arr(3), "b": arr(2), "m": arr(2), "v": arr(2)},
+     (1, 3, 8, 8), "BatchNormalization node 'bn' has a scale of shape (3,) for 2 channels"),
+    ([conv("c", "x", "w"), node("BatchNormalization", ["c", "s", "b", "m", "v"], "bn")],
+     {"w": arr(2, 3, 1, 1), "s": arr(2), "b": arr(2), "m": arr(2), "v": -np.ones(2)},
+     (1, 3, 8, 8), "BatchNormalization node 'bn': variance + epsilon must be finite and > 0"),
+    ([conv("c", "x", "w"), node("MaxPool", ["c"], "p", kernel_shape=[2, 2, 2])],
+     {"w": arr(2, 3, 1, 1)}, (1, 3, 8, 8),
+     "MaxPool node 'p' is a 3-D pooling; only 2-D pooling can be imported"),
+    ([conv("c", "x", "w"), node("MaxPool", ["c"], "p")], {"w": arr(2, 3, 1, 1)}, (1, 3, 8, 8),
+     "MaxPool node 'p' has no kernel_shape"),
+    ([conv("c", "x", "w")], {"w": np.full((2, 3, 1, 1), np.inf)}, (1, 3, 8, 8),
+     "Conv node 'c': the weights or biases are not all finite numbers within float32's range "
+     "(about ±3.4e+38)"),
+])
+def test_models_that_cannot_be_imported(tmp_path, nodes, inits, shape, message):
+    path, _ = save(tmp_path, nodes, inits, shape=shape)
+    assert import_error(path) == f"{path}: {message}"
+
+
+def test_files_that_are_not_models(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"\x08\x07garbage that is not protobuf\xff\xff")
+    assert import_error(tmp_path / "junk.onnx").startswith(
+        f"{tmp_path / 'junk.onnx'}: not a readable ONNX model (")
+    np.save(tmp_path / "w.npy", np.ones((2, 1, 3, 3)))
+    assert import_error(tmp_path / "w.npy") == (f"{tmp_path / 'w.npy'}: networks are imported "
+                                                "from ONNX models (.onnx), not .npy")
+    assert import_error(tmp_path / "none.onnx") == f"{tmp_path / 'none.onnx'}: no such file"
+
+
+def test_odd_opsets_and_external_weights(tmp_path):
+    import onnx
+
+    path, model = save(tmp_path, [conv("c", "x", "w")], {"w": arr(2, 3, 1, 1)})
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    path.write_bytes(model.SerializeToString())
+    assert import_error(path) == (f"{path}: the model declares no opset version for the "
+                                  "standard ONNX operators")
+    path, model = save(tmp_path, [conv("c", "x", "w")], {"w": arr(2, 3, 1, 1)})
+    onnx.save_model(model, str(path), save_as_external_data=True, location="w.bin",
+                    size_threshold=0)
+    assert import_error(path) == (f"{path}: Conv node 'c' keeps its weights in an external data "
+                                  "file; convcli reads only models that hold their weights")
+
+
+def test_the_import_stops_where_a_bank_file_is_full(tmp_path):
+    # A bank file holds 65,536 weights in all: the first conv's 108 and the second's 65,536
+    # are more, so the import ends before the second (which alone would fit) and the file
+    # it writes loads.
+    inits = {"w1": arr(4, 3, 3, 3), "w2": arr(64, 4, 16, 16) / 16}
+    nodes = [conv("c1", "x", "w1", pads=[1, 1, 1, 1]), node("Relu", ["c1"], "r1"),
+             node("Tanh", ["r1"], "t1"), conv("c2", "t1", "w2", pads=[8, 8, 7, 7]),
+             node("Relu", ["c2"], "r2")]
+    path, model = save(tmp_path, nodes, inits, shape=(1, 3, 9, 8))
+    net = check(path, model)
+    assert [next(iter(layer)) for layer in net.layers] == ["conv", "activation"]
+    assert net.provenance["nodes"] == ["c1", "r1", "t1"]
+    assert net.notes == ["stopped at Conv node 'c2': layer 'c2' brings the weights to 65,644; "
+                         "a bank file holds at most 65,536"]
+    net = importers.import_network(str(path), node="c2")  # alone, it fits
+    assert len(net.layers) == 1 and net.notes == ["imported Conv node 'c2' alone with r2 "
+                                                  "folded in"]
+    big = {"w": arr(256, 128, 3, 3)}
+    path, _ = save(tmp_path, [conv("c", "x", "w")], big, shape=(1, 128, 8, 8), name="big.onnx")
+    assert import_error(path) == (
+        f"{path}: nothing to import: stopped at Conv node 'c': its weights are too large for a "
+        "bank file (256 filters of 128x3x3 are 294,912 weights; a bank file holds at most "
+        "65,536)")
