@@ -63,7 +63,13 @@ def activate(x: Any, function: str, *, out: np.ndarray | None = None,
             raise UsageError(f"out must be a writable float32 array of shape {a.shape}")
         if out is not a:
             np.copyto(out, a)
-    p = dict(PARAMETERS.get(function, {}), **params)
+    with np.errstate(all="ignore"):  # inf and NaN are values here, as in torch
+        _apply(out, function, dict(PARAMETERS.get(function, {}), **params))
+    return out
+
+
+def _apply(out: np.ndarray, function: str, p: dict[str, float]) -> None:
+    """``function`` applied to ``out`` in place."""
     f32 = np.float32
     if function == "relu":
         np.maximum(out, f32(0), out=out)
@@ -97,7 +103,6 @@ def activate(x: Any, function: str, *, out: np.ndarray | None = None,
         np.divide(out, e, out=out)  # NaN stays NaN: e is NaN there
     elif function == "tanh":
         np.tanh(out, out=out)
-    return out
 
 
 def check_function(function: Any, params: dict[str, Any]) -> None:
@@ -214,9 +219,9 @@ def pool_output_hw(hw: tuple[int, int], kernel: tuple[int, int], stride: tuple[i
 
 
 def _out_len(n: int, k: int, s: int, d: int, before: int, after: int, ceil_mode: bool) -> int:
+    # torch's rounding: with ceil_mode a window may be wider than the (padded) input, as
+    # long as it starts inside it.
     span = n + before + after - (d * (k - 1) + 1)
-    if span < 0:
-        return 0
     out = (-(-span // s) if ceil_mode else span // s) + 1
     if ceil_mode and (out - 1) * s >= n + before:  # the last window starts past the input
         out -= 1

@@ -85,3 +85,101 @@ def reference_conv2d(image, weights, bias=None, stride=(1, 1), padding=(0, 0, 0,
     elif activation == "abs":
         out = np.abs(out)
     return out
+
+
+# --- pooling, activations and normalisation (convcli.ops) -----------------------------------
+#
+# Written from torch's documentation of max_pool2d / avg_pool2d and its kernels' rules, one
+# window at a time: the window of output o along an axis starts at o * s - before and takes
+# k taps d apart; taps outside the input are padding and are never values.
+
+
+def reference_pool_len(n, k, s, d, before, after, ceil_mode):
+    """torch's output length: floor (or ceil) of (n + pads - footprint) / s, plus one; with
+    ceil_mode, a last window that starts past the input and its leading padding is dropped."""
+    span = (n + before + after - (d * (k - 1) + 1)) / s
+    out = (math.ceil(span) if ceil_mode else math.floor(span)) + 1
+    if ceil_mode and (out - 1) * s >= n + before:
+        out -= 1
+    return out
+
+
+def reference_pool2d(image, mode, kernel, stride, pads=(0, 0, 0, 0), dilation=(1, 1),
+                     ceil_mode=False, count_include_pad=True):
+    """float64 max or average pooling of (C, H, W); pads (top, bottom, left, right).
+
+    max: the largest input value in the window (NaN if one is NaN), -inf if it holds none.
+    avg: the sum of the input values in the window over its size counted up to the end of
+    the padding (count_include_pad) or over the number of input values; 0 if it holds none.
+    """
+    x = np.asarray(image, np.float64)
+    C, H, W = x.shape
+    (kh, kw), (sy, sx), (dy, dx) = kernel, stride, dilation
+    pt, pb, pl, pr = pads
+    Ho = reference_pool_len(H, kh, sy, dy, pt, pb, ceil_mode)
+    Wo = reference_pool_len(W, kw, sx, dx, pl, pr, ceil_mode)
+    out = np.zeros((C, Ho, Wo))
+    for c in range(C):
+        for yo in range(Ho):
+            for xo in range(Wo):
+                top, left = yo * sy - pt, xo * sx - pl
+                values = [x[c, top + i * dy, left + j * dx]
+                          for i in range(kh) for j in range(kw)
+                          if 0 <= top + i * dy < H and 0 <= left + j * dx < W]
+                if mode == "max":
+                    if any(math.isnan(v) for v in values):
+                        out[c, yo, xo] = math.nan
+                    else:
+                        out[c, yo, xo] = max(values, default=-math.inf)
+                    continue
+                if count_include_pad:
+                    size = ((min(top + kh, H + pb) - top) * (min(left + kw, W + pr) - left))
+                else:
+                    size = len(values)
+                out[c, yo, xo] = sum(values) / size if values else 0.0
+    return out
+
+
+def reference_activation(x, function, **params):
+    """float64, value by value, from the formulas (torch.nn.functional; hardsigmoid as
+    ONNX: max(0, min(1, alpha * x + beta)))."""
+    alpha = params.get("alpha", 1 / 6 if function == "hardsigmoid" else 0.01)
+    beta = params.get("beta", 0.5)
+    lo, hi = params.get("min", -math.inf), params.get("max", math.inf)
+
+    def one(v):
+        if math.isnan(v):
+            return math.nan
+        if function == "none":
+            return v
+        if function == "relu":
+            return max(v, 0.0)
+        if function == "abs":
+            return abs(v)
+        if function == "relu6":
+            return min(max(v, 0.0), 6.0)
+        if function == "clip":
+            return min(max(v, lo), hi)
+        if function == "leaky_relu":
+            return v if v >= 0 else alpha * v
+        if function == "hardswish":
+            return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
+        if function == "hardsigmoid":
+            return min(max(alpha * v + beta, 0.0), 1.0)
+        if function == "sigmoid":
+            return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+        if function == "tanh":
+            return math.tanh(v)
+        raise ValueError(function)
+
+    a = np.asarray(x, np.float64)
+    return np.array([one(float(v)) for v in a.ravel()]).reshape(a.shape)
+
+
+def reference_normalize(image, mean, std):
+    """float64 (x[c] - mean[c]) / std[c], one value standing for every channel."""
+    x = np.asarray(image, np.float64)
+    C = x.shape[0]
+    m = list(mean) * (C if len(mean) == 1 else 1)
+    s = list(std) * (C if len(std) == 1 else 1)
+    return np.stack([(x[c] - m[c]) / s[c] for c in range(C)])
