@@ -24,6 +24,7 @@ import numpy as np
 
 from . import images, pipeline, render, workers
 from .bank import KernelBank
+from .network import Network
 from .engine import EngineConfig
 from .errors import EXIT_ERROR
 from .inputs import SHEETS_FOLDER, Source
@@ -36,7 +37,7 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def choose_engine(sources: list[Source], bank: KernelBank, method: str = "auto",
+def choose_engine(sources: list[Source], bank: KernelBank | Network, method: str = "auto",
                   threads: int | None = None) -> EngineConfig:
     """The engine's configuration for a whole batch: with ``auto``, "jit" or "numpy" from
     the first image's size (read from its header) times the number of inputs, so a small
@@ -50,8 +51,8 @@ def choose_engine(sources: list[Source], bank: KernelBank, method: str = "auto",
         size = images.image_size(sources[0].content())
     except Exception:  # the input's own error is reported when it is processed
         pass
-    return engine.plan_for_job(pipeline.work_per_image(bank, *size) * len(sources), method,
-                               threads)
+    work = pipeline.work_per_image(bank, *size)
+    return engine.plan_for_job(None if work is None else work * len(sources), method, threads)
 
 
 class Stream(Protocol):
@@ -84,7 +85,7 @@ class Backend:
     verbose: bool = False  # a local Dask cluster's own log on stderr
 
 
-def apply(sources: list[Source], bank: KernelBank, options: Options,
+def apply(sources: list[Source], bank: KernelBank | Network, options: Options,
           backend: Backend = Backend()) -> Stream:
     """Run a bank over many inputs on a back-end; the one entry point for batches. Returns
     a Stream of Results (see Stream), whose ``method`` says which engine method it took."""
@@ -101,7 +102,7 @@ def apply(sources: list[Source], bank: KernelBank, options: Options,
     return stream
 
 
-def run(sources: list[Source], bank: KernelBank, options: Options, jobs: int | None = None,
+def run(sources: list[Source], bank: KernelBank | Network, options: Options, jobs: int | None = None,
         fail_fast: bool = False) -> Stream:
     """Process every source here (one worker) or in a local process pool, with the engine
     as ``options.engine`` says. With ``fail_fast``, stop handing out work after the first
@@ -336,7 +337,8 @@ def _worker_process(source: Source) -> Result:
 
 # --- contact sheets: one per filter, across all inputs --------------------------------------
 
-def write_filter_sheets(results: list[Result], sources: list[Source], bank: KernelBank,
+def write_filter_sheets(results: list[Result], sources: list[Source],
+                        bank: KernelBank | Network,
                         options: Options) -> list[str]:
     """For each filter, one labelled PNG of that filter's map for every input that has one,
     written to OUT/by-filter/<filter>.png, from the small pictures the Results carry (run
@@ -347,6 +349,7 @@ def write_filter_sheets(results: list[Result], sources: list[Source], bank: Kern
     if not done:
         return []
     folder = Path(options.out) / SHEETS_FOLDER
+    bank = pipeline.output_bank(bank)
     names = pipeline.safe_names([f.name for f in bank.filters])
     written = []
     for k, (filt, safe) in enumerate(zip(bank.filters, names)):

@@ -189,6 +189,13 @@ def apply(
                                     help="PNG deflate level, 0 (fastest) to 9 (smallest); "
                                          "1-3 use ISA-L where installed, the rest zlib."),
     stack: bool = typer.Option(True, "--stack/--no-stack", help="Write each input's stack.png."),
+    pool: Optional[str] = typer.Option(
+        None, "--pool", metavar="MODE:K[:S[:P]]",
+        help="Add a pooling layer at the end: max or avg, kernel K, stride S (default K), "
+             "padding P (e.g. max:2, avg:3:2:1)."),
+    all_layers: bool = typer.Option(
+        False, "--all-layers", help="Also write every earlier layer's maps, each in a "
+                                    "subfolder NN-name/ of the input's folder."),
     stack_by: Optional[str] = typer.Option(
         None, "--stack-by", metavar="filter",
         help="Also write OUT/by-filter/<filter>.png, one sheet of that filter's maps across "
@@ -227,10 +234,11 @@ def apply(
     options = pipeline.Options(out=output, format=fmt, bits=bits, compression=compression,
                                max_pixels=max_pixels, stack=stack, resume=resume,
                                max_memory=_size(max_memory, "--max-memory"),
-                               thumbnails=stack_by == "filter")
+                               thumbnails=stack_by == "filter", all_layers=all_layers)
     pipeline.check_options(options)
-    kernel_bank = _load_bank(bank, filters, stride=stride, padding=padding, dilation=dilation,
-                             border=border, activation=activation, scale=scale)
+    kernel_bank = _load_bank(bank, filters, pool, stride=stride, padding=padding,
+                             dilation=dilation, border=border, activation=activation,
+                             scale=scale)
     if not inputs and files_from is None:
         raise UsageError("give at least one INPUT (a file, folder, glob or -) or --files-from")
     found = _expand_inputs(inputs or [], files_from, null, recursive, output)
@@ -287,14 +295,43 @@ def _check_apply_options(stack_by, jobs, max_pixels, output, json_report, schedu
                              "stdout (> file.png) or give an output folder with -o")
 
 
-def _load_bank(ref: str, filters: list[str] | None, **overrides: str | None):
-    """The bank named on the command line, with its settings overridden and its filters
-    selected (a filter named twice is run once, like an input named twice)."""
+def _load_bank(ref: str, filters: list[str] | None, pool: str | None = None,
+               **overrides: str | None):
+    """The bank (a network of one or more layers) named on the command line, its last conv
+    layer's settings overridden and filters selected (a filter named twice is run once,
+    like an input named twice), and a pooling layer added at the end with ``pool``."""
+    from dataclasses import replace
+
     from . import bank as banks
 
     settings = {key: banks.parse_cli_setting(key, value) for key, value in overrides.items()}
-    kernel_bank = banks.load(ref).override(**settings)
-    return kernel_bank.select(list(dict.fromkeys(filters))) if filters else kernel_bank
+    net = banks.load_network(ref)
+    if any(v is not None for v in settings.values()):
+        net = net.override(**settings)
+    if filters:
+        net = net.select(list(dict.fromkeys(filters)))
+    if pool is not None:
+        net = replace(net, layers=net.layers + (_pool_layer(pool, len(net.layers)),))
+    return net
+
+
+def _pool_layer(text: str, index: int):
+    """--pool MODE:K[:S[:P]] as a pooling layer (stride defaults to the kernel, as torch)."""
+    from . import network
+
+    parts = text.split(":")
+    numbers = parts[1:]
+    if parts[0] not in ("max", "avg") or not 1 <= len(numbers) <= 3 or \
+            not all(n.isdigit() for n in numbers):
+        raise UsageError(f"--pool takes MODE:K[:S[:P]] with MODE max or avg (e.g. max:2, "
+                         f"avg:3:2:1), got {text!r}")
+    values = [int(n) for n in numbers] + [0] * (3 - len(numbers))
+    k, stride, pad = values[0], values[1] or values[0], values[2]
+    if not (1 <= k <= 1024 and 1 <= stride <= 1024 and 0 <= pad <= k // 2):
+        raise UsageError(f"--pool: kernel and stride must be 1-1024 and padding at most half "
+                         f"the kernel, got {text!r}")
+    return network.Pool(name=f"{index + 1:02d}-pool", mode=parts[0], kernel=(k, k),
+                        stride=(stride, stride), padding=(pad, pad, pad, pad))
 
 
 def _engine_line(method: str) -> str:
@@ -439,7 +476,7 @@ class _Report:
             self.say(f"convcli: error: {_with_flags(result.error, result.settings)}")
         elif result.outputs:
             self.detail(f"{result.input}: {result.status}, {len(result.outputs)} files in "
-                        f"{Path(result.outputs[0]).parent} ({result.seconds:.2f} s)")
+                        f"{Path(result.outputs[-1]).parent} ({result.seconds:.2f} s)")
         if self.json_lines:
             record = {"input": result.input, "status": result.status, "outputs": result.outputs,
                       "shape": list(result.shape) if result.shape else None,
@@ -578,21 +615,28 @@ def bank_show(
 ) -> None:
     """Print a bank's filters: settings, source and weights."""
     from . import bank as banks
+    from . import network
 
-    b = banks.load(ref)
+    net = banks.load_network(ref)
     if filters:
-        b = b.select(list(dict.fromkeys(filters)))
+        net = net.select(list(dict.fromkeys(filters)))
+    convs = [layer for layer in net.layers if isinstance(layer, network.Conv)]
     if png:
         from . import images, render
 
-        where = _write_output(png, images.encode_png(render.kernel_grid(b.filters)), binary=True)
-        _note(f"convcli: drew {_plural(len(b.filters), 'kernel')} in {where}", quiet)
+        shown = [f for conv in convs for f in conv.bank.filters]
+        where = _write_output(png, images.encode_png(render.kernel_grid(shown)), binary=True)
+        _note(f"convcli: drew {_plural(len(shown), 'kernel')} in {where}", quiet)
         if png == "-":
             return  # stdout holds the picture
+    single = len(net.layers) == 1 and len(convs) == 1
     if json_out:
-        _emit([json.dumps(_bank_record(b))])
+        record = _bank_record(convs[0].bank) if single else {
+            "name": net.name, "description": net.description, "file": net.origin,
+            "layers": [_layer_record(layer) for layer in net.layers]}
+        _emit([json.dumps(record)])
         return
-    lines = _bank_lines(b)
+    lines = _bank_lines(convs[0].bank) if single else _network_lines(net)
     if sys.stdout.isatty():
         from rich.console import Console
 
@@ -633,6 +677,40 @@ def _bank_lines(b) -> list[str]:
             if c > 1:
                 lines.append(f"  channel {ch}")
             lines += ["  " + " ".join(cell.rjust(width) for cell in row) for row in cells]
+    return lines
+
+
+def _layer_record(layer) -> dict:
+    from dataclasses import asdict
+
+    from . import network
+
+    if isinstance(layer, network.Conv):
+        return {"type": "conv", "name": layer.name, "groups": layer.bank.groups,
+                **{k: v for k, v in _bank_record(layer.bank).items() if k != "file"}}
+    kind = type(layer).__name__.lower()
+    return {"type": kind, **{k: (list(v) if isinstance(v, tuple) else v)
+                             for k, v in asdict(layer).items()}}
+
+
+def _network_lines(net) -> list[str]:
+    """A bank of several layers as text: each layer on a line, a conv layer's filters below."""
+    from . import network
+
+    lines = [f"{printable(net.name)}: {printable(net.description)} "
+             f"({_plural(len(net.layers), 'layer')}, from {printable(net.origin)})"]
+    for layer in net.layers:
+        if isinstance(layer, network.Conv):
+            b = layer.bank
+            lines += ["", f"layer {printable(layer.name)}: conv, input {b.input}"
+                          + (f", groups {b.groups}" if b.groups != 1 else "")
+                          + f", {_plural(len(b.filters), 'filter')}"]
+            lines += ["  " + line if line else line for line in _bank_lines(b)[1:]]
+        else:
+            settings = ", ".join(f"{k} {v}" for k, v in _layer_record(layer).items()
+                                 if k not in ("type", "name"))
+            lines += ["", f"layer {printable(layer.name)}: {type(layer).__name__.lower()}, "
+                          f"{settings}"]
     return lines
 
 
@@ -689,18 +767,23 @@ def bank_check(
     problems = []
     for ref in files:
         try:
-            b = banks.load(ref)
+            net = banks.load_network(ref)
         except BankError as e:
             problems.extend(e.problems)
             if json_out:
                 _emit([json.dumps({"file": ref, "ok": False,
                                    "problems": [str(p) for p in e.problems]})])
             continue
+        convs = [layer.bank for layer in net.layers if hasattr(layer, "bank")]
+        count = sum(len(b.filters) for b in convs)
         if json_out:
-            _emit([json.dumps({"file": ref, "ok": True, "name": b.name,
-                               "filters": len(b.filters), "input": b.input})])
-        _note(f"ok: {printable(ref)}: bank {b.name!r}, {_plural(len(b.filters), 'filter')}, "
-              f"input {b.input}", quiet)
+            _emit([json.dumps({"file": ref, "ok": True, "name": net.name, "filters": count,
+                               "layers": len(net.layers),
+                               "input": convs[0].input if convs else None})])
+        what = (f"input {convs[0].input}" if len(net.layers) == 1 and convs else
+                _plural(len(net.layers), "layer"))
+        _note(f"ok: {printable(ref)}: bank {net.name!r}, {_plural(count, 'filter')}, {what}",
+              quiet)
     if problems:
         raise BankError(problems)
 

@@ -23,7 +23,7 @@ import struct
 import tempfile
 import time
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import numpy as np
 from . import __version__, images, render
 from .bank import KernelBank
 from .engine import EngineConfig
+from .network import Network
 from .errors import EXIT_ERROR, ConvcliError, InputError, OutputError, UsageError
 from .inputs import Source
 
@@ -50,6 +51,7 @@ class Options:
     resume: bool = False  # skip inputs whose outputs are all present
     max_memory: int = 4 * 2**30  # bytes for one input's maps at a time (see plan_groups)
     thumbnails: bool = False  # keep a small picture of every map in the Result
+    all_layers: bool = False  # also write every earlier layer's maps, each in its folder
     engine: EngineConfig = EngineConfig()  # how the engine runs (a value, never a global)
 
 
@@ -88,39 +90,97 @@ def check_options(options: Options) -> None:
                          settings=("compression",))
 
 
-def work_per_image(bank: KernelBank, height: int, width: int, channels: int = 3) -> float:
-    """About how many multiply-adds one image of this size costs (for choosing a path)."""
-    groups = channels if bank.input == "depthwise" else 1
-    return float(sum(np.count_nonzero(f.weights) * groups * height * width
-                     / (f.geometry.stride[0] * f.geometry.stride[1]) for f in bank.filters))
+def work_per_image(bank: KernelBank | Network, height: int, width: int,
+                   channels: int = 3) -> float | None:
+    """About how many multiply-adds one input of this size costs (for choosing a path);
+    None when the network cannot take such an input (the input will say why)."""
+    try:
+        return as_network(bank).work((channels, height, width))
+    except ConvcliError:
+        return None
 
 
 def compute_maps(pixels: np.ndarray, bank: KernelBank,
-                 config: EngineConfig = EngineConfig()) -> list[FeatureMap]:
-    """Run every filter of the bank over one image (C, H, W). Filters that share geometry
-    and kernel shape go through the engine in one pass."""
-    from . import engine
+                 config: EngineConfig = EngineConfig(), *, first: bool = True,
+                 tail: Network | None = None) -> list[FeatureMap]:
+    """Run every filter of the bank over one input (C, H, W). Filters that share settings
+    and kernel shape go through the engine in one pass. ``first``: the bank is a network's
+    first conv layer, so an image is fitted to a gray or rgb bank (luminance, or a gray
+    channel repeated); later layers need their exact channel count. ``tail``: layers that
+    follow the bank (activations, pooling, normalisation: channel by channel), applied to
+    each map."""
+    from . import engine, network, ops
 
-    x = images.as_channels(pixels, bank.input)
+    x = pixels
+    if first and bank.input in ("gray", "rgb") and x.shape[0] in (1, 3):
+        x = images.as_channels(pixels, bank.input)
     if bank.input != "depthwise" and x.shape[0] != bank.channels:
-        raise InputError(f"the image has {x.shape[0]} channels but bank {bank.name!r} "
+        raise InputError(f"the input has {x.shape[0]} channels but bank {bank.name!r} "
                          f"needs {bank.channels}")
-    groups: dict[tuple, list[int]] = {}
-    for i, f in enumerate(bank.filters):
-        groups.setdefault((f.geometry, f.weights.shape), []).append(i)
     maps: list[FeatureMap | None] = [None] * len(bank.filters)
-    for (geo, _shape), members in groups.items():
+    for part, groups, members in network._passes(bank, x.shape[0]):
+        geo = bank.filters[members[0]].geometry
         w = np.stack([bank.filters[i].weights for i in members])
         b = np.array([bank.filters[i].bias for i in members], np.float32)
+        fused = geo.activation if geo.activation in ("relu", "none", "abs") else "none"
         kwargs = dict(stride=geo.stride, padding=geo.padding, dilation=geo.dilation,
-                      border=geo.border, activation=geo.activation, config=config)
+                      border=geo.border, activation=fused, config=config)
         if bank.input == "depthwise":
-            out = engine.conv2d_depthwise(x, w, b, **kwargs)
+            out = engine.conv2d_depthwise(x[part], w, b, **kwargs)
         else:
-            out = engine.conv2d(x, w, b, **kwargs)
+            out = engine.conv2d(x[part], w, b, groups=groups, **kwargs)
+        if fused != geo.activation:
+            ops.activate(out, geo.activation, out=out)
         for k, i in enumerate(members):
-            maps[i] = FeatureMap(bank.filters[i].name, out[k], bank.filters[i].scale)
+            data = out[k]
+            if tail is not None:  # (H, W) -> (1, H', W'); (C, H, W) -> (C, H', W')
+                data = network.run(data, tail, config=config)[0]
+                data = data[0] if out[k].ndim == 2 else data
+            maps[i] = FeatureMap(bank.filters[i].name, data, bank.filters[i].scale)
     return [m for m in maps if m is not None]
+
+
+def as_network(bank: KernelBank | Network) -> Network:
+    """A bank as a network (a single bank is a network of one conv layer)."""
+    from . import network
+
+    if isinstance(bank, network.Network):
+        return bank
+    return network.Network(name=bank.name, description=bank.description,
+                           layers=(network.Conv(name=bank.name, bank=bank),),
+                           origin=bank.origin, provenance=bank.provenance)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """A network seen as the pipeline runs it: the layers before its last conv layer (run
+    whole), that conv layer (run in filter groups that fit the memory budget, each map
+    written as soon as it is made) and the layers after it (applied to each map)."""
+
+    head: Network | None
+    bank: KernelBank
+    first: bool  # the bank is the network's first conv layer
+    tail: Network | None
+
+
+def output_bank(bank: KernelBank | Network) -> KernelBank:
+    """The conv layer whose maps an input's files hold (a network's last conv layer)."""
+    return _parts(as_network(bank)).bank
+
+
+def _parts(net: Network) -> _Parts:
+    from . import network
+
+    index = max((i for i, layer in enumerate(net.layers) if isinstance(layer, network.Conv)),
+                default=None)
+    if index is None:
+        raise UsageError(f"{net.name!r} has no conv layer; there are no maps to write")
+    conv = net.layers[index]
+    assert isinstance(conv, network.Conv)
+    head = replace(net, layers=net.layers[:index]) if index else None
+    tail = replace(net, layers=net.layers[index + 1:]) if index + 1 < len(net.layers) else None
+    first = not any(isinstance(layer, network.Conv) for layer in net.layers[:index])
+    return _Parts(head, conv.bank, first, tail)
 
 
 def safe_names(names: list[str]) -> list[str]:
@@ -140,8 +200,10 @@ def safe_names(names: list[str]) -> list[str]:
     return out
 
 
-def output_names(bank: KernelBank, options: Options) -> list[str]:
-    """The files each input gets, in the order they are written."""
+def output_names(bank: KernelBank | Network, options: Options) -> list[str]:
+    """The files each input gets in its folder, in the order they are written (the last
+    conv layer's maps; with Options.all_layers, each earlier layer's folder comes first)."""
+    bank = _parts(as_network(bank)).bank
     if options.format == "npy":
         return ["maps.npy", "maps.json"]
     names = [f"{n}.png" for n in safe_names([f.name for f in bank.filters])]
@@ -152,21 +214,30 @@ def output_folder(source: Source, options: Options) -> Path:
     return Path(options.out) / source.rel
 
 
-def settings_key(bank: KernelBank, options: Options) -> str:
-    """A fingerprint of everything that decides an input's output bytes (filters, their
-    weights and settings, the output options, convcli's version). It is recorded in every
-    output, so --resume can tell outputs made with other settings and redo them."""
+def settings_key(bank: KernelBank | Network, options: Options) -> str:
+    """A fingerprint of everything that decides an input's output bytes (every layer,
+    its filters, their weights and settings, the output options, convcli's version). It is
+    recorded in every output, so --resume can tell outputs made otherwise and redo them."""
+    from . import network
+
+    net = as_network(bank)
     h = hashlib.sha256()
-    h.update(json.dumps([__version__, bank.name, bank.input, options.format, options.bits,
-                         options.compression, options.stack]).encode())
-    for f in bank.filters:
-        h.update(json.dumps([f.name, f.bias, repr(f.geometry), f.scale,
-                             list(f.weights.shape)]).encode())
-        h.update(np.ascontiguousarray(f.weights, np.float32).tobytes())
+    h.update(json.dumps([__version__, net.name, options.format, options.bits,
+                         options.compression, options.stack, options.all_layers]).encode())
+    for layer in net.layers:
+        if not isinstance(layer, network.Conv):
+            h.update(repr(layer).encode())
+            continue
+        b = layer.bank
+        h.update(json.dumps([layer.name, b.name, b.input, b.groups]).encode())
+        for f in b.filters:
+            h.update(json.dumps([f.name, f.bias, repr(f.geometry), f.scale,
+                                 list(f.weights.shape), getattr(f, "group", 0)]).encode())
+            h.update(np.ascontiguousarray(f.weights, np.float32).tobytes())
     return h.hexdigest()[:20]
 
 
-def done_before(source: Source, bank: KernelBank, options: Options,
+def done_before(source: Source, bank: KernelBank | Network, options: Options,
                 since_ns: int | None = None) -> list[str] | None:
     """The input's output files when every one is present and was made with these settings
     (and, with ``since_ns``, written at or after that time); else None."""
@@ -254,6 +325,7 @@ class _Staging:
     def write(self, name: str, chunks) -> None:
         path = self.dir / name
         try:
+            path.parent.mkdir(exist_ok=True)  # a layer's subfolder (Options.all_layers)
             with open(path, "wb") as fh:
                 for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
                     fh.write(chunk)
@@ -277,6 +349,7 @@ class _Staging:
                                           "move it away or choose another output folder")
                 try:
                     for name, target in zip(self.names, targets):
+                        target.parent.mkdir(exist_ok=True)
                         os.replace(self.dir / name, target)
                         moved.append(target)
                 except OSError as e:
@@ -391,7 +464,7 @@ def _named(label: str, message: str) -> str:
     return message if message.startswith(label) else f"{label}: {message}"
 
 
-def process(source: Source, bank: KernelBank, options: Options,
+def process(source: Source, bank: KernelBank | Network, options: Options,
             result: Result | None = None) -> Result:
     """Read, convolve, render and write one input. Errors become a failed Result.
 
@@ -413,15 +486,31 @@ def process(source: Source, bank: KernelBank, options: Options,
         image = images.read_image(source.content(),
                                   label=label, max_pixels=options.max_pixels)
         result.notes.extend(image.notes)
-        shapes = [map_shape(f, image.pixels.shape, bank.input) for f in bank.filters]
-        result.shape = (len(shapes),) + shapes[0] if len(set(shapes)) == 1 else None
-        groups = plan_groups(bank, image.pixels.shape, shapes, options, label)
+        net = as_network(bank)
+        parts = _parts(net)
+        about: dict[str, Any] = {"convcli": __version__, "input": source.label,
+                                 "bank": net.name, "settings": settings_key(net, options)}
         if options.thumbnails:
             result.thumbnails = {}
-        files = _outputs(image.pixels, bank, groups, shapes, source, options, result.thumbnails)
+        if options.all_layers:
+            files = _every_layer(image.pixels, net, about, options, result)
+        else:
+            x = image.pixels
+            if parts.head is not None:
+                from . import network
+
+                x = network.run(x, parts.head, config=options.engine)[0]
+            if parts.bank.input == "depthwise" and x.shape[0] not in (1, 3):
+                parts = replace(parts, bank=_expand_depthwise(parts.bank, x.shape[0]))
+            shapes = [map_shape(f, x.shape, parts.bank.input, parts.tail)
+                      for f in parts.bank.filters]
+            result.shape = (len(shapes),) + shapes[0] if len(set(shapes)) == 1 else None
+            groups = plan_groups(parts.bank, x.shape, shapes, options, label)
+            files = _outputs(x, parts, groups, shapes, source, options, about,
+                             result.thumbnails)
         if options.out == STDOUT:
             wanted = "maps.npy" if options.format == "npy" else (
-                "stack.png" if len(bank.filters) > 1 else None)
+                "stack.png" if len(parts.bank.filters) > 1 else None)
             for name, chunks in files:
                 if wanted in (None, name):
                     result.payload = b"".join(chunks)
@@ -456,17 +545,21 @@ def _one_line(e: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def map_shape(f, image_shape: tuple[int, int, int], mode: str) -> tuple[int, ...]:
-    """The shape of one filter's map for an image (C, H, W): (H', W'), or (C, H', W') for
-    depthwise banks."""
+def map_shape(f, image_shape: tuple[int, ...], mode: str,
+              tail: Network | None = None) -> tuple[int, ...]:
+    """The shape of one filter's map for an input (C, H, W): (H', W'), or (C, H', W') for
+    depthwise banks; after the ``tail`` layers (pooling) when given."""
     from . import geometry
 
     c, h, w = image_shape
     g = f.geometry
     kh, kw = f.weights.shape[1:]
     pads = geometry.resolve_pads(g.padding, (h, w), (kh, kw), g.stride, g.dilation)
-    hw = geometry.output_hw((h, w), (kh, kw), g.stride, g.dilation, pads)
-    return ((c,) if mode == "depthwise" else ()) + tuple(max(0, n) for n in hw)
+    hw = tuple(max(0, n) for n in geometry.output_hw((h, w), (kh, kw), g.stride, g.dilation,
+                                                      pads))
+    if tail is not None and min(hw) > 0:
+        hw = tail.shapes((c if mode == "depthwise" else 1, *hw))[-1][1:]
+    return ((c,) if mode == "depthwise" else ()) + tuple(hw)
 
 
 def plan_groups(bank: KernelBank, image_shape: tuple[int, int, int],
@@ -502,19 +595,32 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
+def _outputs(pixels: np.ndarray, parts: _Parts, groups: list[list[int]],
              shapes: list[tuple[int, ...]], source: Source, options: Options,
-             thumbnails: dict[str, np.ndarray] | None = None):
+             about: dict[str, Any], thumbnails: dict[str, np.ndarray] | None = None):
     """Every output file of one input, in order, as (file name, chunks of bytes). Maps are
     computed one filter group at a time, so memory stays within Options.max_memory. With
     ``thumbnails``, a small picture of each map is kept there too (for contact sheets)."""
-    about: dict[str, Any] = {"convcli": __version__, "input": source.label, "bank": bank.name,
-             "settings": settings_key(bank, options)}
+    bank = parts.bank
     names = [f.name for f in bank.filters]
 
     def computed():
         for group in groups:
-            yield compute_maps(pixels, bank.select([names[i] for i in group]), options.engine)
+            yield compute_maps(pixels, bank.select([names[i] for i in group]), options.engine,
+                               first=parts.first, tail=parts.tail)
+
+    yield from _map_files(computed, len(groups), names, [f.scale for f in bank.filters], shapes,
+                          bank.input, source, options, about, thumbnails)
+
+
+def _map_files(computed, passes: int, names: list[str], scales: list[str],
+               shapes: list[tuple[int, ...]], mode: str, source: Source, options: Options,
+               about: dict[str, Any], thumbnails: dict[str, np.ndarray] | None,
+               prefix: str = ""):
+    """The files of one layer's maps, as (file name, chunks): PNGs and a stack, or an array
+    and its names. ``computed()`` yields the maps in ``passes`` lists, in the order of
+    ``names``; ``prefix`` is the subfolder they go in."""
+    bank_input = mode
 
     if options.format == "npy":
         if len(set(shapes)) != 1:
@@ -532,18 +638,18 @@ def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
                         thumbnails[m.name] = render.thumbnail(
                             render.to_pixels(m.data, scale, options.bits).pixels)
                 yield np.stack([m.data for m in maps])
-        yield "maps.npy", images.npy_chunks(shape, blocks())
-        meta = dict(about, filters=names, shape=list(shape), input_mode=bank.input,
+        yield prefix + "maps.npy", images.npy_chunks(shape, blocks())
+        meta = dict(about, filters=names, shape=list(shape), input_mode=bank_input,
                     dtype="float32")
-        yield "maps.json", [(json.dumps(meta, indent=2) + "\n").encode()]
+        yield prefix + "maps.json", [(json.dumps(meta, indent=2) + "\n").encode()]
         return
 
     first = None
     global_range = None
-    if any(f.scale == "global" for f in bank.filters):  # one range over all maps: a first pass
+    if "global" in scales:  # one range over all maps: a first pass
         ranges = []
         for maps in computed():
-            first = maps if len(groups) == 1 else None  # one group: reuse instead of redoing
+            first = maps if passes == 1 else None  # one group: reuse instead of redoing
             in_range = [m.data for m in maps if m.scale == "global"]
             if in_range:
                 ranges.append(render.joint_range(in_range))
@@ -556,7 +662,7 @@ def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
             r = render.to_pixels(m.data, m.scale, options.bits, global_range)
             meta = dict(about, filter=m.name, scale=m.scale, range=[r.lo, r.hi],
                         bits=options.bits, value="lo + pixel / (2**bits - 1) * (hi - lo)")
-            yield f"{safe[m.name]}.png", [images.encode_png(
+            yield f"{prefix}{safe[m.name]}.png", [images.encode_png(
                 r.pixels, {"convcli": json.dumps(meta)}, options.compression)]
             if stacking:
                 tiles.append((m, r))
@@ -567,8 +673,54 @@ def _outputs(pixels: np.ndarray, bank: KernelBank, groups: list[list[int]],
         for box, (m, r) in zip(boxes, tiles):
             box.update(scale=m.scale, range=[r.lo, r.hi])
         meta = dict(about, bits=options.bits, tiles=boxes)
-        yield "stack.png", [images.encode_png(pixels_, {"convcli": json.dumps(meta)},
-                                              options.compression)]
+        yield prefix + "stack.png", [images.encode_png(pixels_, {"convcli": json.dumps(meta)},
+                                                       options.compression)]
+
+
+def _every_layer(pixels: np.ndarray, net: Network, about: dict[str, Any], options: Options,
+                 result: Result):
+    """The files of every layer of ``net`` (Options.all_layers): each layer but the last in
+    its own subfolder (NN-name/), the last layer's maps as the input's own files. The whole
+    network runs at once (no filter groups), each layer's pictures made as it finishes."""
+    from . import network
+
+    layer_files: list[tuple[str, list[bytes]]] = []
+    final: list[tuple[Any, network.Maps]] = []
+    folders = safe_names([f"{i + 1:02d}-{layer.name}" if not layer.name[:2].isdigit()
+                          else layer.name for i, layer in enumerate(net.layers)])
+    source = Source(label=str(about["input"]))
+
+    def files_of(maps: network.Maps, prefix: str, scales: dict[str, str], thumbnails=None):
+        data, names = maps
+        made = [FeatureMap(n, data[k], scales.get(n, "auto")) for k, n in enumerate(names)]
+        shapes = [m.data.shape for m in made]
+        yield from _map_files(lambda: iter([made]), 1, names, [m.scale for m in made], shapes,
+                              "dense", source, options, about, thumbnails, prefix)
+
+    def each(layer, maps) -> None:
+        index = net.layers.index(layer)
+        if index == len(net.layers) - 1:
+            final.append((layer, maps))
+            return
+        for name, chunks in files_of(maps, folders[index] + "/", {}):
+            layer_files.append((name, [b"".join(chunks)]))
+
+    network.run(pixels, net, config=options.engine, each=each)
+    last = _parts(net).bank
+    scales = {f.name: f.scale for f in last.filters}
+    data, names = final[0][1]
+    result.shape = tuple(data.shape)
+    yield from layer_files
+    yield from files_of((data, names), "", scales, result.thumbnails)
+
+
+def _expand_depthwise(bank: KernelBank, channels: int) -> KernelBank:
+    """A depthwise bank on an input of other than 1 or 3 channels (a feature map) as the
+    grouped bank that computes the same maps, one per filter and channel, named
+    "filter/cK" (a picture can show 1 or 3 channels together, not 16)."""
+    filters = tuple(replace(f, name=f"{f.name}/c{k}", group=k)
+                    for k in range(channels) for f in bank.filters)
+    return replace(bank, input="dense", groups=channels, filters=filters)
 
 
 def check_output_folder(out: str) -> None:
