@@ -102,8 +102,8 @@ def apply(sources: list[Source], bank: KernelBank | Network, options: Options,
     return stream
 
 
-def run(sources: list[Source], bank: KernelBank | Network, options: Options, jobs: int | None = None,
-        fail_fast: bool = False) -> Stream:
+def run(sources: list[Source], bank: KernelBank | Network, options: Options,
+        jobs: int | None = None, fail_fast: bool = False) -> Stream:
     """Process every source here (one worker) or in a local process pool, with the engine
     as ``options.engine`` says. With ``fail_fast``, stop handing out work after the first
     failure."""

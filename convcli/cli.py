@@ -23,7 +23,7 @@ from .errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_T
 class _Group(TyperGroup):
     """The one exit point: library errors become a message on stderr and an exit code."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # type: ignore[override]
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         """Run; the command-line framework's own usage errors (unknown option, missing
         value) become one ``convcli: error:`` line with a hint and exit 2, like ours."""
         from typer import exceptions as typer_errors
@@ -303,13 +303,19 @@ def _load_bank(ref: str, filters: list[str] | None, pool: str | None = None,
     from dataclasses import replace
 
     from . import bank as banks
+    from . import network
 
     settings = {key: banks.parse_cli_setting(key, value) for key, value in overrides.items()}
     net = banks.load_network(ref)
     if any(v is not None for v in settings.values()):
         net = net.override(**settings)
     if filters:
-        net = net.select(list(dict.fromkeys(filters)))
+        chosen = list(dict.fromkeys(filters))
+        only = net.layers[0]
+        if len(net.layers) == 1 and isinstance(only, network.Conv):  # a plain bank's words
+            net = replace(net, layers=(replace(only, bank=only.bank.select(chosen)),))
+        else:
+            net = net.select(chosen)
     if pool is not None:
         net = replace(net, layers=net.layers + (_pool_layer(pool, len(net.layers)),))
     return net

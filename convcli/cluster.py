@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from .bank import KernelBank
 from .engine import EngineConfig
+from .network import Network
 from .errors import ConvcliError, OutputError, UsageError
 from .inputs import Source
 from .pipeline import Options, Result
@@ -168,7 +169,7 @@ def task_sizes(inputs: int, threads: int) -> list[int]:
     return sizes
 
 
-def run(address: str, sources: list[Source], bank: KernelBank, options: Options,
+def run(address: str, sources: list[Source], bank: KernelBank | Network, options: Options,
         fail_fast: bool, verbose: bool = False) -> "_Stream":
     """Connect to the scheduler at ``address`` (or start a LocalCluster for "local"), submit
     every input, and return the stream of Results as they complete (see batch.Stream). The

@@ -123,8 +123,9 @@ def compute_maps(pixels: np.ndarray, bank: KernelBank,
         w = np.stack([bank.filters[i].weights for i in members])
         b = np.array([bank.filters[i].bias for i in members], np.float32)
         fused = geo.activation if geo.activation in ("relu", "none", "abs") else "none"
-        kwargs = dict(stride=geo.stride, padding=geo.padding, dilation=geo.dilation,
-                      border=geo.border, activation=fused, config=config)
+        kwargs: dict[str, Any] = dict(stride=geo.stride, padding=geo.padding,
+                                      dilation=geo.dilation, border=geo.border,
+                                      activation=fused, config=config)
         if bank.input == "depthwise":
             out = engine.conv2d_depthwise(x[part], w, b, **kwargs)
         else:
