@@ -149,7 +149,7 @@ def _read_list(files_from: str, null_separated: bool, read_stdin) -> list[str]:
 
 def _walk(folder: Path, recursive: bool, excluded: Path | None) -> list[Path]:
     """Files in a folder (sorted; hidden names and the output folder left out)."""
-    out = []
+    out: list[Path] = []
     for root, dirs, files in os.walk(folder):
         rootp = Path(root)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
