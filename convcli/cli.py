@@ -733,16 +733,32 @@ def bank_import(
     output: str = typer.Option(..., "--output", "-o", metavar="FILE",
                                help="The bank file to write (.yaml), or - for stdout."),
     node: Optional[str] = typer.Option(None, "--node", metavar="NAME",
-                                       help="ONNX: the Conv node's name "
-                                            "[default: the first Conv]."),
+                                       help="ONNX: import only this Conv node (one layer)."),
+    upto: Optional[str] = typer.Option(None, "--upto", metavar="NAME",
+                                       help="ONNX: stop after this node [default: at the first "
+                                            "operation convcli cannot run]."),
     name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
                                        help="Bank name [default: the output file's stem]."),
     quiet: bool = _quiet_option(), verbose: bool = _verbose_option(),
 ) -> None:
-    """Turn first-layer weights of a trained network into a bank."""
+    """Turn the first layers of a trained network (ONNX) or an array of weights into a bank."""
     from . import bank as banks
     from . import importers
 
+    if source.lower().endswith(".onnx") and node is None:
+        imported = importers.import_network(source, upto=upto)
+        if name:
+            imported.name = name
+        elif output != "-":
+            imported.name = Path(output).stem
+        text = banks.dump_network(**imported.dump_args())
+        where = _write_output(output, text.encode(), binary=False)
+        for note in imported.notes:
+            _note(f"convcli: {note}", quiet)
+        _note(f"convcli: wrote {where}: {_plural(len(imported.layers), 'layer')}", quiet)
+        return
+    if upto is not None:
+        raise UsageError("--upto applies to ONNX models imported as a network, not with --node")
     weights, bias, defaults, about = importers.load_weights(source, node)
     # Where the weights came from is said once, in the provenance, not in every filter.
     filters = [{"name": f"filter_{k:02d}", "bias": b, "weights": w}

@@ -99,3 +99,58 @@ def test_bank_show_and_check_read_layered_files(tmp_path):
         ["normalize", "conv", "activation", "conv", "pool"]
     checked = run("bank", "check", tmp_path / "net.yaml")
     assert checked.stderr == f"ok: {tmp_path / 'net.yaml'}: bank 'tiny', 4 filters, 5 layers\n"
+
+
+def test_an_onnx_network_imported_and_applied_equals_onnx_reference(tmp_path):
+    """bank import + apply --format npy give what onnx's own reference evaluator computes
+    at the last imported node (here the whole chain: Conv, BatchNormalization, HardSwish,
+    MaxPool, a grouped Conv, Relu)."""
+    import onnx  # the test extra installs it
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(3)
+    w1 = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(size=(8, 2, 3, 3)).astype(np.float32)
+    bn = [rng.uniform(0.5, 1.5, 8), rng.normal(size=8), rng.normal(size=8),
+          rng.uniform(0.5, 2, 8)]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")] + [
+        numpy_helper.from_array(a.astype(np.float32), n)
+        for a, n in zip(bn, ["scale", "shift", "mean", "var"])]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="stem", strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "scale", "shift", "mean", "var"], ["b1"],
+                         name="bn", epsilon=1e-5),
+        helper.make_node("HardSwish", ["b1"], ["h1"], name="act"),
+        helper.make_node("MaxPool", ["h1"], ["p1"], name="pool", kernel_shape=[3, 3],
+                         strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], name="grouped", group=4,
+                         pads=[0, 1, 2, 1], dilations=[1, 2]),
+        helper.make_node("Relu", ["c2"], ["y"], name="relu"),
+        helper.make_node("Softmax", ["y"], ["z"], name="head"),  # not supported: stop before
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 64, 48])], [helper.make_tensor_value_info(
+            "z", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+
+    r = run("bank", "import", tmp_path / "m.onnx", "-o", tmp_path / "net.yaml")
+    assert r.exit_code == 0, r.output
+    image = rng.uniform(size=(64, 48, 3))
+    from PIL import Image
+
+    Image.fromarray((image * 255).round().astype(np.uint8)).save(tmp_path / "in.png")
+    r = run("apply", tmp_path / "in.png", "-b", tmp_path / "net.yaml", "--format", "npy",
+            "-o", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    got = np.load(tmp_path / "o" / "in" / "maps.npy")
+    x = images.read_image(tmp_path / "in.png").pixels[None]
+    graph_out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    partial = helper.make_model(helper.make_graph(nodes[:-1], "g", graph.input, [graph_out],
+                                                  initializer=inits),
+                                opset_imports=[helper.make_opsetid("", 17)])
+    want = ReferenceEvaluator(partial).run(None, {"x": x})[0][0]
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
