@@ -241,7 +241,8 @@ def apply(
                              scale=scale)
     if not inputs and files_from is None:
         raise UsageError("give at least one INPUT (a file, folder, glob or -) or --files-from")
-    found = _expand_inputs(inputs or [], files_from, null, recursive, output)
+    found = _expand_inputs(inputs or [], files_from, null, recursive, output,
+                           limit=options.max_memory)
     if not found.sources:
         raise UsageError("no images to process: " + (
             found.warnings[0] if found.warnings else
@@ -409,13 +410,14 @@ def _raise_terminated(signum, frame) -> None:
 
 
 def _expand_inputs(args: list[str], files_from: str | None, null: bool, recursive: bool,
-                   output: str):
-    from . import inputs
+                   output: str, limit: int):
+    from . import images, inputs
 
     def read_stdin() -> bytes:
         if sys.stdin.isatty():
             raise UsageError("stdin is a terminal; pipe an image or a list of paths into convcli")
-        return sys.stdin.buffer.read()
+        # An endless or huge stream costs at most the memory budget.
+        return images.read_limited(sys.stdin.buffer, limit, "<stdin>")
 
     exclude = None if output == inputs.STDIN else Path(output)
     return inputs.expand(args, files_from=files_from, null_separated=null, recursive=recursive,

@@ -284,3 +284,14 @@ def test_a_closed_stderr_does_not_stop_the_run(tmp_path, many):
         shell=True, executable="/bin/bash", timeout=300)
     assert p.returncode == 0
     assert len([f for f in (tmp_path / "out").iterdir() if not f.name.startswith(".")]) == 30
+
+
+def test_stdin_larger_than_the_budget_is_refused_without_reading_it_all(tmp_path):
+    """An endless stream on stdin (yes) is cut off at the memory budget with one line."""
+    p = subprocess.run(f"yes | {sys.executable} -m convcli apply - -o {tmp_path / 'o'} "
+                       "--max-memory 8M; exit ${PIPESTATUS[1]}", shell=True,
+                       executable="/bin/bash", capture_output=True, timeout=120)
+    assert p.returncode == 1
+    assert p.stderr.decode() == ("convcli: error: <stdin>: more than 8,388,608 bytes; that is "
+                                 "over what the memory budget allows for one input image (give "
+                                 "a smaller image, or a larger budget)\n")
