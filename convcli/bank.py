@@ -781,7 +781,7 @@ class _Parser:
         return str(value)
 
     def _defaults(self, doc: dict) -> dict[str, Any]:
-        merged = dict(BUILTIN_DEFAULTS)
+        merged = dict(BUILTIN_DEFAULTS, _lines={})
         given = doc.get("defaults", {})
         if not isinstance(given, dict):
             self.problem(_line(doc, "defaults"), None, "defaults", "must be a mapping")
@@ -1004,20 +1004,26 @@ class _Parser:
 # a bank's text, so they are read here instead, with the YAML 1.2 rules for plain decimal
 # numbers (the subset of ruamel.yaml's own resolver without '_', hex, octal, binary, .inf or
 # .nan; a row holding anything else is left to ruamel.yaml): each becomes a placeholder
-# scalar for the reader, then the list of numbers again. A row inside a string, a comment or
-# a block scalar comes back as its original text; a row after a tag, or a placeholder that
-# ends up as a mapping key, makes the whole text go through the reader unchanged.
+# scalar for the reader, then the list of numbers again. So do whole matrices of such rows
+# and lists of matrices on one line ("[[1, 2], [3, 4]]", "[[[1]], [[2]]]": how dump_network
+# writes a filter's weights, so that a deep layer costs the reader one item per filter, not
+# one per row). A row inside a string, a comment or a block scalar comes back as its
+# original text; a row after a tag, or a placeholder that ends up as a mapping key, makes
+# the whole text go through the reader unchanged.
 
 _NUMBER = (r"[-+]?(?:[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|[0-9]+(?:[eE][-+]?[0-9]+)?"
            r"|\.[0-9]+(?:[eE][-+][0-9]+)?)")
 # At most MAX_KERNEL_SIDE numbers: a longer row is refused anyway, after the reader's items
-# have been counted, and the bounded repetition keeps a failing match cheap.
-# Spaces only inside (a tab is not allowed everywhere a row may stand, in a plain string
-# say), and only ASCII white space, '[' or ',' around it: where the reader itself would
-# see a row start and end.
-_ROW = re.compile(rf"(?:(?<=[ \t\r\n\[,])|^)\[ *{_NUMBER}(?: *, *{_NUMBER})"
-                  rf"{{0,{MAX_KERNEL_SIDE - 1}}} *\](?=[ \t\r\n,\]}}]|$)", re.M)
-_NUMBER_RE = re.compile(_NUMBER)
+# have been counted, and the bounded repetition keeps a failing match cheap (likewise rows
+# in a matrix and matrices in a list). Spaces only inside (a tab is not allowed everywhere a
+# row may stand, in a plain string say), and only ASCII white space, '[' or ',' around it:
+# where the reader itself would see a row start and end.
+_ROW_ONLY = rf"\[ *{_NUMBER}(?: *, *{_NUMBER}){{0,{MAX_KERNEL_SIDE - 1}}} *\]"
+_MATRIX = rf"\[ *{_ROW_ONLY}(?: *, *{_ROW_ONLY}){{0,{MAX_KERNEL_SIDE - 1}}} *\]"
+_MATRICES = rf"\[ *{_MATRIX}(?: *, *{_MATRIX}){{0,{MAX_KERNEL_CHANNELS - 1}}} *\]"
+_ROW = re.compile(rf"(?:(?<=[ \t\r\n\[,])|^)(?:{_MATRICES}|{_MATRIX}|{_ROW_ONLY})"
+                  rf"(?=[ \t\r\n,\]}}]|$)", re.M)
+_TOKEN = re.compile(rf"\[|\]|{_NUMBER}")
 _INTEGER = re.compile(r"[-+]?[0-9]+")
 _MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"  # private-use: never in a real bank
 _PLACEHOLDER = re.compile(f"{_MARK_OPEN}([0-9]+){_MARK_CLOSE}")
@@ -1029,13 +1035,27 @@ class _Row(list):
 
     line: int | None = None
 
+    def place(self, line: int | None) -> None:
+        self.line = self.line or line
+
+
+class _Block(list):
+    """A list of _Rows (a matrix) or of matrices read by _fast_rows, on one line."""
+
+    line: int | None = None
+
+    def place(self, line: int | None) -> None:
+        self.line = self.line or line
+        for item in self:
+            item.place(line)
+
 
 class _Rows:
     """The rows _fast_rows took out, turned into numbers only when the document uses them."""
 
     def __init__(self, text: str, spans: list[tuple[int, int]]):
         self.text, self.spans = text, spans
-        self.made: dict[int, _Row | None] = {}
+        self.made: dict[int, _Row | _Block | None] = {}
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -1044,12 +1064,24 @@ class _Rows:
         start, end = self.spans[i]
         return self.text[start:end]
 
-    def row(self, i: int) -> _Row | None:
+    def row(self, i: int) -> _Row | _Block | None:
         """The numbers, or None when one is too long to convert cheaply."""
         if i not in self.made:
-            numbers = _NUMBER_RE.findall(self.original(i))
-            self.made[i] = None if any(len(n) > 400 for n in numbers) else _Row(
-                int(n) if _INTEGER.fullmatch(n) else float(n) for n in numbers)
+            tokens = _TOKEN.findall(self.original(i))
+            if any(len(t) > 400 for t in tokens):
+                self.made[i] = None
+            else:
+                stack: list[list] = [[]]
+                for t in tokens:
+                    if t == "[":
+                        stack.append([])
+                    elif t == "]":
+                        items = stack.pop()
+                        nested = bool(items) and isinstance(items[0], list)
+                        stack[-1].append(_Block(items) if nested else _Row(items))
+                    else:
+                        stack[-1].append(int(t) if _INTEGER.fullmatch(t) else float(t))
+                self.made[i] = stack[0][0]
         return self.made[i]
 
 
@@ -1092,7 +1124,7 @@ def _put_rows(doc: Any, rows: _Rows) -> Any:
                 row = rows.row(int(m.group(1)))
                 if row is None:
                     return _AGAIN
-                row.line = row.line or line
+                row.place(line)
                 return row
         if _MARK_OPEN in value:
             return restore(value) if type(value) is str else _AGAIN
@@ -1100,7 +1132,7 @@ def _put_rows(doc: Any, rows: _Rows) -> Any:
 
     if isinstance(doc, str):
         new = fix(doc, 1)
-        return _AGAIN if new is _AGAIN or isinstance(new, _Row) else new
+        return _AGAIN if new is _AGAIN or isinstance(new, (_Row, _Block)) else new
     stack = [doc]
     while stack:
         node = stack.pop()
@@ -1193,40 +1225,56 @@ def dump(*, name: str, description: str, defaults: dict, filters: list[dict],
     return text
 
 
+# Bytes dump_network may write for one weight: the longest shortest-decimal of a float32
+# ("-0.000123456789") and ", ".
+_WEIGHT_BYTES = 18
+
+
 def check_written_network(layers: list[dict]) -> None:
     """ValueError, naming the first layer past a limit, unless layers as dump_network writes
-    them load again: at most MAX_DUMP_WEIGHTS weights in all the conv layers together, and
-    items for the YAML reader (as check_written_size counts them) under MAX_BANK_ITEMS."""
-    weights = 0
-    items = 64
+    them fit in a bank file: MAX_BANK_BYTES of text (each weight up to 18 bytes: about
+    110,000 weights in all), MAX_BANK_ITEMS keys and entries for the YAML reader (each
+    filter's weights count as one), MAX_BANK_LINES lines."""
+    size, items, lines = 256, 64, 8
     for index, item in enumerate(layers):
         kind, body = _layer_item(item, index)
         label = body.get("name") or f"{index + 1:02d}-{kind}"
-        items += 16
-        if kind != "conv":
-            items += sum(len(v) if isinstance(v, (list, tuple)) else 1 for v in body.values())
-            continue
-        for f in body.get("filters", []):
-            shape = np.shape(f["weights"]) if "weights" in f else (1, 1)
-            c, kh = (shape[0], shape[1]) if len(shape) == 3 else (1, shape[0])
-            weights += int(np.prod(shape))
-            items += 8 + len(f) + c + c * kh
-        if weights > MAX_DUMP_WEIGHTS:
-            raise ValueError(f"layer {label!r} brings the weights to {weights:,}; a bank file "
-                             f"holds at most {MAX_DUMP_WEIGHTS:,}")
+        size += 64 + _text_size({k: v for k, v in body.items() if k != "filters"})
+        items += 16 + 2 * len(body)
+        lines += 4 + len(body)
+        for f in body.get("filters", []) if kind == "conv" else []:
+            n = int(np.size(f["weights"])) if "weights" in f else 0
+            size += 64 + n * _WEIGHT_BYTES + _text_size({k: v for k, v in f.items()
+                                                         if k != "weights"})
+            items += 4 + 2 * len(f)
+            lines += 2 + len(f)
+        if size > MAX_BANK_BYTES:
+            raise ValueError(f"layer {label!r} brings the file to about {size:,} bytes; a bank "
+                             f"file holds at most {MAX_BANK_BYTES >> 20} MiB (about "
+                             f"{MAX_BANK_BYTES // _WEIGHT_BYTES:,} weights)")
         if items > MAX_BANK_ITEMS:
-            raise ValueError(f"layer {label!r} brings the rows and keys to about {items:,}; a "
-                             f"bank file holds at most {MAX_BANK_ITEMS:,}")
+            raise ValueError(f"layer {label!r} brings the keys and entries to about {items:,}; "
+                             f"a bank file holds at most {MAX_BANK_ITEMS:,}")
+        if lines > MAX_BANK_LINES:
+            raise ValueError(f"layer {label!r} brings the file to about {lines:,} lines; a bank "
+                             f"file holds at most {MAX_BANK_LINES:,}")
+
+
+def _text_size(value: Any) -> int:
+    """Characters ``value`` takes as YAML, roughly (its repr, which is never shorter)."""
+    return len(repr(_yaml_plain(value)))
 
 
 def dump_network(name: str, description: str, layers: list[dict],
                  provenance: dict | None = None, *, header: str = "") -> str:
     """Layered bank YAML text for ``layers``, each a mapping with one key naming its type
     whose value holds its settings as in the file (see parse_network); a conv layer's
-    filters give ``weights`` as (C, KH, KW) or (KH, KW) arrays. Weights and biases are
-    written as the shortest decimals that read back as the same float32 numbers, so the
-    file loads to exactly these layers. Raises ValueError for layers too large for a bank
-    file (see check_written_network); the text is checked to load before it is returned."""
+    filters give ``weights`` as (C, KH, KW) or (KH, KW) arrays. Each filter's weights are
+    written on one line, as the shortest decimals that read back as the same float32
+    numbers, so the file loads to exactly these layers, quickly. Raises ValueError for
+    layers too large for a bank file (see check_written_network); the text is checked to
+    load before it is returned."""
+    import secrets
     from io import StringIO
 
     from ruamel.yaml import YAML
@@ -1235,13 +1283,20 @@ def dump_network(name: str, description: str, layers: list[dict],
     doc: dict[str, Any] = {"convcli": FORMAT_VERSION, "name": name, "description": description}
     if provenance:
         doc["provenance"] = _yaml_plain(provenance)
-    doc["layers"] = [_layer_doc(item, index) for index, item in enumerate(layers)]
+    flows: dict[str, str] = {}  # stand-ins for the weights, written by hand
+    stem = f"convcli-weights-{secrets.token_hex(8)}-"
+    doc["layers"] = [_layer_doc(item, index, flows, stem) for index, item in enumerate(layers)]
     buf = StringIO()
     yaml = YAML()
-    yaml.default_flow_style = None  # rows of numbers as [a, b, c]
-    yaml.width = 1 << 30  # a row on one line, as parse() reads fastest
+    yaml.default_flow_style = None  # short lists as [a, b, c]
+    yaml.width = 1 << 30  # a list on one line
     yaml.dump(doc, buf)
-    text = header + buf.getvalue()
+    text = buf.getvalue()
+    for token, flow in flows.items():
+        if text.count(token) != 1:  # a name that happens to hold the stand-in: cannot be
+            raise ValueError("a name or text holds the text that stands for weights")
+        text = text.replace(token, flow)
+    text = header + text
     parse_network(text, source=name)  # what we write must load
     return text
 
@@ -1313,8 +1368,9 @@ def _layer_item(item: Any, index: int) -> tuple[str, dict]:
     return kind, body
 
 
-def _layer_doc(item: dict, index: int) -> dict:
-    """One layer as YAML data: plain Python values, weights as exact float32 decimals."""
+def _layer_doc(item: dict, index: int, flows: dict[str, str], stem: str) -> dict:
+    """One layer as YAML data: plain Python values; each filter's weights a stand-in string
+    for the one-line flow list of exact float32 decimals kept in ``flows``."""
     kind, body = _layer_item(item, index)
     if kind != "conv":
         return {kind: _yaml_plain(body)}
@@ -1329,11 +1385,21 @@ def _layer_doc(item: dict, index: int) -> dict:
             w = np.asarray(f["weights"], np.float32)
             if w.ndim == 3 and w.shape[0] == 1 and mode != "rgb":
                 w = w[0]
-            flat = [_float32_decimal(v) for v in w.ravel()]
-            row["weights"] = np.array(flat, dtype=object).reshape(w.shape).tolist()
+            token = f"{stem}{len(flows)}w"
+            flows[token] = _flow(w)
+            row["weights"] = token
         rows.append(row)
     out["filters"] = rows
     return {kind: out}
+
+
+def _flow(w: np.ndarray) -> str:
+    """A float32 array as one line of nested flow lists of exact shortest decimals."""
+    if w.ndim == 0:
+        return str(w[()])
+    if w.ndim == 1:
+        return "[" + ", ".join(map(str, w)) + "]"
+    return "[" + ", ".join(_flow(part) for part in w) + "]"
 
 
 def _float32_decimal(v: Any) -> float:
@@ -1436,6 +1502,10 @@ def _nested_shape(raw: Any, depth: int = 0, memo: dict | None = None) -> tuple[i
 
 
 def _shape_of(raw: Any, depth: int, memo: dict) -> tuple[int, ...] | str:
+    if type(raw) is _Block and depth == 0:
+        regular = _block_shape(raw)
+        if regular is not None:
+            return regular
     if not isinstance(raw, list) or not raw:
         return "every row must be a non-empty list"
     # The first axis may be channels (C x KH x KW); the rows and columns are kernel sides.
@@ -1461,6 +1531,19 @@ def _shape_of(raw: Any, depth: int, memo: dict) -> tuple[int, ...] | str:
     return (len(raw),) + first
 
 
+def _block_shape(raw: list) -> tuple[int, ...] | None:
+    """The shape of a regular matrix or list of matrices of numbers read by _fast_rows (in C,
+    not list by list), or None to look closer (ragged, too large, numbers beyond float)."""
+    try:
+        arr = np.array(raw, dtype=np.float64)
+    except (ValueError, OverflowError):
+        return None
+    if arr.ndim not in (2, 3) or arr.size > MAX_WEIGHTS or max(arr.shape[-2:]) > \
+            MAX_KERNEL_SIDE or arr.shape[0] > max(MAX_KERNEL_SIDE, MAX_KERNEL_CHANNELS):
+        return None
+    return arr.shape
+
+
 def _at(seq: list, index: int) -> str:
     line = _item_line(seq, index)
     return f" (line {line})" if line else ""
@@ -1477,6 +1560,14 @@ def _to_array(raw: list, ndim: int, memo: dict) -> np.ndarray:
     got = memo.get(id(raw))
     if got is not None and got.ndim == ndim:
         return got
+    if type(raw) is _Block:  # numbers only, of a regular shape (see _block_shape)
+        try:
+            arr = np.array(raw, dtype=np.float64)
+        except (ValueError, OverflowError):
+            arr = None
+        if arr is not None and arr.ndim == ndim:
+            memo[id(raw)] = arr
+            return arr
     if ndim == 1:
         for v in raw:
             if not _is_number(v):
@@ -1502,7 +1593,7 @@ def _line(mapping: Any, key: Any) -> int | None:
 
 
 def _item_line(seq: Any, index: int) -> int | None:
-    if type(seq) is _Row:
+    if type(seq) in (_Row, _Block):
         return seq.line
     try:
         return seq.lc.item(index)[0] + 1
