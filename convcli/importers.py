@@ -314,13 +314,16 @@ JOINS = ("Add", "Sub", "Mul", "Div", "Sum", "Mean", "Max", "Min", "Concat")
 class ImportedNetwork:
     """Layers read from an ONNX model, in the layered bank schema: write them with
     ``bank.dump_network(**net.dump_args())``. ``notes`` say where the import stopped and why
-    (the last note) and anything the user should know about the result."""
+    (the last note) and anything the user should know about the result. ``nodes`` names
+    the ONNX nodes imported (folded and skipped ones too; a label such as "Relu node #4"
+    for an unnamed one)."""
 
     name: str
     description: str
     layers: list[dict]
     provenance: dict
     notes: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)  # the ONNX nodes imported, in order
 
     def dump_args(self) -> dict[str, Any]:
         """The keyword arguments of bank.dump_network."""
@@ -364,12 +367,14 @@ def import_network(path: str, upto: str | None = None,
         provenance["graph"] = _cut(model.graph.name)
     if producer:
         provenance["producer"] = _cut(producer)
-    provenance.update(opset=graph.opset, input=_cut(walker.start),
-                      nodes=[_cut(n) for n in walker.used], stopped=_cut(stop, 1000))
+    # A few plain values (the bank reader counts every list entry against its limits): the
+    # last node is what --upto takes to import the same layers again.
+    provenance.update(opset=graph.opset, input=_cut(walker.start), upto=_cut(walker.used[-1]),
+                      nodes=len(walker.used), stopped=_cut(stop, 1000))
     label = f" (graph {model.graph.name!r})" if model.graph.name else ""
     description = f"{len(layers)} layers imported from ONNX model {p.name}{label}"
     return ImportedNetwork(name=_safe_name(p.stem) or "onnx", description=_cut(description, 1000),
-                           layers=layers, provenance=provenance, notes=notes)
+                           layers=layers, provenance=provenance, notes=notes, nodes=walker.used)
 
 
 class _Stop(Exception):
@@ -476,7 +481,7 @@ class _Graph:
             for key in ("value_float", "value_floats", "value_int", "value_ints"):
                 if key in attrs:
                     return np.asarray(attrs[key], np.float64)
-            raise InputError(f"{self.where(user)}: its {what} comes from {self.label(n)}, which "
+            raise InputError(f"{self.where(user)} takes its {what} from {self.label(n)}, which "
                              "holds no dense array of numbers")
         return None
 
@@ -493,8 +498,8 @@ class _Graph:
             raise InputError(f"{self.where(user)}: its {what} cannot be read "
                              f"({_reason(e)})") from None
         if a.dtype.kind not in "biuf" or a.dtype.fields is not None:  # b: Dropout's flag
-            raise InputError(f"{self.where(user)}: its {what} is stored as {a.dtype}; want "
-                             "real numbers (float or int)")
+            raise InputError(f"{self.where(user)} holds its {what} as {a.dtype}; want real "
+                             "numbers (float or int)")
         with np.errstate(all="ignore"):  # beyond float32 is refused where it matters
             return a.astype(np.float64)
 
@@ -540,11 +545,18 @@ class _Affine:
     scale: np.ndarray
     shift: np.ndarray
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict | None:
+        """A normalize layer, else a 1x1 grouped conv; None if neither can be written (a
+        scale for every channel whose number is unknown)."""
         if (self.scale > 0).all():
-            return {"normalize": {"name": self.name, "mean": _f32(-self.shift / self.scale),
-                                  "std": _f32(1 / self.scale)}}
-        # A scale <= 0 is not a normalisation: a 1x1 conv, one channel per group, does it.
+            with np.errstate(all="ignore"):
+                mean, std = -self.shift / self.scale, 1 / self.scale
+            if _in_float32(mean, std) and (std.astype(np.float32) > 0).all():
+                return {"normalize": {"name": self.name, "mean": _f32(mean), "std": _f32(std)}}
+        # A scale <= 0 (or one so small that 1 / scale leaves float32) is no normalisation:
+        # a 1x1 conv, one channel per group, does it.
+        if self.scale.size == 1:
+            return None
         conv = _Conv(self.name, self.scale[:, None, None, None], self.shift, len(self.scale),
                      (1, 1), (1, 1), (0, 0, 0, 0), [self.name])
         return conv.as_dict(first=False)
@@ -579,8 +591,8 @@ class _Walker:
         except Exception:
             dims = []
         if len(dims) == 4:
-            self.channels = dims[1] if dims[1] else None
-            if dims[2] and dims[3]:
+            self.channels = int(dims[1]) if dims[1] and dims[1] > 0 else None
+            if dims[2] and dims[3] and dims[2] > 0 and dims[3] > 0:
                 self.hw = (int(dims[2]), int(dims[3]))
         cur, seen = first.name, set()
         while True:
@@ -691,8 +703,8 @@ class _Walker:
                 if n.op_type in JOINS:
                     raise _Stop(f"it also reads {name!r} from {by}: two branches join here "
                                 "(e.g. a residual connection)")
-                raise _Stop(f"its {label} ({name!r}) comes from {by}, not from numbers stored "
-                            "in the model")
+                raise _Stop(f"it takes its {label} ({name!r}) from {by}, not from numbers "
+                            "stored in the model")
             out.append(value)
         return out
 
@@ -708,12 +720,20 @@ class _Walker:
         """The layer dicts, cut to the longest start a bank file holds (bank's limits on
         weights, YAML items and layers), and the notes on them, the last saying where the
         import stopped."""
-        out = []
+        out: list[dict] = []
         for i, layer in enumerate(self.layers):
             if isinstance(layer, _Conv):
                 out.append(layer.as_dict(first=i == 0))
             elif isinstance(layer, _Affine):
-                out.append(layer.as_dict())
+                written = layer.as_dict()
+                if written is None:
+                    self.layers = self.layers[:i]
+                    self.used = self.used[:self.ends[i - 1]] if i else []
+                    stop = (f"stopped at {self.origins[i]}: its scale and offset leave float32's "
+                            "range as a normalisation, and a 1x1 convolution in its place needs "
+                            "the number of channels, which the model leaves open")
+                    break
+                out.append(written)
             else:
                 out.append(layer)
 
@@ -725,7 +745,7 @@ class _Walker:
             return count <= bank.MAX_LAYERS
 
         if fits(len(out)):
-            return out, [text for _, text in self.notes] + [stop]
+            return out, [text for layer, text in self.notes if layer < len(out)] + [stop]
         lo, hi = 0, len(out)  # fits(lo) holds and fits(hi) does not (the limits add up)
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -849,13 +869,13 @@ class _Walker:
         if self.channels is not None and cg * group != self.channels:
             raise InputError(f"{where} reads {cg * group} channels ({cg} per group x {group}) "
                              f"but its input has {self.channels}")
-        if cg > bank.MAX_KERNEL_CHANNELS:
-            raise _Stop(f"its filters read {cg} channels each; a bank's filters read at most "
-                        f"{bank.MAX_KERNEL_CHANNELS}")
-        try:
-            bank.check_written_size(f, cg, kh, kw)
-        except ValueError as e:
-            raise _Stop(f"its weights are too large for a bank file ({e})") from None
+        # What one layer of a bank may hold; what a whole file holds is checked at the end.
+        if f > bank.MAX_FILTERS or cg > bank.MAX_KERNEL_CHANNELS or \
+                max(kh, kw) > bank.MAX_KERNEL_SIDE or f * cg * kh * kw > bank.MAX_LAYER_WEIGHTS:
+            raise _Stop(f"its weights ({f}x{cg}x{kh}x{kw}) are more than a bank layer holds (at "
+                        f"most {bank.MAX_FILTERS} filters of {bank.MAX_KERNEL_CHANNELS} "
+                        f"channels of {bank.MAX_KERNEL_SIDE}x{bank.MAX_KERNEL_SIDE}, "
+                        f"{bank.MAX_LAYER_WEIGHTS:,} weights in all)")
         kernel = self.ints(n, attrs, "kernel_shape", [kh, kw], "convolution")
         if tuple(kernel) != (kh, kw):
             raise InputError(f"{where} has kernel_shape {kernel} but weights of {kh}x{kw}")
@@ -899,9 +919,9 @@ class _Walker:
             if value.shape != (c,):
                 raise InputError(f"{where} has a {what} of shape {tuple(value.shape)} for {c} "
                                  "channels")
-        eps = attrs.get("epsilon", 1e-5)
+        eps = self.number(n, attrs, "epsilon", 1e-5)
         with np.errstate(all="ignore"):
-            spread = var + float(eps)
+            spread = var + eps
             if not (np.isfinite(spread).all() and (spread > 0).all()):
                 raise InputError(f"{where}: variance + epsilon must be finite and > 0")
             s = scale / np.sqrt(spread)
@@ -979,10 +999,10 @@ class _Walker:
                             "float32's range")
             last.scale, last.shift = merged_scale, merged_shift
             return
-        if not (scale > 0).all() and scale.size == 1:
-            if self.channels is None:
-                raise _Stop("it scales by a number <= 0 and the number of channels is unknown")
+        if scale.size == 1 and self.channels is not None:
             scale, shift = np.full(self.channels, scale[0]), np.full(self.channels, shift[0])
+        elif not (scale > 0).all() and scale.size == 1:
+            raise _Stop("it scales by a number <= 0 and the number of channels is unknown")
         if scale.size > 1:
             self.channels = scale.size
         self.layers.append(_Affine(self.layer_name(n, kind), scale, shift))

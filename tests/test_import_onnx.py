@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -80,12 +81,14 @@ def reference(model, tensor: str, x: np.ndarray) -> np.ndarray:
     del prefix.graph.node[last + 1:]
     del prefix.graph.output[:]
     prefix.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
-    return ReferenceEvaluator(prefix).run([tensor], {"x": x[None]})[0][0]
+    out = cast(list, ReferenceEvaluator(prefix).run([tensor], {"x": x[None]}))
+    return np.asarray(out[0])[0]
 
 
 def output_of(model, net) -> str:
-    """The tensor written by the last imported node (named in the provenance)."""
-    last = net.provenance["nodes"][-1]
+    """The tensor written by the last imported node (also named in the provenance)."""
+    last = net.nodes[-1]
+    assert net.provenance["upto"] == last and net.provenance["nodes"] == len(net.nodes)
     found = [n for n in model.graph.node if n.name == last]
     assert len(found) == 1, last
     return found[0].output[0]
@@ -282,7 +285,7 @@ def test_a_small_cnn_with_normalisation_batch_norm_groups_and_pools(tmp_path):
         (1, 3, 3)
     assert [f["name"] for f in first["filters"]] == [f"conv1_{k:03d}" for k in range(8)]
     assert net.notes == ["the chain reaches the model's output 'hswish'"]
-    assert net.provenance["nodes"][:2] == ["centred", "scaled"]
+    assert net.nodes[:2] == ["centred", "scaled"]
     assert net.provenance["format"] == "onnx" and net.provenance["opset"] == 17
 
 
@@ -414,7 +417,7 @@ def test_weights_in_constant_nodes_identity_and_dropout_skipped(tmp_path):
     path, model = save(tmp_path, nodes, {"ratio": np.float32(0.3)}, opset=13)
     net = check(path, model)
     assert [next(iter(layer)) for layer in net.layers] == ["conv", "activation"]
-    assert net.provenance["nodes"] == ["x_id", "c", "drop", "tanh", "drop2"]
+    assert net.nodes == ["x_id", "c", "drop", "tanh", "drop2"]
     assert net.notes == ["the chain reaches the model's output 'drop2'"]
     np.testing.assert_allclose(np.array([f["weights"] for f in net.layers[0]["conv"]["filters"]]),
                                w)  # exactly the float32 weights, written shortest
@@ -448,7 +451,7 @@ def test_per_channel_arithmetic_folds_into_convs_or_becomes_layers(tmp_path):
 
 
 def test_batch_norm_alone_with_positive_scales_is_a_normalize_layer(tmp_path):
-    inits = {}
+    inits: dict[str, np.ndarray] = {}
     nodes = [node("Relu", ["x"], "r"), bn("bn", "r", inits, 3)]
     inits["bn_s"] = np.abs(inits["bn_s"]) + 0.1
     path, model = save(tmp_path, nodes, inits)
@@ -473,7 +476,7 @@ def test_a_residual_branch_stops_the_chain(tmp_path):
     assert len(net.layers) == 1 and net.layers[0]["conv"]["defaults"]["activation"] == "relu"
     assert net.notes == ["stopped after 'stem_relu': it feeds 2 nodes (Conv node 'branch', Add "
                          "node 'sum'), a branch (e.g. a residual connection)"]
-    assert net.provenance["nodes"] == ["stem", "stem_relu"]
+    assert net.nodes == ["stem", "stem_relu"]
     assert net.provenance["stopped"] == net.notes[-1]
 
 
@@ -482,9 +485,7 @@ def test_upto_stops_after_the_named_node(tmp_path):
     net = check(path, model, upto="stem")
     assert net.layers[0]["conv"]["defaults"]["activation"] == "none"
     assert net.notes == ["stopped after Conv node 'stem', as asked"]
-    with pytest.raises(InputError) as info:
-        importers.import_network(str(path), upto="head")
-    assert str(info.value) == (
+    assert import_error(path, upto="head") == (
         f"{path}: node 'head' is not on the chain of layers convcli can import from the model's "
         "input; stopped after 'stem_relu': it feeds 2 nodes (Conv node 'branch', Add node "
         "'sum'), a branch (e.g. a residual connection)")
@@ -504,7 +505,9 @@ def test_node_imports_one_conv_with_what_folds_into_it(tmp_path):
                                                               None)],
                                [helper.make_tensor_value_info("branch", TensorProto.FLOAT, None)],
                                initializer=[t for t in model.graph.initializer if t.name == "w2"])
-    want = ReferenceEvaluator(helper.make_model(branch)).run(None, {"stem_relu": x[None]})[0][0]
+    out = cast(list, ReferenceEvaluator(helper.make_model(branch)).run(None,
+                                                                        {"stem_relu": x[None]}))
+    want = np.asarray(out[0])[0]
     assert_close(run_layers(net.layers, x), want)
     check_end_to_end(net, x, want)
 
@@ -573,8 +576,45 @@ def test_weights_computed_by_another_node_stop_the_chain(tmp_path):
     nodes = [conv("c", "x", "w"), node("Neg", ["w2"], "w2_neg"), conv("c2", "c", "w2_neg")]
     path, model = save(tmp_path, nodes, inits)
     net = check(path, model)
-    assert net.notes == ["stopped at Conv node 'c2': its weights ('w2_neg') comes from Neg "
+    assert net.notes == ["stopped at Conv node 'c2': it takes its weights ('w2_neg') from Neg "
                          "node 'w2_neg', not from numbers stored in the model"]
+
+
+def test_legacy_broadcast_along_the_channels(tmp_path):
+    # Before opset 7, Mul(broadcast=1, axis=1) lines a (C,) operand up with the channels.
+    # onnx's reference evaluator no longer runs it: the expected maps are x * s per channel.
+    s = arr(3, positive=True)
+    nodes = [node("Mul", ["x", "s"], "scaled", broadcast=1, axis=1),
+             node("Add", ["scaled", "t"], "shifted", broadcast=1),
+             node("Relu", ["shifted"], "r")]
+    path, _ = save(tmp_path, nodes, {"s": s, "t": np.float32(0.25)}, opset=6)
+    net = importers.import_network(str(path))
+    assert [next(iter(layer)) for layer in net.layers] == ["normalize", "activation"]
+    x = RNG.standard_normal((3, 6, 5)).astype(np.float32)
+    want = np.maximum(x * s[:, None, None] + np.float32(0.25), 0)
+    assert_close(run_layers(net.layers, x), want)
+    check_end_to_end(net, x, want)
+    nodes[0] = node("Mul", ["x", "s"], "scaled", broadcast=1, axis=2)
+    path, _ = save(tmp_path, nodes, {"s": s, "t": np.float32(0.25)}, opset=6)
+    assert import_error(path) == (f"{path}: nothing to import: stopped at Mul node 'scaled': its "
+                                  "legacy broadcast along axis 2 is not per channel")
+
+
+def test_an_affine_whose_normalize_would_leave_float32_becomes_a_conv(tmp_path):
+    nodes = [node("Relu", ["x"], "r"), node("Mul", ["r", "tiny"], "m"),
+             node("Add", ["m", "huge"], "a")]
+    path, model = save(tmp_path, nodes, {"tiny": np.float32(1e-3), "huge": np.float32(1e36)})
+    net = check(path, model)  # the mean would be -1e39
+    assert [next(iter(layer)) for layer in net.layers] == ["activation", "conv"]
+    assert net.layers[1]["conv"]["defaults"]["groups"] == 3
+    path, _ = save(tmp_path, nodes, {"tiny": np.float32(1e-3), "huge": np.float32(1e36)},
+                   shape=("N", "C", 8, 8), name="open.onnx")
+    net = importers.import_network(str(path))
+    assert [next(iter(layer)) for layer in net.layers] == ["activation"]
+    assert net.nodes == ["r"]
+    assert net.notes == ["stopped at Mul node 'm': its scale and offset leave float32's range as "
+                         "a normalisation, and a 1x1 convolution in its place needs the number "
+                         "of channels, which the model leaves open"]
 
 
 # --- models that cannot be imported at all ---------------------------------------------------
@@ -631,6 +671,28 @@ def test_models_that_cannot_be_imported(tmp_path, nodes, inits, shape, message):
     assert import_error(path) == f"{path}: {message}"
 
 
+def test_odd_graphs(tmp_path):
+    # An initializer also listed as an input (IR version 3) is a weight, not the data; a
+    # second real input is noted.
+    path, model = save(tmp_path, [conv("c", "x", "w")], {"w": arr(2, 3, 1, 1)})
+    model.graph.input.extend([helper.make_tensor_value_info("w", TensorProto.FLOAT, None),
+                              helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    path.write_bytes(model.SerializeToString())
+    net = importers.import_network(str(path))
+    assert net.notes == ["the model has 2 inputs; the layers start at the first, 'x'",
+                         "the chain reaches the model's output 'c'"]
+    words = helper.make_node("Constant", [], ["w"], name="words", value_strings=["a", "b"])
+    path, _ = save(tmp_path, [words, conv("c", "x", "w")])
+    assert import_error(path) == (f"{path}: Conv node 'c' takes its weights from Constant node "
+                                  "'words', which holds no dense array of numbers")
+    nodes = [conv("c", "x", "w"), node("BatchNormalization", ["c", "s", "b", "m", "v"], "bn",
+                                       epsilon="tiny")]
+    inits = {"w": arr(2, 3, 1, 1), "s": arr(2), "b": arr(2), "m": arr(2), "v": arr(2)}
+    path, _ = save(tmp_path, nodes, inits)
+    assert import_error(path) == (f"{path}: BatchNormalization node 'bn' has epsilon='tiny'; "
+                                  "want a finite number")
+
+
 def test_files_that_are_not_models(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07garbage that is not protobuf\xff\xff")
     assert import_error(tmp_path / "junk.onnx").startswith(
@@ -657,26 +719,47 @@ def test_odd_opsets_and_external_weights(tmp_path):
                                   "file; convcli reads only models that hold their weights")
 
 
-def test_the_import_stops_where_a_bank_file_is_full(tmp_path):
-    # A bank file holds 65,536 weights in all: the first conv's 108 and the second's 65,536
-    # are more, so the import ends before the second (which alone would fit) and the file
-    # it writes loads.
-    inits = {"w1": arr(4, 3, 3, 3), "w2": arr(64, 4, 16, 16) / 16}
+def test_the_import_stops_where_a_bank_file_is_full(tmp_path, monkeypatch):
+    # The bank module decides what a file holds (bank.check_written_network); here it is
+    # made to hold 2,000 weights: the convs' 216 + 1,152 fit, the third conv's 2,304 more do
+    # not, so the import ends before it (the second Relu stays) and the file it writes loads.
+    from convcli import bank
+
+    def small_file(layers):
+        weights = 0
+        for layer in layers:
+            for f in layer.get("conv", {}).get("filters", []):
+                weights += int(np.size(f["weights"]))
+            if weights > 2000:
+                raise ValueError(f"{weights:,} weights; at most 2,000 here")
+
+    monkeypatch.setattr(bank, "check_written_network", small_file)
+    inits = {"w1": arr(8, 3, 3, 3), "w2": arr(16, 8, 3, 3), "w3": arr(16, 16, 3, 3)}
     nodes = [conv("c1", "x", "w1", pads=[1, 1, 1, 1]), node("Relu", ["c1"], "r1"),
-             node("Tanh", ["r1"], "t1"), conv("c2", "t1", "w2", pads=[8, 8, 7, 7]),
-             node("Relu", ["c2"], "r2")]
+             conv("c2", "r1", "w2", pads=[1, 1, 1, 1]), node("Sigmoid", ["c2"], "s2"),
+             node("Identity", ["s2"], "i2"), conv("c3", "i2", "w3"), node("Relu", ["c3"], "r3")]
     path, model = save(tmp_path, nodes, inits, shape=(1, 3, 9, 8))
     net = check(path, model)
-    assert [next(iter(layer)) for layer in net.layers] == ["conv", "activation"]
-    assert net.provenance["nodes"] == ["c1", "r1", "t1"]
-    assert net.notes == ["stopped at Conv node 'c2': layer 'c2' brings the weights to 65,644; "
-                         "a bank file holds at most 65,536"]
-    net = importers.import_network(str(path), node="c2")  # alone, it fits
-    assert len(net.layers) == 1 and net.notes == ["imported Conv node 'c2' alone with r2 "
-                                                  "folded in"]
-    big = {"w": arr(256, 128, 3, 3)}
-    path, _ = save(tmp_path, [conv("c", "x", "w")], big, shape=(1, 128, 8, 8), name="big.onnx")
+    assert [next(iter(layer)) for layer in net.layers] == ["conv", "conv", "activation"]
+    assert net.nodes == ["c1", "r1", "c2", "s2", "i2"]
+    assert net.notes == ["stopped at Conv node 'c3': 3,672 weights; at most 2,000 here"]
+    assert importers.import_network(str(path), node="c2").nodes == ["c2"]
+    assert import_error(path, node="c3") == (f"{path}: nothing to import: stopped at Conv node "
+                                             "'c3': 2,304 weights; at most 2,000 here")
+    assert import_error(path, upto="r3") == (
+        f"{path}: node 'r3' is not on the chain of layers convcli can import from the model's "
+        "input; stopped at Conv node 'c3': 3,672 weights; at most 2,000 here")
+
+
+def test_layers_larger_than_a_bank_holds(tmp_path):
+    path, _ = save(tmp_path, [conv("c", "x", "w")], {"w": arr(256, 128, 3, 3)},
+                   shape=(1, 128, 8, 8))
+    message = import_error(path)  # 294,912 weights: a layer may hold them, a file may not
+    assert message.startswith(f"{path}: nothing to import: stopped at Conv node 'c': layer 'c' "
+                              "brings ") and "a bank file holds at most" in message
+    path, _ = save(tmp_path, [conv("c", "x", "w")], {"w": arr(4097, 1, 1, 1)},
+                   shape=(1, 1, 8, 8))
     assert import_error(path) == (
-        f"{path}: nothing to import: stopped at Conv node 'c': its weights are too large for a "
-        "bank file (256 filters of 128x3x3 are 294,912 weights; a bank file holds at most "
-        "65,536)")
+        f"{path}: nothing to import: stopped at Conv node 'c': its weights (4097x1x1x1) are "
+        "more than a bank layer holds (at most 4096 filters of 4096 channels of 1025x1025, "
+        "8,388,608 weights in all)")
