@@ -1,9 +1,12 @@
-"""First-layer weights of trained networks -> a bank file.
+"""Weights of trained networks -> bank files.
 
-Sources: ``.npy`` arrays shaped (F, C, KH, KW) (or (F, KH, KW) for one channel), ``.npz``
-archives holding ``weights`` (that shape) and optionally ``bias`` (F,), and ONNX models
-(a Conv node, by name or the first one; weights, bias, stride, padding and dilation carried
-over), the last through the optional ``onnx`` extra.
+``load_weights``: one layer from ``.npy`` arrays shaped (F, C, KH, KW) (or (F, KH, KW) for
+one channel), ``.npz`` archives holding ``weights`` (that shape) and optionally ``bias``
+(F,), or an ONNX Conv node (by name or the first one; weights, bias, stride, padding and
+dilation carried over).
+
+``import_network``: the first layers of an ONNX model, as many as convcli can run (see the
+comment above it), as layers of a layered bank file. ONNX needs the optional ``onnx`` extra.
 
 These files come from anywhere, so shapes and types are checked from the headers before any
 array is read (a .npz member is allocated at the size its header declares), pickled objects
@@ -367,8 +370,8 @@ def import_network(path: str, upto: str | None = None,
         provenance["graph"] = _cut(model.graph.name)
     if producer:
         provenance["producer"] = _cut(producer)
-    # A few plain values (the bank reader counts every list entry against its limits): the
-    # last node is what --upto takes to import the same layers again.
+    # A few plain values (the bank reader counts every list entry against its limits); upto
+    # is the last node's name, which imports the same layers again as ``upto``.
     provenance.update(opset=graph.opset, input=_cut(walker.start), upto=_cut(walker.used[-1]),
                       nodes=len(walker.used), stopped=_cut(stop, 1000))
     label = f" (graph {model.graph.name!r})" if model.graph.name else ""

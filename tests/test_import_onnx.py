@@ -16,6 +16,8 @@ from typing import cast
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
@@ -763,3 +765,36 @@ def test_layers_larger_than_a_bank_holds(tmp_path):
         f"{path}: nothing to import: stopped at Conv node 'c': its weights (4097x1x1x1) are "
         "more than a bank layer holds (at most 4096 filters of 4096 channels of 1025x1025, "
         "8,388,608 weights in all)")
+
+
+# --- any conv geometry ----------------------------------------------------------------------
+
+
+@settings(max_examples=25)
+@given(st.data())
+def test_any_conv_geometry_with_batch_norm_matches_the_reference(tmp_path_factory, data):
+    groups = data.draw(st.sampled_from([1, 2, 3]), "groups")
+    cg = data.draw(st.integers(1, 3), "channels per group")
+    f = groups * data.draw(st.integers(1, 3), "filters per group")
+    kh, kw = data.draw(st.integers(1, 4), "kh"), data.draw(st.integers(1, 4), "kw")
+    stride = [data.draw(st.integers(1, 3), "sy"), data.draw(st.integers(1, 3), "sx")]
+    dilation = [data.draw(st.integers(1, 3), "dy"), data.draw(st.integers(1, 3), "dx")]
+    auto = data.draw(st.sampled_from(["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]), "auto")
+    pads = [data.draw(st.integers(0, 3), f"pad {i}") for i in range(4)]
+    h, w = data.draw(st.integers(1, 12), "h"), data.draw(st.integers(1, 12), "w")
+    room = [(kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1]
+    if auto == "NOTSET":
+        room = [room[0] - pads[0] - pads[2], room[1] - pads[1] - pads[3]]
+    if auto in ("NOTSET", "VALID"):
+        h, w = max(h, room[0]), max(w, room[1])  # at least one output pixel
+    attrs = dict(strides=stride, dilations=dilation, group=groups, auto_pad=auto)
+    if auto == "NOTSET":
+        attrs["pads"] = pads
+    inits = {"w": arr(f, cg, kh, kw), "b": arr(f)}
+    nodes = [conv("c", "x", "w", "b", **attrs)]
+    if data.draw(st.booleans(), "batch norm"):
+        nodes.append(bn("bn", "c", inits, f, eps=data.draw(st.sampled_from([1e-5, 1e-3, 0.1]))))
+    path, model = save(tmp_path_factory.mktemp("geometry"), nodes, inits,
+                       shape=(1, cg * groups, h, w))
+    net = check(path, model)
+    assert net.nodes == [n.name for n in nodes] and len(net.layers) == 1
