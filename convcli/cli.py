@@ -88,7 +88,8 @@ app.add_typer(cache_app, name="cache")
 FLAGS = {"max_memory": "--max-memory", "stack": "--no-stack", "max_pixels": "--max-pixels",
          "filter": "--filter", "padding": "--padding", "files_from": "--files-from",
          "null": "-0", "scheduler": "--scheduler", "format": "--format", "bits": "--bits",
-         "compression": "--compression", "stride": "--stride", "dilation": "--dilation"}
+         "compression": "--compression", "stride": "--stride", "dilation": "--dilation",
+         "resume": "--resume"}
 
 
 def _with_flags(message: str, settings: tuple[str, ...]) -> str:
@@ -267,6 +268,10 @@ def apply(
     stream = batch.apply(found.sources, kernel_bank, options, backend)
     report.detail(_engine_line(stream.method))
     results, stopped_by = _drain(stream, report)
+    if isinstance(stopped_by, ConvcliError):  # what was done is reported, then why it ended
+        _say(f"convcli: error: {_with_flags(str(stopped_by), stopped_by.settings)}")
+        report.summary(output, interrupted=True)
+        raise typer.Exit(stopped_by.exit_code)
     if isinstance(stopped_by, (KeyboardInterrupt, Terminated)):
         report.summary(output, interrupted=True)
         raise typer.Exit(EXIT_TERMINATED if isinstance(stopped_by, Terminated)
@@ -376,6 +381,9 @@ def _drain(stream, report: "_Report"):
                         stream.stop()
                     else:
                         stream.abort()
+                except ConvcliError as e:  # the back-end failed (a lost Dask scheduler)
+                    stopped_by = e
+                    break
                 except OSError as e:  # stdout: the reader went away (| head), or it failed
                     if not isinstance(e, BrokenPipeError) and stopped_by is None:
                         _say(f"convcli: error: cannot write to stdout: {e.strerror or e}; "

@@ -84,6 +84,12 @@ def connect(address: str, method: str = "auto", verbose: bool = False):
             cluster = LocalCluster(processes=True, threads_per_worker=1, dashboard_address=":0",
                                    silence_logs=logging.WARNING if verbose else logging.CRITICAL)
         return Client(cluster)
+    import logging
+
+    # Dask's client logs to stderr (a lost scheduler, say); convcli reports such failures
+    # in its own words, so the log shows only with ``verbose``. This sets the level of the
+    # "distributed" loggers of this process.
+    logging.getLogger("distributed").setLevel(logging.WARNING if verbose else logging.CRITICAL)
     try:
         return Client(address, timeout="10s")
     except OSError as e:
@@ -186,6 +192,28 @@ def run(address: str, sources: list[Source], bank: KernelBank | Network, options
         raise
 
 
+class SchedulerLost(ConvcliError):
+    """The client lost its scheduler in the middle of a batch."""
+
+
+class _Drain(Exception):
+    """Internal: results recovered from disk are ready to be yielded."""
+
+
+# How long a batch waits for a scheduler that has no workers before it says so and stops.
+NO_WORKERS_SECONDS = 10.0
+
+
+def _wait_for_workers(client, address: str, seconds: float) -> None:
+    try:
+        client.wait_for_workers(1, timeout=seconds)
+    except Exception:  # noqa: BLE001  TimeoutError, or the scheduler going away meanwhile
+        if not client.scheduler_info().get("workers"):
+            raise ConvcliError(f"{address}: the Dask scheduler has no workers (waited "
+                               f"{seconds:.0f} s); start some with: dask worker {address}",
+                               settings=("scheduler",)) from None
+
+
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:200] or type(e).__name__
 
@@ -215,12 +243,22 @@ class _Stream:
         self.options = replace(options, out=self.out)
         self.bank, self.stop_event = bank, f"convcli-stop-{uuid.uuid4().hex}"
         self.plugin: str | None = f"convcli-setup-{uuid.uuid4().hex}"
+        self.sources, self.started_ns = sources, time.time_ns()
+        self.scheduler_address = str(getattr(client.scheduler, "address", None) or "the scheduler")
+        self.reported: set[str] = set()
+        _wait_for_workers(client, self.address(), NO_WORKERS_SECONDS)
         try:
             client.register_plugin(_WorkerSetup(self.out, options.engine, local),
                                    name=self.plugin)
-        except OSError as e:
+        except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+            try:  # nothing of this run stays on the scheduler
+                client.unregister_worker_plugin(self.plugin)
+            except Exception:  # noqa: BLE001
+                pass
             raise OutputError(f"{self.out}: a worker cannot write there ({e}); the output "
                               "folder must be on storage every worker sees") from None
+        except Exception:  # noqa: BLE001  a worker that died during its set-up: Dask
+            pass           # restarts it, and the plugin (registered) sets up the new one
         self.tasks: dict = {}  # future -> its inputs
         self.ready: list[Result] = []
         self.suspects: list[Source] = []  # inputs whose own task failed, to try alone
@@ -244,13 +282,60 @@ class _Stream:
     def __iter__(self):
         return self
 
+    def address(self) -> str:
+        return self.scheduler_address
+
+    def _next_done(self):
+        """The next finished task, waiting for it; when the scheduler is lost instead, the
+        inputs whose files are complete on disk are reported and the run ends with one
+        error (a lost scheduler would otherwise leave Dask waiting forever)."""
+        while not self.done.has_ready():
+            if self.client.status not in ("running", "connecting", "newly-created"):
+                self._lost()
+            if self.done.is_empty():
+                raise StopIteration
+            time.sleep(0.05)
+        return next(self.done)
+
+    def _lost(self) -> None:
+        from . import pipeline
+
+        for source in self.sources:
+            if source.label in self.reported:
+                continue
+            outputs = pipeline.done_before(source, self.bank, self.options, self.started_ns)
+            if outputs is not None:
+                self.ready.append(Result(input=source.label, outputs=[
+                    os.path.join(self.given_out, os.path.relpath(p, self.out))
+                    for p in outputs]))
+                self.reported.add(source.label)
+        self.lost = True
+        if not self.ready:
+            raise SchedulerLost(f"{self.address()}: lost the Dask scheduler; the inputs whose "
+                                "files were complete are reported, resuming does the rest",
+                                settings=("scheduler", "resume"))
+        raise _Drain()
+
     def __next__(self) -> Result:
         from distributed import KilledWorker
 
+        if getattr(self, "lost", False):
+            if self.ready:
+                return self._take(self.ready.pop(0))
+            raise SchedulerLost(f"{self.address()}: lost the Dask scheduler; the inputs whose "
+                                "files were complete are reported, resuming does the rest",
+                                settings=("scheduler", "resume"))
         while not self.ready:
             try:
-                future, results = next(self.done)
+                future, results = self._next_done()
+            except _Drain:
+                return self._take(self.ready.pop(0))
             except StopIteration:
+                if self.client.status not in ("running", "connecting", "newly-created"):
+                    try:
+                        self._lost()
+                    except _Drain:
+                        return self._take(self.ready.pop(0))
                 if self.stopping or not self.suspects:
                     raise
                 # Dask blames every task on a worker that dies, not only the one that killed
@@ -283,7 +368,10 @@ class _Stream:
                 result.outputs = [os.path.join(self.given_out, os.path.relpath(p, self.out))
                                   for p in result.outputs]
             self.ready.extend(results)
-        result = self.ready.pop(0)
+        return self._take(self.ready.pop(0))
+
+    def _take(self, result: Result) -> Result:
+        self.reported.add(result.input)
         if self.fail_fast and result.status == "error":
             self.stop()
         return result
@@ -293,7 +381,7 @@ class _Stream:
         input. The event is set first, so a task that starts anyway does nothing."""
         from distributed import Event
 
-        if self.stopping:
+        if self.stopping or getattr(self, "lost", False):
             return
         self.stopping = True
         Event(self.stop_event, client=self.client).set()
