@@ -289,7 +289,7 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
         out = target[None]
     # Skipping zero taps (and splitting kernels into separable terms, whose zeros fall
     # elsewhere), and Winograd's tiles, are exact only when x is finite (0 * inf is NaN).
-    finite = bool(np.isfinite(x.sum())) or bool(np.isfinite(x).all())  # one pass if finite
+    finite = _Finite(x)
     act = ACTIVATIONS[activation_name]
     threads = cfg.threads or _cores()
     key = (w.shape, w.tobytes(), groups)
@@ -318,9 +318,13 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
         return out
     source = _source(xp, s[1])
     group_rows = Cw * source.height
+    # Finiteness changes the plan only for kernels with zeros or separable terms.
+    asks = _memo(("separable", key), lambda: _separable_terms(w)) is not None \
+        or _memo(("zeros", key), lambda: not np.all(w))
+    exact = bool(finite) if asks else True
     separable, plan_ = _memo(("direct", key, source.phases, source.channels, source.height,
-                              s[1], d, finite),
-                             lambda: _direct_plan(w, key, source, s[1], d, finite, groups))
+                              s[1], d, exact),
+                             lambda: _direct_plan(w, key, source, s[1], d, exact, groups))
     if separable:
         work = float(len(plan_[2]) + len(plan_[7])) * copies * ho * wo
         args = (source.src, group_rows, s[0], *plan_, b, act, source.phases, out)
@@ -356,8 +360,20 @@ GEMM_MIN_DEPTH = 48
 GEMM_MIN_DENSITY = 0.5
 
 
+class _Finite:
+    """Whether an image is all finite, worked out on first use (one pass when it is)."""
+
+    def __init__(self, x: np.ndarray):
+        self.x, self.value = x, None
+
+    def __bool__(self) -> bool:
+        if self.value is None:
+            self.value = bool(np.isfinite(self.x.sum())) or bool(np.isfinite(self.x).all())
+        return self.value
+
+
 def _algorithm(cfg: EngineConfig, w: np.ndarray, key, groups: int, copies: int, s, d,
-               finite: bool, ho: int, wo: int) -> str:
+               finite, ho: int, wo: int) -> str:
     requested = "fft" if cfg.method == "fft" else cfg.algorithm
     F, Cg, KH, KW = w.shape
     fg = F // groups
@@ -372,14 +388,15 @@ def _algorithm(cfg: EngineConfig, w: np.ndarray, key, groups: int, copies: int, 
         return "winograd" if finite else "gemm"
     if requested != "auto":
         return requested
-    if finite and _memo(("wants_fft", key), lambda: _wants_fft(w)):
+    # Weights and geometry first: most layers never need to ask whether x is finite.
+    if _memo(("wants_fft", key), lambda: _wants_fft(w)) and finite:
         return "fft"
-    if copies > 1 or (finite and _memo(("separable", key), lambda: _separable_terms(w))
-                      is not None):
+    if copies > 1 or (_memo(("separable", key), lambda: _separable_terms(w)) is not None
+                      and finite):
         return "direct"
-    if (finite and KH == KW == 3 and s == (1, 1) and d == (1, 1)
+    if (KH == KW == 3 and s == (1, 1) and d == (1, 1)
             and Cg >= WINOGRAD_MIN_CHANNELS and fg >= WINOGRAD_MIN_FILTERS
-            and -(-ho // 4) * -(-wo // 4) >= WINOGRAD_MIN_TILES):
+            and -(-ho // 4) * -(-wo // 4) >= WINOGRAD_MIN_TILES and finite):
         return "winograd"
     density = _memo(("density", key), lambda: np.count_nonzero(w) / w.size)
     deep = Cg >= GEMM_MIN_CHANNELS and fg >= GEMM_MIN_FILTERS
