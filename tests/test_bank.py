@@ -6,6 +6,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from convcli import bank
 from convcli.errors import BankError, UsageError
@@ -464,3 +466,111 @@ def test_provenance_may_not_expand_to_much():
                      + ["filters:", "  - {name: k, weights: [[1]]}"])
     assert problems(text) == ["b.yaml:2: field 'provenance': holds 1,234,567 values once aliases "
                               "are expanded; at most 65,536 are allowed"]
+
+
+# --- dense layers, groups, the channel limit, more activations ------------------------------
+
+def test_dense_banks_take_any_number_of_channels_the_same_for_every_filter():
+    b = parse("""
+        name: deep
+        defaults: {input: dense, groups: 2}
+        filters:
+          - {name: a, weights: [[[1]], [[2]], [[3]]]}
+          - {name: b, weights: [[[4]], [[5]], [[6]]]}
+    """)
+    assert b.input == "dense" and b.groups == 2 and b.channels == 6
+    assert [f.group for f in b.filters] == [0, 1]
+    wide = parse("name: w\ndefaults: {input: dense}\nfilters:\n  - name: k\n    weights: "
+                 + str([[[0.5]]] * 4096) + "\n")
+    assert wide.filters[0].weights.shape == (4096, 1, 1) and wide.channels == 4096
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: x\ndefaults: {input: dense}\nfilters:\n  - {name: k, weights: "
+     + str([[[1]]] * 4097) + "}\n",
+     "b.yaml:4: filter 'k': field 'weights': has 4097 entries along one axis; at most 4096 are "
+     "allowed"),
+    ("name: x\ndefaults: {input: dense}\nfilters:\n  - {name: k, weights: "
+     + str([[[1] * 2] * 1026]) + "}\n",
+     "b.yaml:4: filter 'k': field 'weights': has 1026 entries along one axis; at most 1025 are "
+     "allowed"),
+    ("name: x\ndefaults: {input: rgb, groups: 3}\nfilters:\n  - {name: k, weights: [[[1]], "
+     "[[1]], [[1]]]}\n",
+     "b.yaml:2: field 'defaults.groups': groups apply to input 'dense' only, not 'rgb'"),
+    ("name: x\ndefaults: {input: dense, groups: 5000}\nfilters:\n  - {name: k, weights: [[1]]}\n",
+     "b.yaml:2: field 'defaults.groups': groups must be at most 4096, got 5000"),
+    ("name: x\ndefaults: {input: dense, groups: [2]}\nfilters:\n  - {name: k, weights: [[1]]}\n",
+     "b.yaml:2: field 'defaults.groups': groups must be a whole number >= 1, got [2]"),
+    ("name: x\ndefaults: {input: dense}\nfilters:\n  - {name: a, weights: [[1]]}\n"
+     "  - {name: b, weights: [[[1]], [[2]]]}\n",
+     "b.yaml:5: filter 'b': field 'weights': has 2 channels but filter 'a' has 1; every filter "
+     "of a dense layer spans the same input channels"),
+    ("name: x\nfilters:\n  - {name: k, weights: [[1]], activation: gelu}\n",
+     "b.yaml:3: filter 'k': field 'activation': activation must be one of relu, none, abs, "
+     "relu6, leaky_relu, hardswish, hardsigmoid, sigmoid, tanh; got 'gelu' (did you mean "
+     "'relu'?)"),
+])
+def test_bad_dense_and_grouped_banks(text, expected):
+    assert problems(text) == [expected]
+
+
+def test_a_layer_may_hold_only_so_many_weights(monkeypatch):
+    monkeypatch.setattr(bank, "MAX_LAYER_WEIGHTS", 10)
+    two = "name: x\nfilters:\n  - {name: a, weights: [[1, 2], [3, 4]]}\n  - {name: b, weights: "
+    assert len(parse(two + "[[1, 2, 3], [4, 5, 6]]}\n").filters) == 2  # 10: at the limit
+    assert problems(two + "[[1, 2, 3], [4, 5, 6], [7, 8, 9]]}\n") == [
+        "b.yaml:2: field 'filters': the filters hold 13 weights in all; a layer may hold at "
+        "most 10"]
+
+
+def test_activations_beyond_the_engines_own_are_settings_too():
+    b = parse("name: x\ndefaults: {activation: hardswish}\nfilters:\n  - {name: k, weights: "
+              "[[1]], activation: sigmoid}\n  - {name: j, weights: [[1]]}\n")
+    assert [f.geometry.activation for f in b.filters] == ["sigmoid", "hardswish"]
+    assert bank.parse_cli_setting("activation", "leaky_relu") == "leaky_relu"
+
+
+# --- whole matrices read without the YAML reader change nothing ------------------------------
+
+NUMBERS = st.one_of(st.sampled_from(["0", "-0", "+1", "1.", ".5", "1e3", "-2E+1", "017",
+                                     "1e39", "1" * 450, ".inf", "x", "1_0"]),
+                    st.integers(-1000, 1000).map(str),
+                    st.floats(-1e3, 1e3, allow_nan=False).map(repr))
+
+
+@st.composite
+def nested(draw, depth):
+    """A flow list of numbers ``depth`` deep, sometimes ragged or odd."""
+    if depth == 0:
+        return draw(NUMBERS)
+    n = draw(st.integers(1, 3))
+    items = [draw(nested(depth - 1)) for _ in range(n)]
+    sep = draw(st.sampled_from([", ", ",", " , "]))
+    return "[" + sep.join(items) + "]"
+
+
+MATRIX_PLACES = st.sampled_from([
+    "weights: {m}", "weights: [{m}, {m}]", "weights: &a {m}\n  - name: g\n    weights: *a",
+    "weights: {m}\n    description: '{m}'", "weights: {m}  # {m}", "weights: !!seq {m}",
+    "weights: {m}x", "weights: [{m}\n      ]", "{{weights: {m}}}", "weights:\n      - {m}",
+    "weights: {m}\n    bias: {m}", "weights: {m}\n    description: |-\n      {m}",
+])
+
+
+@settings(max_examples=150, deadline=None)
+@given(MATRIX_PLACES, st.integers(1, 4).flatmap(nested), st.sampled_from(["gray", "dense"]))
+def test_fast_matrices_read_exactly_as_the_yaml_reader_does(place, matrix, mode):
+    text = (f"name: n\ndefaults: {{input: {mode}}}\nfilters:\n  - name: f\n    "
+            + place.replace("{m}", matrix).replace("{{", "{").replace("}}", "}") + "\n")
+    outcomes = []
+    for fast in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                b = bank.parse(text, source="b.yaml", fast_rows=fast)
+            except BankError as e:
+                outcomes.append([str(p) for p in e.problems])
+            else:
+                outcomes.append([(f.name, f.weights.tolist(), f.bias, f.description)
+                                 for f in b.filters])
+    assert outcomes[0] == outcomes[1], text
