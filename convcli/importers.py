@@ -603,6 +603,15 @@ class _Walker:
             if not users:
                 return (f"the chain reaches the model's output {cur!r}" if cur in g.outputs
                         else f"nothing reads {cur!r}")
+            spelled = self.spelled_hardswish(cur, users) if len(users) == 2 else None
+            if spelled is not None:
+                cur, group = spelled
+                before = len(self.layers)
+                self.activation(group[-1], "hardswish")
+                self.record(group, before)
+                if self.upto is not None and group[-1].name == self.upto:
+                    return f"stopped after {g.label(group[-1])}, as asked"
+                continue
             if len(users) > 1:
                 names = ", ".join(g.label(u) for u in users[:4])
                 return (f"stopped after {cur!r}: it feeds {len(users)} nodes ({names}"
@@ -671,13 +680,84 @@ class _Walker:
                             f"(by {g.label(g.consumers[extra][0])})")
         before = len(self.layers)
         getattr(self, "_" + n.op_type)(n, cur, attrs)
-        self.used.append(n.name or g.label(n))
-        if len(self.layers) > before:
-            self.origins.append(g.label(n))
-            self.ends.append(len(self.used))
-        elif self.layers:  # folded into the last layer, or skipped after it
-            self.ends[-1] = len(self.used)
+        self.record([n], before)
         return n.output[0]
+
+    def record(self, nodes: list, before: int) -> None:
+        """Note nodes as imported, into a new layer or the last one (folded or skipped)."""
+        self.used.extend(n.name or self.g.label(n) for n in nodes)
+        if len(self.layers) > before:
+            self.origins.append(self.g.label(nodes[0]))
+            self.ends.append(len(self.used))
+        elif self.layers:
+            self.ends[-1] = len(self.used)
+
+    def spelled_hardswish(self, cur: str, users: list) -> tuple[str, list] | None:
+        """x * clip(x + 3, 0, 6) / 6 spelled out in Add, Clip, Mul and Div (or Mul by 1/6)
+        nodes, as PaddlePaddle's exporter writes HardSwish: its output and its nodes, or None
+        (then cur is a plain branch). x feeds the Add and the Mul; every other tensor of the
+        group feeds only the next node, and upto may name only its last node."""
+        g = self.g
+
+        def plain(n: Any, op: str) -> bool:
+            return n.op_type == op and n.domain in ONNX_DOMAINS and \
+                set(g.attrs(n)) <= KNOWN_ATTRIBUTES[op] - {"axis", "broadcast"}
+
+        def only_user(tensor: str) -> Any:
+            users = g.consumers.get(tensor, [])
+            return users[0] if len(users) == 1 else None
+
+        def number(n: Any, data: str) -> float | None:
+            """The constant one-number operand of a two-input node, other than data."""
+            if len(n.input) != 2 or list(n.input).count(data) != 1:
+                return None
+            value = g.constant(n.input[1] if n.input[0] == data else n.input[0], n, "operand")
+            return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+        def scaling(n: Any, data: str) -> float | None:
+            """The factor a Mul or Div by a constant applies to data (data first for Div)."""
+            if plain(n, "Mul"):
+                return number(n, data)
+            if plain(n, "Div") and n.input[0] == data:
+                value = number(n, data)
+                return 1 / value if value else None
+            return None
+
+        add = next((u for u in users if plain(u, "Add")), None)
+        mul = next((u for u in users if plain(u, "Mul")), None)
+        if add is None or mul is None or number(add, cur) != 3:
+            return None
+        clip = only_user(add.output[0])
+        if clip is None or not plain(clip, "Clip") or clip.input[0] != add.output[0]:
+            return None
+        try:
+            if self.clip_bounds(clip, add.output[0], g.attrs(clip)) != (0, 6):
+                return None
+        except _Stop:
+            return None
+        group, factor, gate = [add, clip], 1.0, clip.output[0]
+        scale = only_user(gate)
+        if scale is not None and scale is not mul:  # relu6(x + 3) / 6, then times x
+            step = scaling(scale, gate)
+            if step is None:
+                return None
+            group.append(scale)
+            factor, gate = step, scale.output[0]
+        if only_user(gate) is not mul or sorted(mul.input) != sorted([cur, gate]):
+            return None
+        group.append(mul)
+        out = mul.output[0]
+        after = only_user(out)
+        if factor == 1.0 and after is not None:  # x * relu6(x + 3), then / 6
+            step = scaling(after, out)
+            if step is not None:
+                group.append(after)
+                factor, out = step, after.output[0]
+        if abs(factor * 6 - 1) > 1e-6:
+            return None
+        if self.upto is not None and any(n.name == self.upto for n in group[:-1]):
+            return None
+        return out, group
 
     def params(self, n: Any, cur: str, what: tuple[str, ...], data_at: tuple[int, ...] = (0,)
                ) -> list[np.ndarray | None]:
@@ -912,6 +992,7 @@ class _Walker:
                              "(data, scale, bias, mean, variance)")
         if attrs.get("training_mode", 0):
             raise _Stop("it runs in training mode (it normalises by the batch's statistics)")
+        self.old_training_mode(attrs)
         if attrs.get("spatial", 1) != 1:
             raise _Stop("spatial=0 (statistics per pixel) is not supported")
         _, scale, beta, mean, var = self.params(
@@ -1060,6 +1141,19 @@ class _Walker:
         return float(value)
 
     def _Clip(self, n: Any, cur: str, attrs: dict) -> None:
+        lo, hi = self.clip_bounds(n, cur, attrs)
+        if (lo, hi) == (0, 6):
+            self.activation(n, "relu6")
+        elif (lo, hi) == (0, math.inf):
+            self.activation(n, "relu")
+        elif (lo, hi) == (-math.inf, math.inf):
+            return  # clips nothing
+        else:
+            params = {k: v for k, v in (("min", lo), ("max", hi)) if math.isfinite(v)}
+            self.activation(n, "clip", **params)
+
+    def clip_bounds(self, n: Any, cur: str, attrs: dict) -> tuple[float, float]:
+        """A Clip node's bounds, from its inputs (opset 11 on) or attributes (before)."""
         where = self.g.where(n)
         _, lo_in, hi_in = (self.params(n, cur, ("data", "minimum", "maximum")) + [None, None])[:3]
         bounds = []
@@ -1082,20 +1176,18 @@ class _Walker:
             raise InputError(f"{where} has a bound that is not a number")
         if lo > hi:
             raise _Stop(f"its minimum {lo:g} is above its maximum {hi:g}")
-        if (lo, hi) == (0, 6):
-            self.activation(n, "relu6")
-        elif (lo, hi) == (0, math.inf):
-            self.activation(n, "relu")
-        elif (lo, hi) == (-math.inf, math.inf):
-            return  # clips nothing
-        else:
-            params = {k: v for k, v in (("min", lo), ("max", hi)) if math.isfinite(v)}
-            self.activation(n, "clip", **params)
+        return lo, hi
 
     def _Identity(self, n: Any, cur: str, attrs: dict) -> None:
         self._no_params(n, cur)
 
+    def old_training_mode(self, attrs: dict) -> None:
+        """Before opset 7, BatchNormalization and Dropout train unless is_test is set."""
+        if self.g.opset < 7 and not attrs.get("is_test", 0):
+            raise _Stop("it runs in training mode (is_test=0, the default before opset 7)")
+
     def _Dropout(self, n: Any, cur: str, attrs: dict) -> None:
+        self.old_training_mode(attrs)
         values = self.params(n, cur, ("data", "ratio", "training mode"))
         training = values[2] if len(values) > 2 else None
         if training is not None and training.size and training.reshape(-1)[0]:

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
 
 from convcli import importers
 from convcli.errors import InputError, UsageError
@@ -83,8 +84,26 @@ def reference(model, tensor: str, x: np.ndarray) -> np.ndarray:
     del prefix.graph.node[last + 1:]
     del prefix.graph.output[:]
     prefix.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
-    out = cast(list, ReferenceEvaluator(prefix).run([tensor], {"x": x[None]}))
+    opset = next(o.version for o in prefix.opset_import if o.domain in ("", "ai.onnx"))
+    evaluator = ReferenceEvaluator(prefix, new_ops=[BatchNormalization] if 9 <= opset <= 13
+                                   else None)
+    out = cast(list, evaluator.run([tensor], {"x": x[None]}))
     return np.asarray(out[0])[0]
+
+
+class BatchNormalization(OpRun):
+    """Inference BatchNormalization, with the stored statistics, for opsets 9 to 13: there
+    the evaluator's own mixes in the batch's statistics (by momentum, which defaults to
+    0.9), where the standard, and onnxruntime, use only the stored ones outside training."""
+
+    op_domain = ""
+
+    def _run(self, x, scale, bias, mean, var, epsilon=None, **_):
+        c = (1, -1, 1, 1)
+        eps = 1e-5 if epsilon is None else epsilon
+        y = (x - mean.reshape(c)) / np.sqrt(var.reshape(c) + eps) * scale.reshape(c) \
+            + bias.reshape(c)
+        return (y.astype(x.dtype),)
 
 
 def output_of(model, net) -> str:
@@ -450,6 +469,37 @@ def test_per_channel_arithmetic_folds_into_convs_or_becomes_layers(tmp_path):
     middle = net.layers[2]["conv"]
     assert middle["defaults"]["groups"] == 4 and middle["name"] == "negated"
     assert net.layers[1]["conv"]["defaults"]["input"] == "dense"  # not the first layer
+
+
+@pytest.mark.parametrize("opset, attrs, stop", [
+    (9, dict(momentum=0.5), None),  # momentum is for training: the stored statistics count
+    (12, {}, None),
+    (6, dict(is_test=1, spatial=1), None),
+    (6, {}, "stopped at BatchNormalization node 'bn': it runs in training mode (is_test=0, "
+            "the default before opset 7)"),
+    (6, dict(is_test=1, spatial=0), "stopped at BatchNormalization node 'bn': spatial=0 "
+                                    "(statistics per pixel) is not supported"),
+])
+def test_batch_norm_in_older_opsets(tmp_path, opset, attrs, stop):
+    inits = {"w": arr(4, 3, 3, 3), "s": arr(4), "b": arr(4), "m": arr(4),
+             "v": arr(4, positive=True)}
+    nodes = [conv("c", "x", "w"), node("BatchNormalization", ["c", "s", "b", "m", "v"], "bn",
+                                       epsilon=0.01, **attrs)]
+    path, model = save(tmp_path, nodes, inits, opset=opset)
+    net = check(path, model)
+    assert net.nodes == (["c"] if stop else ["c", "bn"])
+    assert net.notes[-1] == (stop or "the chain reaches the model's output 'bn'")
+
+
+def test_dropout_before_opset_7_drops_unless_it_is_a_test(tmp_path):
+    inits = {"w": arr(4, 3, 3, 3)}
+    nodes = [conv("c", "x", "w"), node("Dropout", ["c"], "d", is_test=1),
+             node("Dropout", ["d"], "d2")]
+    path, model = save(tmp_path, nodes, inits, opset=6)
+    net = importers.import_network(str(path))
+    assert net.nodes == ["c", "d"]
+    assert net.notes == ["stopped at Dropout node 'd2': it runs in training mode (is_test=0, "
+                         "the default before opset 7)"]
 
 
 def test_batch_norm_alone_with_positive_scales_is_a_normalize_layer(tmp_path):
