@@ -502,6 +502,55 @@ def test_dropout_before_opset_7_drops_unless_it_is_a_test(tmp_path):
                          "the default before opset 7)"]
 
 
+def spelled_hardswish(x, gate_first=False, three=3.0, six=6.0, divide=True):
+    """x * clip(x + 3, 0, 6) / 6 in basic operations, as PaddlePaddle exports HardSwish."""
+    consts = [const(f"{x}_three", np.float32(three)), const(f"{x}_six", np.float32(six)),
+              const(f"{x}_zero", np.float32(0)), const(f"{x}_top", np.float32(6))]
+    scale = (node("Div", [f"{x}_gate", f"{x}_six"], f"{x}_scaled") if divide else
+             node("Mul", [f"{x}_gate", f"{x}_sixth"], f"{x}_scaled"))
+    if not divide:
+        consts.append(const(f"{x}_sixth", np.float32(1 / six)))
+    ops = [node("Add", [x, f"{x}_three"], f"{x}_plus"),
+           node("Clip", [f"{x}_plus", f"{x}_zero", f"{x}_top"], f"{x}_gate")]
+    if gate_first:  # relu6(x + 3) / 6, then times x
+        ops += [scale, node("Mul", [f"{x}_scaled", x], f"{x}_hs")]
+    else:  # x times relu6(x + 3), then / 6
+        ops += [node("Mul", [x, f"{x}_gate"], f"{x}_prod"),
+                node("Div", [f"{x}_prod", f"{x}_six"], f"{x}_hs") if divide else
+                node("Mul", [f"{x}_prod", f"{x}_sixth"], f"{x}_hs")]
+    return consts + ops
+
+
+@pytest.mark.parametrize("gate_first", [False, True])
+@pytest.mark.parametrize("divide", [True, False])
+def test_hardswish_spelled_out_is_one_activation(tmp_path, gate_first, divide):
+    inits = {"w": arr(4, 3, 3, 3) * 4, "w2": arr(4, 4, 1, 1)}
+    nodes = [conv("c", "x", "w", pads=[1, 1, 1, 1]),
+             *spelled_hardswish("c", gate_first=gate_first, divide=divide),
+             conv("c2", "c_hs", "w2")]
+    path, model = save(tmp_path, nodes, inits, opset=12)
+    net = check(path, model)
+    assert [next(iter(layer)) for layer in net.layers] == ["conv", "activation", "conv"]
+    assert net.layers[1]["activation"] == {"name": "c_hs", "function": "hardswish"}
+    assert net.nodes[-1] == "c2" and len(net.nodes) == 6
+    # The group is one activation: it cannot end inside.
+    assert import_error(path, upto="c_plus").startswith(
+        f"{path}: node 'c_plus' is not on the chain of layers convcli can import from the "
+        "model's input; stopped after 'c': it feeds 2 nodes")
+
+
+@pytest.mark.parametrize("change, at", [
+    (dict(three=2.0), "'c'"), (dict(six=5.0), "'c'"),
+])
+def test_a_near_hardswish_is_a_branch(tmp_path, change, at):
+    inits = {"w": arr(4, 3, 3, 3)}
+    nodes = [conv("c", "x", "w", pads=[1, 1, 1, 1]), *spelled_hardswish("c", **change)]
+    path, model = save(tmp_path, nodes, inits, opset=12)
+    net = check(path, model)
+    assert net.notes == [f"stopped after {at}: it feeds 2 nodes (Add node 'c_plus', Mul node "
+                         "'c_prod'), a branch (e.g. a residual connection)"]
+
+
 def test_batch_norm_alone_with_positive_scales_is_a_normalize_layer(tmp_path):
     inits: dict[str, np.ndarray] = {}
     nodes = [node("Relu", ["x"], "r"), bn("bn", "r", inits, 3)]
@@ -848,3 +897,36 @@ def test_any_conv_geometry_with_batch_norm_matches_the_reference(tmp_path_factor
                        shape=(1, cg * groups, h, w))
     net = check(path, model)
     assert net.nodes == [n.name for n in nodes] and len(net.layers) == 1
+
+
+# --- a real trained network ---------------------------------------------------------------
+
+def packaged_model(package: str, name: str) -> Path:
+    """A model file shipped inside an installed package (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        pytest.skip(f"needs the {package} package (pip install {package.replace('_', '-')}); "
+                    "not part of the test extra")
+    path = Path(spec.origin).parent / "models" / name
+    assert path.is_file(), path
+    return path
+
+
+def test_paddleocr_text_detector_from_rapidocr(tmp_path):
+    # PP-OCRv4's text detector (PaddlePaddle, exported to ONNX opset 12): a conv stem with
+    # BatchNormalization, depthwise and pointwise convs, HardSwish spelled out, and
+    # per-tensor scales and shifts; the chain ends at its first branch.
+    import onnx
+
+    path = packaged_model("rapidocr_onnxruntime", "ch_PP-OCRv4_det_infer.onnx")
+    model = onnx.load(str(path))
+    net = importers.import_network(str(path))
+    kinds = [next(iter(layer)) for layer in net.layers]
+    assert kinds.count("conv") >= 6 and "activation" in kinds
+    assert net.notes[-1].startswith("stopped after ") and "a branch" in net.notes[-1]
+    x = RNG.random((3, 32, 48), dtype=np.float32) * 2 - 1
+    want = reference(model, output_of(model, net), x)
+    assert_close(run_layers(net.layers, x), want)
+    check_end_to_end(net, x, want)
