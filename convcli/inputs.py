@@ -21,7 +21,8 @@ from typing import Callable, Iterable
 
 from .errors import UsageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+# What a folder scan or a glob takes: images, and arrays of feature maps (convcli.features).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".npy")
 STDIN = "-"
 SHEETS_FOLDER = "by-filter"  # OUT/by-filter/<filter>.png: the --stack-by filter sheets
 

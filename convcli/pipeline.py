@@ -484,9 +484,10 @@ def process(source: Source, bank: KernelBank | Network, options: Options,
                 return result
         if source.problem is not None:
             raise InputError(source.problem)
-        image = images.read_image(source.content(),
-                                  label=label, max_pixels=options.max_pixels)
-        result.notes.extend(image.notes)
+        from . import features
+
+        tensor = features.read_input(source.content(), label, options.max_pixels)
+        result.notes.extend(tensor.notes)
         net = as_network(bank)
         parts = _parts(net)
         about: dict[str, Any] = {"convcli": __version__, "input": source.label,
@@ -494,15 +495,16 @@ def process(source: Source, bank: KernelBank | Network, options: Options,
         if options.thumbnails:
             result.thumbnails = {}
         if options.all_layers:
-            files = _every_layer(image.pixels, net, about, options, result)
+            files = _every_layer(tensor.data, net, about, options, result, tensor.names)
         else:
-            x = image.pixels
+            x, names = tensor.data, tensor.names
             if parts.head is not None:
                 from . import network
 
-                x = network.run(x, parts.head, config=options.engine)[0]
+                x, names = network.run(x, parts.head, config=options.engine, names=names)
+            parts = replace(parts, first=parts.first and tensor.image)
             if parts.bank.input == "depthwise" and x.shape[0] not in (1, 3):
-                parts = replace(parts, bank=_expand_depthwise(parts.bank, x.shape[0]))
+                parts = replace(parts, bank=_expand_depthwise(parts.bank, names))
             shapes = [map_shape(f, x.shape, parts.bank.input, parts.tail)
                       for f in parts.bank.filters]
             result.shape = (len(shapes),) + shapes[0] if len(set(shapes)) == 1 else None
@@ -679,7 +681,7 @@ def _map_files(computed, passes: int, names: list[str], scales: list[str],
 
 
 def _every_layer(pixels: np.ndarray, net: Network, about: dict[str, Any], options: Options,
-                 result: Result):
+                 result: Result, names_in: list[str]):
     """The files of every layer of ``net`` (Options.all_layers): each layer but the last in
     its own subfolder (NN-name/), the last layer's maps as the input's own files. The whole
     network runs at once (no filter groups), each layer's pictures made as it finishes."""
@@ -706,7 +708,7 @@ def _every_layer(pixels: np.ndarray, net: Network, about: dict[str, Any], option
         for name, chunks in files_of(maps, folders[index] + "/", {}):
             layer_files.append((name, [b"".join(chunks)]))
 
-    network.run(pixels, net, config=options.engine, each=each)
+    network.run(pixels, net, config=options.engine, each=each, names=names_in)
     last = _parts(net).bank
     scales = {f.name: f.scale for f in last.filters}
     data, names = final[0][1]
@@ -715,13 +717,13 @@ def _every_layer(pixels: np.ndarray, net: Network, about: dict[str, Any], option
     yield from files_of((data, names), "", scales, result.thumbnails)
 
 
-def _expand_depthwise(bank: KernelBank, channels: int) -> KernelBank:
+def _expand_depthwise(bank: KernelBank, channels: list[str]) -> KernelBank:
     """A depthwise bank on an input of other than 1 or 3 channels (a feature map) as the
     grouped bank that computes the same maps, one per filter and channel, named
-    "filter/cK" (a picture can show 1 or 3 channels together, not 16)."""
-    filters = tuple(replace(f, name=f"{f.name}/c{k}", group=k)
-                    for k in range(channels) for f in bank.filters)
-    return replace(bank, input="dense", groups=channels, filters=filters)
+    "filter/channel" (a picture can show 1 or 3 channels together, not 16)."""
+    filters = tuple(replace(f, name=f"{f.name}/{channel}", group=k)
+                    for k, channel in enumerate(channels) for f in bank.filters)
+    return replace(bank, input="dense", groups=len(channels), filters=filters)
 
 
 def check_output_folder(out: str) -> None:

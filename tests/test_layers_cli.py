@@ -154,3 +154,95 @@ def test_an_onnx_network_imported_and_applied_equals_onnx_reference(tmp_path):
     want = ReferenceEvaluator(partial).run(None, {"x": x})[0][0]
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+L1 = """\
+name: l1
+defaults: {input: gray, activation: none}
+filters:
+  - {name: sx, weights: [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]}
+  - {name: sy, weights: [[-1, -2, -1], [0, 0, 0], [1, 2, 1]]}
+"""
+L2 = """\
+name: l2
+defaults: {input: dense, activation: relu, stride: 2, padding: valid}
+filters:
+  - {name: both, weights: [[[1, 2], [3, 4]], [[-1, 0.5], [0.25, 2]]], bias: 0.1}
+"""
+BOTH = """\
+name: both
+layers:
+  - conv:
+      defaults: {input: gray, activation: none}
+      filters:
+        - {name: sx, weights: [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]}
+        - {name: sy, weights: [[-1, -2, -1], [0, 0, 0], [1, 2, 1]]}
+  - conv:
+      defaults: {input: dense, activation: relu, stride: 2, padding: valid}
+      filters:
+        - {name: both, weights: [[[1, 2], [3, 4]], [[-1, 0.5], [0.25, 2]]], bias: 0.1}
+"""
+
+
+def test_output_feeds_the_next_layer_through_a_pipe_and_from_files(tmp_path, samples):
+    import subprocess
+    import sys
+
+    for name, text in (("l1", L1), ("l2", L2), ("both", BOTH)):
+        (tmp_path / f"{name}.yaml").write_text(text)
+    me = f"{sys.executable} -m convcli"
+    piped = subprocess.run(
+        f"{me} apply {samples / 'camera.png'} -b {tmp_path / 'l1.yaml'} --format npy -o - | "
+        f"{me} apply - -b {tmp_path / 'l2.yaml'} --format npy -o - > {tmp_path / 'piped.npy'};"
+        " exit $(( ${PIPESTATUS[0]} + ${PIPESTATUS[1]} ))",
+        shell=True, executable="/bin/bash", capture_output=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    r = run("apply", samples / "camera.png", "-b", tmp_path / "both.yaml", "--format", "npy",
+            "-o", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    at_once = np.load(tmp_path / "o" / "camera" / "maps.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "piped.npy"), at_once)
+    # from files: maps.npy with its maps.json (whose names name the channels)
+    assert run("apply", samples / "camera.png", "-b", tmp_path / "l1.yaml", "--format", "npy",
+               "-o", tmp_path / "f1").exit_code == 0
+    first = tmp_path / "f1" / "camera" / "maps.npy"
+    r = run("apply", first, "-b", "blur", "-f", "box_3", "--format", "npy", "-o", tmp_path / "f2",
+            "--json")
+    assert r.exit_code == 0, r.output
+    made = json.loads((tmp_path / "f2" / "maps" / "maps.json").read_text())
+    assert made["filters"] == ["box_3/sx", "box_3/sy"]  # depthwise over a 2-channel map
+    r = run("apply", first, "-b", tmp_path / "l2.yaml", "--format", "npy", "-o", tmp_path / "f3")
+    assert r.exit_code == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "f3" / "maps" / "maps.npy"), at_once)
+
+
+def test_arrays_of_any_type_and_channel_count_are_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    for dtype in (np.float64, np.int16, np.uint8):
+        x = (rng.normal(size=(5, 20, 24)) * 50).astype(dtype)
+        np.save(tmp_path / f"x_{np.dtype(dtype).name}.npy", x)
+    np.save(tmp_path / "plane.npy", rng.normal(size=(20, 24)))
+    r = run("apply", tmp_path, "-b", "blur", "-f", "gaussian_1", "--format", "npy",
+            "-o", tmp_path / "o", "--json")
+    assert r.exit_code == 0, r.output
+    blur = bank.load("blur").select(["gaussian_1"]).filters[0]
+    from convcli import engine
+
+    for dtype in ("float64", "int16", "uint8"):
+        x = np.load(tmp_path / f"x_{dtype}.npy").astype(np.float32)  # values as they are
+        g = blur.geometry
+        want = engine.conv2d_depthwise(x, blur.weights, [blur.bias], padding=g.padding,
+                                       border=g.border, activation=g.activation)[0]
+        got = np.load(tmp_path / "o" / f"x_{dtype}" / "maps.npy")
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert np.load(tmp_path / "o" / "plane" / "maps.npy").shape == (1, 1, 20, 24)  # (F, C, H, W)
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    r = run("apply", tmp_path / "obj.npy", "-o", tmp_path / "p")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[0] == (f"convcli: error: {tmp_path / 'obj.npy'}: an array of "
+                                        "shape (1,); convcli reads (C, H, W) or (H, W) arrays")
+    gray = run("apply", tmp_path / "x_uint8.npy", "-b", "edge", "-o", tmp_path / "q")
+    assert gray.exit_code == 1
+    assert gray.stderr.splitlines()[0] == (
+        f"convcli: error: {tmp_path / 'x_uint8.npy'}: the input has 5 channels but bank 'edge' "
+        "needs 1")
