@@ -274,7 +274,7 @@ def _conv(x: np.ndarray, chan: list[str], bank: KernelBank, config: EngineConfig
     copies = c if depthwise else 1
     out = np.empty((len(filters) * copies, h, w), np.float32)
     per = out.reshape(len(filters), copies, h, w)
-    for part, groups, members in _passes(bank, c):
+    for part, groups, members in passes(bank, c):
         geo = filters[members[0]].geometry
         w_ = np.stack([filters[i].weights for i in members])
         b_ = np.array([filters[i].bias for i in members], np.float32)
@@ -302,10 +302,11 @@ def _conv(x: np.ndarray, chan: list[str], bank: KernelBank, config: EngineConfig
     return out, names
 
 
-def _passes(bank: KernelBank, c: int) -> list[tuple[slice, int, list[int]]]:
-    """The engine calls of a conv layer: (input channels, groups, filter indices), one per
-    set of filters of equal settings and kernel shape (and, for a grouped layer whose
-    filters no longer line up with torch's groups after a selection, per input group)."""
+def passes(bank: KernelBank, c: int) -> list[tuple[slice, int, list[int]]]:
+    """The engine calls of a conv layer on an input of ``c`` channels: (the input channels
+    to pass, groups, filter indices), one per set of filters of equal settings and kernel
+    shape (and, for a grouped layer whose filters no longer line up with torch's groups
+    after a selection, one per input group)."""
     filters = bank.filters
     keys = [(f.geometry, f.weights.shape) for f in filters]
     G = bank.groups
@@ -320,6 +321,9 @@ def _passes(bank: KernelBank, c: int) -> list[tuple[slice, int, list[int]]]:
     cg = c // G
     return [(slice(filters[m[0]].group * cg, (filters[m[0]].group + 1) * cg), 1, m)
             for m in passes.values()]
+
+
+_passes = passes  # the name pipeline.compute_maps first used
 
 
 def _pool(x: np.ndarray, layer: Pool) -> np.ndarray:
