@@ -830,8 +830,9 @@ def learn(
                                help="The bank file to write (.yaml), or - for stdout."),
     filters: int = typer.Option(16, "--filters", "-k", metavar="N", help="How many filters."),
     size: int = typer.Option(7, "--size", metavar="S", help="Kernel size S (S x S)."),
-    channels: str = typer.Option("gray", "--channels", metavar="gray|rgb",
-                                 help="gray (2-D kernels) or rgb (3 x S x S)."),
+    channels: str = typer.Option("gray", "--channels", metavar="gray|rgb|dense",
+                                 help="gray (2-D kernels), rgb (3 x S x S), or dense: every "
+                                      "channel of feature maps (.npy) as they are."),
     method: str = typer.Option("kmeans", "--method", metavar="kmeans|pca",
                                help="kmeans (Coates et al. 2011) or pca."),
     seed: int = typer.Option(0, "--seed", metavar="N",

@@ -31,7 +31,10 @@ NORM_EPS = 10.0 / 255.0**2  # Coates et al.'s +10 on 0-255 variances, for pixels
 ZCA_EPS = 0.1  # their whitening regulariser (on normalised patches)
 KMEANS_ITERATIONS = 10
 METHODS = ("kmeans", "pca")
-CHANNELS = ("gray", "rgb")
+# gray and rgb: images fitted to one or three channels; dense: every channel of the inputs as
+# they are (feature maps, .npy), for a second layer learned on a first layer's output as
+# Coates and Ng did ("Selecting Receptive Fields in Deep Networks", NIPS 2011).
+CHANNELS = ("gray", "rgb", "dense")
 
 # Bounds on the options, so that what is asked can be done in memory and in reasonable time.
 MAX_SIZE = 32  # patch side: the covariance is (C S^2)^2, eigendecomposed in O((C S^2)^3)
@@ -230,14 +233,19 @@ def to_yaml(result: Learned, *, name: str, method: str, channels: str, seed: int
 def read_for_learning(paths: list[str], channels: str) -> list[np.ndarray]:
     """The images as float32 (C, H, W) in the channel mode; InputError naming the file for
     one that cannot be read or learned from."""
+    from pathlib import Path
+
+    from . import features
+
     if channels not in CHANNELS:
-        raise UsageError(f"channels must be gray or rgb, got {channels!r}")
+        raise UsageError(f"channels must be gray, rgb or dense, got {channels!r}")
     if not paths:
         raise UsageError("no images to learn from")
-    want = 1 if channels == "gray" else 3
     out, held = [], 0
     for p in paths:
-        px = images.as_channels(images.read_image(p).pixels, channels)
+        tensor = features.read_input(Path(p), p, images.DEFAULT_MAX_PIXELS)
+        px = tensor.data if channels == "dense" else images.as_channels(tensor.data, channels)
+        want = {"gray": 1, "rgb": 3}.get(channels, out[0].shape[0] if out else px.shape[0])
         if px.ndim != 3 or px.shape[0] != want:
             raise InputError(f"{p}: has {px.shape[0]} channels; learning in {channels} needs "
                              f"{want}")

@@ -246,3 +246,18 @@ def test_arrays_of_any_type_and_channel_count_are_inputs(tmp_path):
     assert gray.stderr.splitlines()[0] == (
         f"convcli: error: {tmp_path / 'x_uint8.npy'}: the input has 5 channels but bank 'edge' "
         "needs 1")
+
+
+def test_a_second_layer_learned_on_the_first_layers_pooled_maps(tmp_path, samples):
+    assert run("apply", samples / "camera.png", samples / "brick.png", "-b", "edge", "-f",
+               "sobel_x", "-f", "sobel_y", "-f", "laplacian", "--pool", "max:2", "--format",
+               "npy", "-o", tmp_path / "l1").exit_code == 0
+    maps = sorted(str(p) for p in (tmp_path / "l1").rglob("maps.npy"))
+    r = run("learn", *maps, "-o", tmp_path / "l2.yaml", "--channels", "dense", "-k", "4",
+            "--size", "3", "--patches", "2000")
+    assert r.exit_code == 0, r.output
+    second = bank.load(str(tmp_path / "l2.yaml"))
+    assert second.input == "dense" and all(f.weights.shape == (3, 3, 3) for f in second.filters)
+    r = run("apply", maps[0], "-b", tmp_path / "l2.yaml", "--format", "npy", "-o", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "o" / "maps" / "maps.npy").shape[0] == 4
