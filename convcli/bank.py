@@ -500,7 +500,7 @@ class _Parser:
             name = self._text(body, "name", None, limit=MAX_NAME_CHARS) if "name" in body \
                 else default
             if name in seen:
-                self.problem(_line(body, "name"), None, "name",
+                self.problem(_line(body, "name") or line, None, "name",
                              f"duplicate layer name (first used on line {seen[name]})")
             elif name:
                 seen[name] = _line(body, "name") or line or 0

@@ -444,6 +444,9 @@ def test_every_layer_type_reports_its_problems_at_once():
       "are allowed"]),
     ("name: x\nlayers:\n  - normalize: {mean: " + str([0] * 4097) + ", std: 1}\n",
      ["n.yaml:3: layer '01-normalize': field 'mean': must hold 1 to 4096 numbers, got 4,097"]),
+    ("name: x\nlayers:\n  - activation: {name: 02-pool, function: relu}\n  - pool: {mode: max, "
+     "kernel: 2}\n",
+     ["n.yaml:4: layer '02-pool': field 'name': duplicate layer name (first used on line 3)"]),
     ("convcli: 2\nname: x\nlayers:\n  - activation: {function: relu}\nextra: 1\n",
      ["n.yaml:5: field 'extra': unknown key; allowed: convcli, name, description, "
       "provenance, layers",
