@@ -547,6 +547,7 @@ class _Affine:
     name: str
     scale: np.ndarray
     shift: np.ndarray
+    nodes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict | None:
         """A normalize layer, else a 1x1 grouped conv; None if neither can be written (a
@@ -561,8 +562,32 @@ class _Affine:
         if self.scale.size == 1:
             return None
         conv = _Conv(self.name, self.scale[:, None, None, None], self.shift, len(self.scale),
-                     (1, 1), (1, 1), (0, 0, 0, 0), [self.name])
+                     (1, 1), (1, 1), (0, 0, 0, 0), self.nodes)
         return conv.as_dict(first=False)
+
+
+def _fold_affine(affine: _Affine, conv: _Conv) -> _Conv | None:
+    """conv(scale * x + shift) as one conv, exact only where the conv reads no padding (a
+    padded border would hold shift, not 0); None where it does, or where the folded
+    numbers leave float32."""
+    kh, kw = conv.weights.shape[2:]
+    pads = conv.padding
+    if not (pads == "valid" or (pads == "same" and kh == kw == 1)
+            or (not isinstance(pads, str) and not any(pads))):
+        return None
+    f, cg = conv.weights.shape[:2]
+    channels = cg * conv.groups
+    if affine.scale.size not in (1, channels):
+        return None
+    scale = np.broadcast_to(affine.scale, (channels,)).reshape(conv.groups, cg)
+    shift = np.broadcast_to(affine.shift, (channels,)).reshape(conv.groups, cg)
+    group = np.arange(f) // (f // conv.groups)  # the group each filter reads
+    weights = conv.weights * scale[group][:, :, None, None]
+    bias = conv.bias + np.einsum("fcij,fc->f", conv.weights, shift[group])
+    if not _in_float32(weights, bias):
+        return None
+    return _Conv(conv.name, weights, bias, conv.groups, conv.stride, conv.dilation, conv.padding,
+                 affine.nodes + conv.nodes)
 
 
 class _Walker:
@@ -980,8 +1005,14 @@ class _Walker:
         if not _in_float32(w, bias):
             raise InputError(f"{where}: the weights or biases are not all finite numbers within "
                              f"float32's range (about ±{FLOAT32_MAX:.3g})")
-        self.layers.append(_Conv(self.layer_name(n, "conv"), w, bias.ravel(), int(group),
-                                 stride, dilation, padding, [g.label(n)]))
+        layer = _Conv(self.layer_name(n, "conv"), w, bias.ravel(), int(group), stride, dilation,
+                      padding, [g.label(n)])
+        last = self.layers[-1] if self.layers else None
+        folded = _fold_affine(last, layer) if isinstance(last, _Affine) else None
+        if folded is not None:
+            self.layers[-1] = folded
+        else:
+            self.layers.append(layer)
         self.channels = f
         self.track((kh, kw), stride, dilation, padding)
 
@@ -1082,6 +1113,7 @@ class _Walker:
                 raise _Stop("combined with the operations before it, its numbers leave "
                             "float32's range")
             last.scale, last.shift = merged_scale, merged_shift
+            last.nodes.append(self.g.label(n))
             return
         if scale.size == 1 and self.channels is not None:
             scale, shift = np.full(self.channels, scale[0]), np.full(self.channels, shift[0])
@@ -1089,7 +1121,7 @@ class _Walker:
             raise _Stop("it scales by a number <= 0 and the number of channels is unknown")
         if scale.size > 1:
             self.channels = scale.size
-        self.layers.append(_Affine(self.layer_name(n, kind), scale, shift))
+        self.layers.append(_Affine(self.layer_name(n, kind), scale, shift, [self.g.label(n)]))
 
     def activation(self, n: Any, function: str, **params: float) -> None:
         conv = self.last_open_conv()

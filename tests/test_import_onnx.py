@@ -445,7 +445,7 @@ def test_weights_in_constant_nodes_identity_and_dropout_skipped(tmp_path):
 
 
 def test_per_channel_arithmetic_folds_into_convs_or_becomes_layers(tmp_path):
-    inits = {"w": arr(4, 3, 3, 3), "w2": arr(4, 4, 1, 1), "scale": arr(1, 4, 1, 1),
+    inits = {"w": arr(4, 3, 3, 3), "w2": arr(4, 4, 3, 3), "scale": arr(1, 4, 1, 1),
              "shift": arr(4, 1, 1), "neg": -arr(4, 1, 1, positive=True), "two": np.float32(2),
              "off": arr(1, 3, 1, 1)}
     nodes = [
@@ -455,13 +455,14 @@ def test_per_channel_arithmetic_folds_into_convs_or_becomes_layers(tmp_path):
         node("Relu", ["c_shifted"], "relu"),
         node("Mul", ["relu", "neg"], "negated"), node("Div", ["negated", "two"], "halved"),
         bn("bn", "halved", inits, 4),
-        conv("c2", "bn", "w2"),
+        conv("c2", "bn", "w2", pads=[1, 1, 1, 1]),
     ]
     path, model = save(tmp_path, nodes, inits)
     net = check(path, model)
     kinds = [next(iter(layer)) for layer in net.layers]
     # Mul/Add at the start: normalize; Mul/Sub after the conv: folded (so Relu is fused);
-    # Mul/Div/BatchNormalization after the relu, with negative scales: one 1x1 grouped conv.
+    # Mul/Div/BatchNormalization after the relu, with negative scales: one 1x1 grouped conv
+    # (the padded conv after it cannot take it in: its border would hold the shift, not 0).
     assert kinds == ["normalize", "conv", "conv", "conv"]
     norm = net.layers[0]["normalize"]
     assert norm["std"] == [0.5] * 3 and len(norm["mean"]) == 3
@@ -549,6 +550,25 @@ def test_a_near_hardswish_is_a_branch(tmp_path, change, at):
     net = check(path, model)
     assert net.notes == [f"stopped after {at}: it feeds 2 nodes (Add node 'c_plus', Mul node "
                          "'c_prod'), a branch (e.g. a residual connection)"]
+
+
+def test_per_channel_arithmetic_folds_into_a_conv_without_padding(tmp_path):
+    inits = {"mean": arr(1, 3, 1, 1), "std": arr(3, 1, 1, positive=True),
+             "w": arr(4, 3, 3, 3), "neg": -arr(4, 1, 1, positive=True), "off": arr(4, 1, 1),
+             "dw": arr(8, 2, 1, 1), "b": arr(8)}
+    nodes = [node("Sub", ["x", "mean"], "centred"), node("Div", ["centred", "std"], "scaled"),
+             conv("c", "scaled", "w"),  # no padding: the normalisation folds in
+             node("Relu", ["c"], "r"), node("Mul", ["r", "neg"], "m"),
+             node("Add", ["m", "off"], "a"),
+             conv("g", "a", "dw", "b", group=2, strides=[2, 2], auto_pad="SAME_UPPER")]
+    path, model = save(tmp_path, nodes, inits)
+    net = check(path, model)
+    assert [next(iter(layer)) for layer in net.layers] == ["conv", "conv"]
+    first, second = (layer["conv"] for layer in net.layers)
+    assert first["defaults"]["input"] == "rgb" and first["defaults"]["activation"] == "relu"
+    assert second["defaults"]["groups"] == 2
+    assert second["description"] == "ONNX Mul node 'm', Add node 'a', Conv node 'g'"
+    assert net.nodes == ["centred", "scaled", "c", "r", "m", "a", "g"]
 
 
 def test_batch_norm_alone_with_positive_scales_is_a_normalize_layer(tmp_path):
