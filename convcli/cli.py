@@ -761,7 +761,14 @@ def bank_import(
             imported.name = name
         elif output != "-":
             imported.name = Path(output).stem
-        text = banks.dump_network(**imported.dump_args())
+        only = imported.layers[0] if len(imported.layers) == 1 else {}
+        if set(only) == {"conv"}:  # one conv layer: a plain bank file, as before networks
+            conv = only["conv"]
+            text = banks.dump(name=imported.name, description=imported.description,
+                              defaults=conv.get("defaults", {}), filters=conv["filters"],
+                              provenance=imported.provenance)
+        else:
+            text = banks.dump_network(**imported.dump_args())
         where = _write_output(output, text.encode(), binary=False)
         for note in imported.notes:
             _note(f"convcli: {note}", quiet)

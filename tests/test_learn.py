@@ -255,7 +255,7 @@ def test_constant_images_give_a_finite_bank_without_warnings(method):
 def test_read_for_learning_refuses_bad_images(tmp_path):
     import tifffile
 
-    with pytest.raises(learn.UsageError, match="^channels must be gray or rgb, got 'cmyk'$"):
+    with pytest.raises(learn.UsageError, match="^channels must be gray, rgb or dense, got 'cmyk'$"):
         learn.read_for_learning([], "cmyk")
     with pytest.raises(learn.UsageError, match="^no images to learn from$"):
         learn.read_for_learning([], "gray")
