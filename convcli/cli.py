@@ -263,6 +263,8 @@ def apply(
                     + " (by extension)" + ("" if verbose else "; -v lists them"))
         for path in found.skipped:
             report.detail(f"skipped: {path}")
+    if batch.choose_engine(found.sources, kernel_bank, engine).method == "jit":
+        _compile_once(quiet)
     backend = batch.Backend(jobs=jobs, scheduler=scheduler, engine=engine,
                             fail_fast=fail_fast, verbose=verbose)
     stream = batch.apply(found.sources, kernel_bank, options, backend)
@@ -344,6 +346,31 @@ def _pool_layer(text: str, index: int):
                          f"the kernel, got {text!r}")
     return network.Pool(name=f"{index + 1:02d}-pool", mode=parts[0], kernel=(k, k),
                         stride=(stride, stride), padding=(pad, pad, pad, pad))
+
+
+# How long the first compile of the engine takes on our 2-core machines (cache warm):
+# 25-30 s when the machine is quiet, longer when it is busy.
+COMPILE_SECONDS = 30
+
+
+def _compile_once(quiet: bool) -> None:
+    """Compile the engine now if this machine has not yet (its cache is empty), saying so:
+    a spinner on a terminal, one line otherwise; later runs load it in about half a second."""
+    from . import engine, jitcache
+
+    if jitcache.cache_files():
+        return
+    text = f"compiling the engine, once per machine: about {COMPILE_SECONDS} s"
+    if quiet:
+        engine.prepare()
+    elif sys.stderr.isatty():
+        from rich.console import Console
+
+        with Console(stderr=True).status(text):
+            engine.prepare()
+    else:
+        _say(f"convcli: {text}")
+        engine.prepare()
 
 
 def _engine_line(method: str) -> str:
@@ -903,7 +930,8 @@ def cache_warm(quiet: bool = _quiet_option(), verbose: bool = _verbose_option())
     from . import engine
 
     start = time.perf_counter()
-    engine.prepare()
+    _compile_once(quiet)
+    engine.prepare()  # loads what the cache holds (or compiles what it lacks)
     _note(f"convcli: engine ready in {time.perf_counter() - start:.1f} s; "
           f"{engine.cache_status()}", quiet)
 

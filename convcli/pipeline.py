@@ -118,7 +118,7 @@ def compute_maps(pixels: np.ndarray, bank: KernelBank,
         raise InputError(f"the input has {x.shape[0]} channels but bank {bank.name!r} "
                          f"needs {bank.channels}")
     maps: list[FeatureMap | None] = [None] * len(bank.filters)
-    for part, groups, members in network._passes(bank, x.shape[0]):
+    for part, groups, members in network.passes(bank, x.shape[0]):
         geo = bank.filters[members[0]].geometry
         w = np.stack([bank.filters[i].weights for i in members])
         b = np.array([bank.filters[i].bias for i in members], np.float32)
@@ -134,11 +134,24 @@ def compute_maps(pixels: np.ndarray, bank: KernelBank,
             ops.activate(out, geo.activation, out=out)
         for k, i in enumerate(members):
             data = out[k]
-            if tail is not None:  # (H, W) -> (1, H', W'); (C, H, W) -> (C, H', W')
-                data = network.run(data, tail, config=config)[0]
+            if tail is not None and not _joint(tail):  # channel by channel
+                data = network.run(data, tail, config=config)[0]  # (H, W) -> (1, H', W')
                 data = data[0] if out[k].ndim == 2 else data
             maps[i] = FeatureMap(bank.filters[i].name, data, bank.filters[i].scale)
-    return [m for m in maps if m is not None]
+    done = [m for m in maps if m is not None]
+    if tail is not None and _joint(tail):  # a normalisation with a value per channel
+        joint = network.run(np.stack([m.data for m in done]), tail, config=config)[0]
+        done = [replace(m, data=joint[k]) for k, m in enumerate(done)]
+    return done
+
+
+def _joint(tail: Network) -> bool:
+    """Whether the layers after the last conv need all its maps at once (a normalisation
+    with one value per channel); the others work channel by channel."""
+    from . import network
+
+    return any(isinstance(layer, network.Normalize) and max(len(layer.mean), len(layer.std)) > 1
+               for layer in tail.layers)
 
 
 def as_network(bank: KernelBank | Network) -> Network:
@@ -509,6 +522,8 @@ def process(source: Source, bank: KernelBank | Network, options: Options,
                       for f in parts.bank.filters]
             result.shape = (len(shapes),) + shapes[0] if len(set(shapes)) == 1 else None
             groups = plan_groups(parts.bank, x.shape, shapes, options, label)
+            if parts.tail is not None and _joint(parts.tail):
+                groups = [sum(groups, [])]  # every map at once (see _joint)
             files = _outputs(x, parts, groups, shapes, source, options, about,
                              result.thumbnails)
         if options.out == STDOUT:
