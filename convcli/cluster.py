@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from .bank import KernelBank
 from .engine import EngineConfig
 from .network import Network
-from .errors import ConvcliError, OutputError, UsageError
+from .errors import EXIT_ERROR, ConvcliError, OutputError, UsageError
 from .inputs import Source
 from .pipeline import Options, Result
 
@@ -144,7 +144,7 @@ def _task(sources: list[Source], bank: KernelBank, options: Options, fail_fast: 
                 break
             checked = time.monotonic()
         if source.data is None and source.path is not None and not source.path.exists():
-            result = Result(input=source.label, status="error", exit_code=1,
+            result = Result(input=source.label, status="error", exit_code=EXIT_ERROR,
                             error=f"{source.label}: not found on the worker (inputs must be "
                                   "on storage every worker sees)")
         else:
@@ -362,7 +362,7 @@ class _Stream:
                 why = results[1] if isinstance(results, tuple) else results
                 if isinstance(why, KilledWorker):
                     why = "every worker that ran it died (see the workers' logs)"
-                results = [Result(input=chunk[0].label, status="error", exit_code=1,
+                results = [Result(input=chunk[0].label, status="error", exit_code=EXIT_ERROR,
                                   error=f"{chunk[0].label}: failed on the cluster: {why}")]
             for result in results:
                 result.outputs = [os.path.join(self.given_out, os.path.relpath(p, self.out))

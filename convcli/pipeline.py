@@ -514,6 +514,12 @@ def process(source: Source, bank: KernelBank | Network, options: Options,
             if parts.head is not None:
                 from . import network
 
+                need = parts.head.peak_bytes(x.shape)
+                if need > options.max_memory:
+                    raise InputError(f"the layers before the last conv need about {_mib(need)}, "
+                                     f"over the memory budget of {_mib(options.max_memory)}; "
+                                     "raise the budget or give a smaller input",
+                                     settings=("max_memory",))
                 x, names = network.run(x, parts.head, config=options.engine, names=names)
             parts = replace(parts, first=parts.first and tensor.image)
             if parts.bank.input == "depthwise" and x.shape[0] not in (1, 3):

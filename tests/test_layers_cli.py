@@ -261,3 +261,15 @@ def test_a_second_layer_learned_on_the_first_layers_pooled_maps(tmp_path, sample
     r = run("apply", maps[0], "-b", tmp_path / "l2.yaml", "--format", "npy", "-o", tmp_path / "o")
     assert r.exit_code == 0, r.output
     assert np.load(tmp_path / "o" / "maps" / "maps.npy").shape[0] == 4
+
+
+def test_the_memory_budget_covers_the_layers_before_the_last(tmp_path, samples):
+    (tmp_path / "net.yaml").write_text(NET)
+    r = run("apply", samples / "astronaut.png", "-b", tmp_path / "net.yaml", "--max-memory",
+            "1M", "-o", tmp_path / "o")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines()[0] == (
+        f"convcli: error: {samples / 'astronaut.png'}: the layers before the last conv need "
+        "about 10 MiB, over the memory budget of 1 MiB; raise the budget or give a smaller "
+        "input (see --max-memory)")
+    assert not (tmp_path / "o" / "astronaut").exists()
