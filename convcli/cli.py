@@ -254,15 +254,7 @@ def apply(
                          "give one input or an output folder")
     pipeline.check_output_folder(output)
     report = _Report(len(found.sources), quiet=quiet, verbose=verbose, json_lines=json_report)
-    for warning in found.warnings:
-        report.warn(warning)
-    if found.skipped:
-        n = len(found.skipped)
-        report.warn(f"skipped {n} " + ("file that is not an image" if n == 1 else
-                                        "files that are not images")
-                    + " (by extension)" + ("" if verbose else "; -v lists them"))
-        for path in found.skipped:
-            report.detail(f"skipped: {path}")
+    report.found(found)
     if batch.choose_engine(found.sources, kernel_bank, engine).method == "jit":
         _compile_once(quiet)
     backend = batch.Backend(jobs=jobs, scheduler=scheduler, engine=engine,
@@ -270,20 +262,25 @@ def apply(
     stream = batch.apply(found.sources, kernel_bank, options, backend)
     report.detail(_engine_line(stream.method))
     results, stopped_by = _drain(stream, report)
-    if isinstance(stopped_by, ConvcliError):  # what was done is reported, then why it ended
-        _say(f"convcli: error: {_with_flags(str(stopped_by), stopped_by.settings)}")
-        report.summary(output, interrupted=True)
-        raise typer.Exit(stopped_by.exit_code)
-    if isinstance(stopped_by, (KeyboardInterrupt, Terminated)):
-        report.summary(output, interrupted=True)
-        raise typer.Exit(EXIT_TERMINATED if isinstance(stopped_by, Terminated)
-                         else EXIT_INTERRUPTED)
-    if stack_by == "filter":
+    if stack_by == "filter" and stopped_by is None:
         for sheet in batch.write_filter_sheets(results, found.sources, kernel_bank, options):
             report.detail(f"contact sheet: {sheet}")
+    raise typer.Exit(_finish(report, output, stopped_by, fail_fast))
+
+
+def _finish(report: "_Report", output: str, stopped_by: BaseException | None,
+            fail_fast: bool) -> int:
+    """The summary line, and the exit code for how the run ended."""
+    if isinstance(stopped_by, ConvcliError):  # what was done is reported, then why it ended
+        _say(f"convcli: error: {_with_flags(str(stopped_by), stopped_by.settings)}")
     report.summary(output, interrupted=stopped_by is not None)
-    raise typer.Exit(EXIT_ERROR if isinstance(stopped_by, OSError) and
-                     not isinstance(stopped_by, BrokenPipeError) else report.exit_code(fail_fast))
+    if isinstance(stopped_by, ConvcliError):
+        return stopped_by.exit_code
+    if isinstance(stopped_by, (KeyboardInterrupt, Terminated)):
+        return EXIT_TERMINATED if isinstance(stopped_by, Terminated) else EXIT_INTERRUPTED
+    if isinstance(stopped_by, OSError) and not isinstance(stopped_by, BrokenPipeError):
+        return EXIT_ERROR  # stdout failed
+    return report.exit_code(fail_fast)
 
 
 def _check_apply_options(stack_by, jobs, max_pixels, output, json_report, scheduler) -> None:
@@ -499,6 +496,19 @@ class _Report:
             self.progress.console.print(printable(text), markup=False, highlight=False)
         else:
             _say(text)
+
+    def found(self, found) -> None:
+        """What expanding the inputs had to say: warnings, and the files skipped (a count;
+        -v lists them)."""
+        for warning in found.warnings:
+            self.warn(warning)
+        if found.skipped:
+            n = len(found.skipped)
+            self.warn(f"skipped {n} " + ("file that is not an image" if n == 1 else
+                                          "files that are not images")
+                      + " (by extension)" + ("" if self.verbose else "; -v lists them"))
+            for path in found.skipped:
+                self.detail(f"skipped: {path}")
 
     def warn(self, text: str) -> None:
         if not self.quiet:
