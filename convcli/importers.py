@@ -167,10 +167,26 @@ def _read_onnx(p: Path) -> Any:
     try:
         # External data files would be opened by paths the model names: never followed.
         model = onnx.load(str(p), load_external_data=False)
-        list(model.graph.node)  # a damaged graph fails here, not later
+        names_ok = _names_are_text(model)
     except Exception as e:  # protobuf raises its own types on damaged files
         raise InputError(f"{p}: not a readable ONNX model ({_reason(e)})") from None
+    if not names_ok:
+        raise InputError(f"{p}: not a readable ONNX model (a name in it is not UTF-8 text)")
     return model
+
+
+def _names_are_text(model: Any) -> bool:
+    """Whether every name and label convcli reads is text: protobuf hands out a string
+    field that is not valid UTF-8 as bytes."""
+    graph = model.graph
+    fields = [graph.name, model.producer_name, model.producer_version]
+    fields += [imp.domain for imp in model.opset_import]
+    fields += [v.name for v in list(graph.input) + list(graph.output)]
+    fields += [t.name for t in graph.initializer]
+    for n in graph.node:
+        fields += [n.name, n.op_type, n.domain, *n.input, *n.output]
+        fields += [a.name for a in n.attribute]
+    return all(isinstance(f, str) for f in fields)
 
 
 def _from_onnx(p: Path, node_name: str | None):
@@ -1054,9 +1070,10 @@ class _Walker:
             raise InputError(f"{where} has {len(n.input)} inputs; {n.op_type} takes 2")
         values = self.params(n, cur, ("first operand", "second operand"),
                              (0,) if n.op_type == "Div" else (0, 1))
-        data_first = values[0] is None
+        data_first = n.input[0] == cur
         value = values[1] if data_first else values[0]
-        assert value is not None
+        if value is None:
+            raise InputError(f"{where} has an empty operand")
         c = self.per_channel(n, value, attrs)
         one = np.ones(1)
         if n.op_type == "Add":

@@ -812,6 +812,17 @@ def test_odd_graphs(tmp_path):
     path, _ = save(tmp_path, nodes, inits)
     assert import_error(path) == (f"{path}: BatchNormalization node 'bn' has epsilon='tiny'; "
                                   "want a finite number")
+    path, _ = save(tmp_path, [conv("c", "x", "w"), node("Mul", ["c", ""], "m")],
+                   {"w": arr(2, 3, 1, 1)})
+    assert import_error(path) == f"{path}: Mul node 'm' has an empty operand"
+    # protobuf hands out a name that is not UTF-8 as bytes
+    path, _ = save(tmp_path, [conv("QQQQ", "x", "w")], {"w": arr(2, 3, 1, 1)})
+    path.write_bytes(path.read_bytes().replace(b"QQQQ", b"\xff\xfeQQ"))
+    for call in (importers.import_network, importers.load_weights):
+        with pytest.raises(InputError) as info:
+            call(str(path))
+        assert str(info.value) == (f"{path}: not a readable ONNX model (a name in it is not "
+                                   "UTF-8 text)")
 
 
 def test_files_that_are_not_models(tmp_path):
