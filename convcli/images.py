@@ -28,7 +28,7 @@ import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -47,7 +47,8 @@ MAX_SCANS = 500              # JPEG scans (libjpeg-turbo's suggested limit; a pr
 MAX_CHUNKS = 100_000         # PNG/WebP chunks walked looking for orientation and frames
 MAX_GIF_BLOCKS = 200_000     # GIF data blocks walked (each costs Pillow ~1 us)
 MAX_FRAMES_COUNTED = 10_000  # frames/pages counted; beyond, the note says "at least"
-MAX_TIFF_SEGMENTS = 10_000   # TIFF strips/tiles beyond which each must hold >= 256 pixels
+MAX_TIFF_SEGMENTS = 10_000   # TIFF strips/tiles beyond which each must hold ...
+TIFF_PIECE_PIXELS = 1024     # ... this many pixels (tifffile spends ~15 us on each)
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WebP", "TIFF")
 
@@ -111,7 +112,8 @@ def image_size(source: str | Path | bytes) -> tuple[int, int]:
 def read_limited(stream: BinaryIO, limit_bytes: int, label: str = "<stdin>") -> bytes:
     """Read a binary stream (a pipe: stdin) to its end, raising InputError as soon as it
     holds more than ``limit_bytes``, so an endless or huge stream costs at most that much."""
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while True:
         chunk = stream.read(min(1 << 20, limit_bytes + 1 - total))
         if not chunk:
@@ -209,6 +211,7 @@ class _Header:
     frames_capped: bool = False  # stopped counting: there are at least ``frames``
     data_end: int = 0  # PNG: where the image data ends (what libpng needs); JPEG: first scan
     bits: int = 8
+    png: tuple[int, int, int] = (8, 0, 0)  # PNG: bit depth, colour type, interlace
 
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -258,7 +261,11 @@ def _png_header(r: _Window, label: str) -> _Header:
             or interlace > 1):
         raise _damaged(label, "PNG", f"invalid header ({w}x{h}, bit depth {depth}, colour "
                                      f"type {colour})")
-    head = _Header("PNG", w, h, bits=depth if colour != 3 else 8)
+    if w > 1_000_000 or h > 1_000_000:  # libpng's default limit, an error there
+        raise InputError(f"{label}: PNG of {w}x{h} pixels is wider or taller than the "
+                         "1,000,000 pixels convcli's PNG decoder takes")
+    head = _Header("PNG", w, h, bits=depth if colour != 3 else 8,
+                   png=(depth, colour, interlace))
     # Walk the chunks for eXIf (orientation), fcTL (animation frames) and where the image
     # data ends; libpng is then given the file up to there.
     pos, chunks, fctl, idat_done, idat_bytes = 33, 0, 0, False, 0
@@ -285,6 +292,9 @@ def _png_header(r: _Window, label: str) -> _Header:
         pos += 12 + length
         chunks += 1
     if not head.data_end:
+        if chunks >= MAX_CHUNKS:
+            raise _damaged(label, "PNG", f"more than {MAX_CHUNKS:,} chunks before the image "
+                                         "data")
         raise _damaged(label, "PNG", "no image data (IDAT)")
     channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour]
     raw = h * (1 + (w * channels * depth + 7) // 8)
@@ -544,7 +554,7 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
         4: lambda a: a[::-1],
         5: lambda a: a.transpose(1, 0, 2),
         6: lambda a: np.rot90(a, -1),
-        7: lambda a: np.rot90(a, 1)[::-1],
+        7: lambda a: np.rot90(a, 1)[:, ::-1],
         8: lambda a: np.rot90(a, 1),
     }[orientation](arr)
 
@@ -560,6 +570,7 @@ class _Samples:
     maxval: float | None
     bits: int
     notes: list[str] = field(default_factory=list)
+    alpha: bool | None = None  # whether an extra channel is alpha (None: if there is one)
 
 
 def _read(fh: BinaryIO, size: int, label: str, max_pixels: int) -> Image:
@@ -571,7 +582,7 @@ def _read(fh: BinaryIO, size: int, label: str, max_pixels: int) -> Image:
         head = _WALKERS[fmt](r, label)
         _check_size(head.width, head.height, max_pixels, label)  # from the header only
         if fmt == "PNG":
-            samples = _decode_png(fh, head)
+            samples = _decode_png(fh, head, label)
         else:
             if fmt == "JPEG" and _jpeg_scans(fh, head.data_end) > MAX_SCANS:
                 raise InputError(f"{label}: JPEG with more than {MAX_SCANS} scans (a "
@@ -588,16 +599,75 @@ def _read(fh: BinaryIO, size: int, label: str, max_pixels: int) -> Image:
     return image
 
 
-def _decode_png(fh: BinaryIO, head: _Header) -> _Samples:
+def _decode_png(fh: BinaryIO, head: _Header, label: str) -> _Samples:
     import imagecodecs
 
     fh.seek(0)
     data = fh.read(head.data_end)  # everything up to the end of the image data ...
+    _check_png(data, head, label)
     arr = imagecodecs.png_decode(data + _chunk(b"IEND", b""))  # ... is all libpng reads
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     # libpng widens 1-4 bit gray and palette samples to 8 bits; tRNS becomes alpha
     maxval = 65535.0 if arr.dtype == np.uint16 else 255.0
     return _Samples(arr, 1 if arr.shape[2] <= 2 else 3, maxval, head.bits)
+
+
+def _check_png(data: bytes, head: _Header, label: str) -> None:
+    """Find the damage libpng would stop at, before it runs: its error path (a longjmp out
+    of imagecodecs' callback) loses a reference to None each time, and enough damaged PNGs
+    in one process would crash it. Checks the critical chunks (names, CRCs, order, palette),
+    inflates the image data (zlib, C speed: about a third of libpng's own time) and checks
+    each row's filter type."""
+    depth, colour, interlace = head.png
+    pos, idat, seen = 8, [], set()
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        name = kind.decode("latin-1")
+        if not kind.isalpha():
+            raise _damaged(label, "PNG", f"invalid chunk name {name!r} at byte {pos:,}")
+        body = data[pos + 8:pos + 8 + length]
+        if kind[0] & 0x20 == 0:  # critical chunk
+            if kind not in (b"IHDR", b"PLTE", b"IDAT"):
+                raise _damaged(label, "PNG", f"unknown critical chunk {name}")
+            crc = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])[0]
+            if zlib.crc32(kind + body) != crc:
+                raise _damaged(label, "PNG", f"CRC error in its {name} chunk")
+            if kind != b"IDAT" and kind in seen:
+                raise _damaged(label, "PNG", f"a second {name} chunk")
+            if kind == b"PLTE" and (colour in (0, 4) or length % 3 or not 3 <= length <= 768
+                                    or b"IDAT" in seen):
+                raise _damaged(label, "PNG", f"invalid PLTE chunk ({length} bytes)")
+            if kind == b"IDAT":
+                idat.append(body)
+            seen.add(kind)
+        pos += 12 + length
+    if colour == 3 and b"PLTE" not in seen:
+        raise _damaged(label, "PNG", "palette image without a palette (PLTE)")
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour]
+    passes = ([(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
+               (1, 0, 2, 2), (0, 1, 1, 2)] if interlace else [(0, 0, 1, 1)])  # Adam7
+    layout = []  # (rows, bytes per row with the filter byte) of each pass
+    for x0, y0, dx, dy in passes:
+        pw, ph = -(-(head.width - x0) // dx), -(-(head.height - y0) // dy)
+        if pw > 0 and ph > 0:
+            layout.append((ph, 1 + (pw * channels * depth + 7) // 8))
+    expected = sum(rows * size for rows, size in layout)
+    z = zlib.decompressobj()
+    try:
+        raw = z.decompress(b"".join(idat), expected)
+        # libpng reads on to the stream's end (and checksum) after the last row; it stops
+        # early, with a warning, only when plenty of data follows the image's
+        beyond = b"" if z.eof else z.decompress(z.unconsumed_tail, 1 << 16)
+    except zlib.error as e:
+        raise _damaged(label, "PNG", f"corrupt image data ({e})") from None
+    if len(raw) < expected or not (z.eof or len(beyond) == 1 << 16):
+        raise _damaged(label, "PNG", "truncated (the image data ends early)")
+    at = 0
+    for rows, size in layout:
+        filters = np.frombuffer(raw, np.uint8, rows * size, at)[::size]
+        if filters.max() > 4:
+            raise _damaged(label, "PNG", f"unknown row filter type {int(filters.max())}")
+        at += rows * size
 
 
 @functools.lru_cache(maxsize=1)
@@ -632,6 +702,12 @@ def _decode_pillow(fh: BinaryIO, head: _Header, label: str) -> _Samples:
     return _Samples(arr, 1 if arr.shape[2] <= 2 else 3, float(2**bits - 1), bits)
 
 
+# TIFF compressions read: none, LZW, JPEG, deflate (2 codes), PackBits, LZMA, Zstandard (2).
+# The stream codecs decode into a buffer of the page's size, so a bomb cannot grow past it;
+# codecs that embed images of their own (WebP, JPEG 2000, ...) are left out, and JPEG is
+# checked segment by segment (_check_tiff_jpeg).
+_TIFF_COMPRESSIONS = {1, 5, 7, 8, 32946, 32773, 34925, 34926, 50000}
+
 # TIFF photometric interpretations read, with their colour sample counts
 _PHOTOMETRIC = {0: ("MINISWHITE", 1), 1: ("MINISBLACK", 1), 2: ("RGB", 3), 3: ("PALETTE", 1),
                 5: ("SEPARATED", 4), 6: ("YCBCR", 3)}
@@ -648,6 +724,8 @@ def _decode_tiff(r: _Window, label: str, max_pixels: int) -> tuple[_Samples, _He
         head = _tiff_page_header(page, label)
         _check_size(head.width, head.height, max_pixels, label)  # from the tags only
         layout = _tiff_layout(page, label)
+        if int(page.compression) == 7:
+            _check_tiff_jpeg(page, r.fh, label)
         # one thread: tifffile's decoding threads would log outside the capture of _quiet
         arr = page.asarray(maxworkers=1)
         axes = page.axes
@@ -659,6 +737,29 @@ def _decode_tiff(r: _Window, label: str, max_pixels: int) -> tuple[_Samples, _He
         raise InputError(f"{label}: TIFF page with axes {axes} is not a 2-D image")
     arr = np.moveaxis(arr, [axes.index("Y"), axes.index("X"), axes.index("S")], [0, 1, 2])
     return layout(arr), head
+
+
+def _check_tiff_jpeg(page, fh: BinaryIO, label: str) -> None:
+    """Each strip or tile of a JPEG TIFF is a JPEG with its own frame header: a damaged one
+    can declare 65535x65535 pixels for an 8x8 tile, which the codec would decode in full.
+    Walk each header first; refuse frames larger than the piece and too many scans."""
+    if page.is_tiled:
+        piece, width, height = "tile", int(page.tilewidth), int(page.tilelength)
+    else:
+        piece = "strip"
+        width, height = int(page.imagewidth), min(int(page.rowsperstrip), int(page.imagelength))
+    room_w, room_h = -(-width // 16) * 16, -(-height // 16) * 16  # MCU padding
+    for i, (offset, count) in enumerate(zip(page.dataoffsets, page.databytecounts)):
+        if not count:
+            continue
+        fh.seek(offset)
+        data = fh.read(count)
+        head = _jpeg_header(_Window(io.BytesIO(data), len(data)), f"{label}: {piece} {i}")
+        if head.width > room_w or head.height > room_h:
+            raise _damaged(label, "TIFF", f"JPEG {piece} {i} declares {head.width}x"
+                                          f"{head.height} pixels in a {width}x{height} {piece}")
+        if data.count(b"\xff\xda", head.data_end) > MAX_SCANS:
+            raise _damaged(label, "TIFF", f"JPEG {piece} {i} has more than {MAX_SCANS} scans")
 
 
 def _tiff_layout(page, label: str):
@@ -686,17 +787,32 @@ def _tiff_layout(page, label: str):
     if fmt not in (1, 2, 3, 4) or page.dtype is None:
         name = getattr(page.sampleformat, "name", fmt)
         raise InputError(f"{label}: TIFF sample format {name} ({bps}-bit) is not supported")
-    if kind == "YCBCR" and int(page.compression) not in (6, 7):
+    compression = int(page.compression)
+    if compression not in _TIFF_COMPRESSIONS:
+        name = getattr(page.compression, "name", compression)
+        raise InputError(f"{label}: TIFF compression {name} is not supported (convcli reads "
+                         "uncompressed, LZW, deflate, PackBits, LZMA, Zstandard and JPEG TIFFs)")
+    if kind == "YCBCR" and compression != 7:
         raise InputError(f"{label}: YCbCr TIFF without JPEG compression is not supported; "
                          "save it as RGB")
     if kind == "SEPARATED" and int(page.tags.valueof(332, 1)) != 1:
         raise InputError(f"{label}: TIFF separated into inks other than CMYK is not supported")
-    segments = len(page.dataoffsets)
-    pixels = int(page.imagewidth) * int(page.imagelength)
-    if segments > MAX_TIFF_SEGMENTS and pixels < 256 * segments:
+    # tifffile decodes strip by strip (tile by tile) in Python: the count the geometry asks
+    # for, whatever the offsets tag holds, is what costs
+    width, height = int(page.imagewidth), int(page.imagelength)
+    planes = spp if int(page.planarconfig) == 2 else 1
+    if page.is_tiled:
+        tw, tl = max(1, int(page.tilewidth)), max(1, int(page.tilelength))
+        segments = planes * -(-height // tl) * -(-width // tw)
+    else:
+        segments = planes * -(-height // max(1, min(int(page.rowsperstrip), height)))
+    if segments != len(page.dataoffsets) or segments != len(page.databytecounts):
+        raise _damaged(label, "TIFF", f"{len(page.dataoffsets):,} strip or tile offsets for "
+                                      f"{segments:,} pieces")
+    if segments > MAX_TIFF_SEGMENTS and width * height < TIFF_PIECE_PIXELS * segments:
         raise InputError(f"{label}: TIFF page stored in {segments:,} strips or tiles of under "
-                         "256 pixels each (decoding costs per piece); re-save it with larger "
-                         "strips or tiles")
+                         f"{TIFF_PIECE_PIXELS:,} pixels each (decoding costs per piece); "
+                         "re-save it with larger strips or tiles")
     extra_kind = _EXTRA.get(int(page.extrasamples[0]) if page.extrasamples else 0,
                             "unspecified")
     floating = fmt == 3
@@ -728,13 +844,13 @@ def _tiff_layout(page, label: str):
             rgb = np.moveaxis(cmap[:, index], 0, 2)
             arr = np.concatenate([rgb, arr[..., 1:].astype(rgb.dtype)], axis=2)  # alpha: dropped
         elif kind == "SEPARATED":  # CMYK -> RGB as Pillow does: R = (1 - C)(1 - K) ...
-            scale = 1.0 if floating else 1.0 / maxval
+            scale = 1.0 if maxval is None else 1.0 / maxval
             ink = arr[..., :4].astype(np.float32) * np.float32(scale)
             rgb = (1 - ink[..., :3]) * (1 - ink[..., 3:4])
             rest = arr[..., 4:].astype(np.float32) * np.float32(scale)
             arr, maxval = np.concatenate([rgb, rest], axis=2), None
         return _Samples(arr, 3 if kind in ("RGB", "PALETTE", "SEPARATED", "YCBCR") else 1,
-                        maxval, bits, notes)
+                        maxval, bits, notes, alpha=bool(extras) and extra_kind == "alpha")
 
     return samples
 
@@ -751,7 +867,8 @@ def _to_image(arr: np.ndarray, s: _Samples, label: str) -> Image:
             pixels[c] = arr[:, :, c]
         else:
             np.multiply(arr[:, :, c], scale, out=pixels[c], casting="unsafe")
-    return Image(pixels=pixels, bits=s.bits, had_alpha=channels > s.colour)
+    had_alpha = channels > s.colour if s.alpha is None else s.alpha
+    return Image(pixels=pixels, bits=s.bits, had_alpha=had_alpha)
 
 
 def as_channels(pixels: np.ndarray, mode: str) -> np.ndarray:
@@ -776,7 +893,7 @@ def as_channels(pixels: np.ndarray, mode: str) -> np.ndarray:
 _local = threading.local()
 _hook_lock = threading.Lock()
 _hook_users = 0
-_hook_saved = None
+_hook_saved: Callable[..., None] | None = None
 _ALWAYS = ("always", None, Warning, None, 0)  # a warning repeated by a later file is noted too
 _LOGGERS = ("tifffile", "imagecodecs", "PIL")
 
@@ -784,6 +901,7 @@ _LOGGERS = ("tifffile", "imagecodecs", "PIL")
 def _showwarning(message, category, filename, lineno, file=None, line=None):
     caught = getattr(_local, "caught", None)
     if caught is None:
+        assert _hook_saved is not None  # installed before this hook
         return _hook_saved(message, category, filename, lineno, file, line)
     caught.append(str(message))
 
@@ -818,6 +936,10 @@ def _install_log_filter() -> None:
     _loggers_seen = len(known)
 
 
+def _warning_filters() -> list:
+    return warnings.filters  # type: ignore[return-value]  # a list, typed as a Sequence
+
+
 def _filters_changed() -> None:
     for name in ("_filters_mutated_lock_held", "_filters_mutated"):  # 3.14, older
         hook = getattr(warnings, name, None)
@@ -838,7 +960,7 @@ def _quiet() -> Iterator[list[str]]:
         if _hook_users == 0:
             _hook_saved = warnings.showwarning
             warnings.showwarning = _showwarning
-            warnings.filters.insert(0, _ALWAYS)
+            _warning_filters().insert(0, _ALWAYS)
             _filters_changed()
         _hook_users += 1
     try:
@@ -848,10 +970,10 @@ def _quiet() -> Iterator[list[str]]:
         with _hook_lock:
             _hook_users -= 1
             if _hook_users == 0:
-                if warnings.showwarning is _showwarning:
+                if warnings.showwarning is _showwarning and _hook_saved is not None:
                     warnings.showwarning = _hook_saved
                 with contextlib.suppress(ValueError):
-                    warnings.filters.remove(_ALWAYS)
+                    _warning_filters().remove(_ALWAYS)
                 _filters_changed()
         _local.caught = outer
         if outer is not None:
@@ -888,7 +1010,8 @@ def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None, level: in
     np.subtract(raw[1:], raw[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps mod 256
     chunks = [_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0))]
     for key, value in (text or {}).items():
-        chunks.append(_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1", "replace")))
+        body = key.encode("latin-1") + b"\0" + value.encode("latin-1", "replace")
+        chunks.append(_chunk(b"tEXt", body))
     chunks.append(_chunk(b"IDAT", _deflate(filtered.tobytes(), level)))
     chunks.append(_chunk(b"IEND", b""))
     return _PNG_SIG + b"".join(chunks)
