@@ -638,7 +638,8 @@ class _Walker:
             self.channels = int(dims[1]) if dims[1] and dims[1] > 0 else None
             if dims[2] and dims[3] and dims[2] > 0 and dims[3] > 0:
                 self.hw = (int(dims[2]), int(dims[3]))
-        cur, seen = first.name, set()
+        cur = first.name
+        seen: set[int] = set()  # ids of the nodes walked (a malformed graph may loop)
         while True:
             users = g.consumers.get(cur, [])
             if not users:
@@ -647,6 +648,10 @@ class _Walker:
             spelled = self.spelled_hardswish(cur, users) if len(users) == 2 else None
             if spelled is not None:
                 cur, group = spelled
+                if any(id(n) in seen for n in group):
+                    raise InputError(f"{g.where(group[0])} is part of a cycle; an ONNX graph "
+                                     "has none")
+                seen.update(id(n) for n in group)
                 before = len(self.layers)
                 self.activation(group[-1], "hardswish")
                 self.record(group, before)
@@ -1027,6 +1032,8 @@ class _Walker:
         folded = _fold_affine(last, layer) if isinstance(last, _Affine) else None
         if folded is not None:
             self.layers[-1] = folded
+            at = len(self.layers)  # notes made for a layer after the affine: the conv's
+            self.notes = [(i - 1 if i == at else i, text) for i, text in self.notes]
         else:
             self.layers.append(layer)
         self.channels = f
