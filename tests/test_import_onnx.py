@@ -815,6 +815,8 @@ def test_odd_graphs(tmp_path):
     path, _ = save(tmp_path, [conv("c", "x", "w"), node("Mul", ["c", ""], "m")],
                    {"w": arr(2, 3, 1, 1)})
     assert import_error(path) == f"{path}: Mul node 'm' has an empty operand"
+    path, _ = save(tmp_path, [node("Relu", ["x"], "a"), node("Tanh", ["a"], "x", name="loop")])
+    assert import_error(path) == f"{path}: Relu node 'a' is part of a cycle; an ONNX graph has none"
     # protobuf hands out a name that is not UTF-8 as bytes
     path, _ = save(tmp_path, [conv("QQQQ", "x", "w")], {"w": arr(2, 3, 1, 1)})
     path.write_bytes(path.read_bytes().replace(b"QQQQ", b"\xff\xfeQQ"))
