@@ -32,8 +32,8 @@ test suite checks both bounds against a float64 oracle).
 
 Executors (``EngineConfig.method``): ``jit`` (numba kernels) or ``numpy`` (whole-array
 NumPy operations in the same order of float32 operations): for every algorithm the two give
-identical bits (the gemm and fft routes are NumPy either way; winograd's transforms and the
-direct kernels have NumPy twins). ``auto`` (the library default) is therefore free to
+identical bits (BLAS does the products and fft is NumPy either way; the direct kernels,
+winograd's transforms and gemm's patch copies and activation have NumPy twins). ``auto`` (the library default) is therefore free to
 decide from history: numba costs about half a second to import and load per process, so
 auto takes NumPy until the NumPy time spent in this process exceeds that (rent or buy,
 JIT_START_SECONDS), or at once when numba is already loaded or a call is large
@@ -292,12 +292,12 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
     finite = _Finite(x)
     act = ACTIVATIONS[activation_name]
     threads = cfg.threads or _cores()
-    key = (w.shape, w.tobytes(), groups)
-    algorithm = _algorithm(cfg, w, key, groups, copies, s, d, finite, ho, wo)
+    plans = _plans_for(w, groups)
+    algorithm = _algorithm(cfg, w, plans, groups, copies, s, d, finite, ho, wo)
     if algorithm == "winograd":
         from . import gemm, winograd
 
-        u = _memo(("winograd", key), lambda: winograd.filter_transform(w, groups))
+        u = _memo(plans, "winograd", lambda: winograd.filter_transform(w, groups))
         # A zero border is read in place (the transforms pad each tile row as they go).
         src, at = (x, (pads[0], pads[2])) if border == "zero" else (_pad(x, pads, border), (0, 0))
         with _executor(cfg, float(F * Cw * 9 * ho * wo)) as jit:
@@ -311,7 +311,7 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
     if algorithm == "gemm":
         from . import gemm
 
-        plan_ = _memo(("gemm", key, s, d, xp.shape[1:]),
+        plan_ = _memo(plans, ("gemm", s, d, xp.shape[1:]),
                       lambda: gemm.gemm_plan(w, groups, s, d, xp.shape[1:]))
         with _executor(cfg, float(F * Cw * KH * KW * ho * wo)) as jit:
             gemm.run_gemm(xp, plan_, b, act, out[0], threads, jit)
@@ -319,12 +319,12 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
     source = _source(xp, s[1])
     group_rows = Cw * source.height
     # Finiteness changes the plan only for kernels with zeros or separable terms.
-    asks = _memo(("separable", key), lambda: _separable_terms(w)) is not None \
-        or _memo(("zeros", key), lambda: not np.all(w))
+    asks = _memo(plans, "separable", lambda: _separable_terms(w)) is not None \
+        or _memo(plans, "zeros", lambda: not np.all(w))
     exact = bool(finite) if asks else True
-    separable, plan_ = _memo(("direct", key, source.phases, source.channels, source.height,
-                              s[1], d, exact),
-                             lambda: _direct_plan(w, key, source, s[1], d, exact, groups))
+    separable, plan_ = _memo(plans, ("direct", source.phases, source.channels, source.height,
+                                     s[1], d, exact),
+                             lambda: _direct_plan(w, plans, source, s[1], d, exact, groups))
     if separable:
         work = float(len(plan_[2]) + len(plan_[7])) * copies * ho * wo
         args = (source.src, group_rows, s[0], *plan_, b, act, source.phases, out)
@@ -372,7 +372,7 @@ class _Finite:
         return self.value
 
 
-def _algorithm(cfg: EngineConfig, w: np.ndarray, key, groups: int, copies: int, s, d,
+def _algorithm(cfg: EngineConfig, w: np.ndarray, plans: dict, groups: int, copies: int, s, d,
                finite, ho: int, wo: int) -> str:
     requested = "fft" if cfg.method == "fft" else cfg.algorithm
     F, Cg, KH, KW = w.shape
@@ -389,16 +389,16 @@ def _algorithm(cfg: EngineConfig, w: np.ndarray, key, groups: int, copies: int, 
     if requested != "auto":
         return requested
     # Weights and geometry first: most layers never need to ask whether x is finite.
-    if _memo(("wants_fft", key), lambda: _wants_fft(w)) and finite:
+    if _memo(plans, "wants_fft", lambda: _wants_fft(w)) and finite:
         return "fft"
-    if copies > 1 or (_memo(("separable", key), lambda: _separable_terms(w)) is not None
+    if copies > 1 or (_memo(plans, "separable", lambda: _separable_terms(w)) is not None
                       and finite):
         return "direct"
     if (KH == KW == 3 and s == (1, 1) and d == (1, 1)
             and Cg >= WINOGRAD_MIN_CHANNELS and fg >= WINOGRAD_MIN_FILTERS
             and -(-ho // 4) * -(-wo // 4) >= WINOGRAD_MIN_TILES and finite):
         return "winograd"
-    density = _memo(("density", key), lambda: np.count_nonzero(w) / w.size)
+    density = _memo(plans, "density", lambda: np.count_nonzero(w) / w.size)
     deep = Cg >= GEMM_MIN_CHANNELS and fg >= GEMM_MIN_FILTERS
     if ((deep or fg >= GEMM_MIN_FILTERS_SHALLOW) and Cg * KH * KW >= GEMM_MIN_DEPTH
             and density >= GEMM_MIN_DENSITY):
@@ -446,21 +446,37 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-_PLANS: dict = {}  # the same bank runs over many images: derived data once per kernel set
+_PLANS: dict = {}  # (shape, weight bytes, groups) -> {what: plan}, one entry per bank
 _PLANS_LOCK = threading.Lock()
+MEMO_BANKS = 64  # banks remembered (the oldest is dropped first), and plans per bank
 
 
-def _memo(key, make):
-    """make(), remembered under key (at most 256 entries, oldest dropped first). Keys hold
-    the weights' bytes: a plan is a pure function of them and the geometry, so a plan made
-    twice by two threads at once is the same plan."""
-    found = _PLANS.get(key, _PLANS)
-    if found is _PLANS:
+def _plans_for(w: np.ndarray, groups: int) -> dict:
+    """The plans memoised for these weights: the same bank runs over many images, and its
+    plans are pure functions of the weights and the geometry. One lookup per call compares
+    the weights' bytes; the plans within are found by small keys."""
+    key = (w.shape, w.tobytes(), groups)
+    plans = _PLANS.get(key)
+    if plans is None:
+        with _PLANS_LOCK:
+            plans = _PLANS.get(key)
+            if plans is None:
+                if len(_PLANS) >= MEMO_BANKS:
+                    _PLANS.pop(next(iter(_PLANS)))
+                plans = _PLANS[key] = {}
+    return plans
+
+
+def _memo(plans: dict, what, make):
+    """make(), remembered in a bank's plans under ``what`` (a plan made twice by two
+    threads at once is the same plan)."""
+    found = plans.get(what, plans)
+    if found is plans:
         found = make()
         with _PLANS_LOCK:
-            if len(_PLANS) >= 256:
-                _PLANS.pop(next(iter(_PLANS)))
-            _PLANS[key] = found
+            if len(plans) >= MEMO_BANKS:
+                plans.pop(next(iter(plans)))
+            plans[what] = found
     return found
 
 
@@ -499,8 +515,8 @@ def _source(xp: np.ndarray, sx: int) -> _Source:
     return _Source(ph.reshape(sx * C * Hp, wq), sx, C, Hp)
 
 
-def _direct_plan(w, key, source, sx, d, finite, groups):
-    terms = _memo(("separable", key), lambda: _separable_terms(w)) if finite else None
+def _direct_plan(w, plans, source, sx, d, finite, groups):
+    terms = _memo(plans, "separable", lambda: _separable_terms(w)) if finite else None
     if terms is not None:
         return True, _separable_plan(terms, source, sx, d[0], d[1], groups)
     return False, _dense_plan(w, source, sx, d[0], d[1], finite, groups)

@@ -56,19 +56,41 @@ WINOGRAD_BAND_BYTES = 1024 * 1024
 
 # --- running bands in parallel, with BLAS on one thread --------------------------------------
 
-_blas = {"lock": threading.Lock(), "users": 0, "limiter": None, "controller": None}
+_blas = {"lock": threading.Lock(), "users": 0, "saved": (), "libraries": None}
 
 
-def _controller():
-    """threadpoolctl's view of the loaded BLAS libraries (None without threadpoolctl)."""
-    if _blas["controller"] is None:
+class _BlasThreads:
+    """get() and set(n) of one BLAS library's thread count. OpenBLAS's own functions are
+    called directly: threadpoolctl only lets the first Python thread that set a limit set
+    another (a convcli call from a second thread would be ignored), and asking through it
+    costs ~60 us a call."""
+
+    def __init__(self, lib):
+        self.get, self.set = lib.get_num_threads, lib.set_num_threads
+        if lib.internal_api == "openblas" and getattr(lib, "threading_layer", "") != "openmp":
+            import ctypes
+
+            dll = ctypes.CDLL(lib.filepath)  # the library already loaded: a new handle to it
+            for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_")):
+                get = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}", None)
+                put = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    self.get, self.set = get, put
+                    break
+
+
+def _blas_libraries() -> tuple:
+    """The BLAS libraries loaded (NumPy's among them), found by threadpoolctl; none without
+    threadpoolctl."""
+    if _blas["libraries"] is None:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:
-            _blas["controller"] = False
+            _blas["libraries"] = ()
         else:
-            _blas["controller"] = ThreadpoolController()
-    return _blas["controller"] or None
+            found = ThreadpoolController().select(user_api="blas").lib_controllers
+            _blas["libraries"] = tuple(_BlasThreads(lib) for lib in found)
+    return _blas["libraries"]
 
 
 @contextmanager
@@ -76,13 +98,16 @@ def blas_single_threaded():
     """Hold BLAS to one thread while convcli's own threads run bands; yields whether it
     could (threadpoolctl installed). Nested and concurrent calls share one limit: the first
     sets it, the last puts the previous setting back."""
-    controller = _controller()
-    if controller is None:
+    libraries = _blas_libraries()
+    if not libraries:
         yield False
         return
     with _blas["lock"]:
         if _blas["users"] == 0:
-            _blas["limiter"] = controller.limit(limits=1, user_api="blas")
+            _blas["saved"] = tuple((lib, lib.get()) for lib in libraries)
+            for lib, threads in _blas["saved"]:
+                if threads != 1:
+                    lib.set(1)
         _blas["users"] += 1
     try:
         yield True
@@ -90,8 +115,9 @@ def blas_single_threaded():
         with _blas["lock"]:
             _blas["users"] -= 1
             if _blas["users"] == 0:
-                _blas["limiter"].restore_original_limits()
-                _blas["limiter"] = None
+                for lib, threads in _blas["saved"]:
+                    if threads != 1:
+                        lib.set(threads)
 
 
 def for_each_band(count: int, threads: int, band: Callable[[int, dict], None]) -> None:

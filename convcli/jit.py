@@ -381,7 +381,7 @@ KERNELS = (correlate, correlate_separable, winograd_input, winograd_output, im2c
 def call(kernel, *args, threads: int | None = None) -> None:
     """Run a kernel (one of KERNELS), on at most ``threads`` threads if it is parallel
     (numba's count for this calling thread, put back afterwards)."""
-    if not kernel.signatures:
+    if not kernel.overloads:  # (cheaper to ask than .signatures)
         _compile(kernel, tuple(numba.typeof(a) for a in args))
     if threads is None:
         return kernel(*args)
@@ -419,5 +419,5 @@ def prepare(examples: dict) -> None:
     """Compile (or load from the cache) kernels for these example arguments ({kernel:
     args}) without running them, so no threads start: safe right before forking workers."""
     for kernel, args in examples.items():
-        if not kernel.signatures:
+        if not kernel.overloads:
             _compile(kernel, tuple(numba.typeof(a) for a in args))

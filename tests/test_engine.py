@@ -235,10 +235,9 @@ def test_which_kernels_take_the_separable_path():
 ])
 def test_which_layers_take_which_algorithm(shape, stride, groups, size, want):
     w = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    key = (w.shape, w.tobytes(), groups)
     ho = -(-size // stride)
-    got = engine._algorithm(EngineConfig(), w, key, groups, 1, (stride, stride), (1, 1), True,
-                            ho, ho)
+    got = engine._algorithm(EngineConfig(), w, engine._plans_for(w, groups), groups, 1,
+                            (stride, stride), (1, 1), True, ho, ho)
     assert got == want
 
 
@@ -345,6 +344,31 @@ def test_threads_are_set_for_the_call_only():
         conv2d(x, w, config=EngineConfig(algorithm=algorithm, threads=1))
     assert numba.get_num_threads() == numba_threads
     assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"] == blas
+
+
+def test_blas_runs_on_one_thread_during_bands_whichever_thread_calls(monkeypatch):
+    """The bands are convcli's threads; BLAS must not start its own on top of them, also when
+    the call comes from a thread other than the first that limited it."""
+    import threading
+
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before, seen = blas_threads(), []
+    real = gemm._buffer
+    monkeypatch.setattr(gemm, "_buffer",
+                        lambda s, name, n: seen.append(blas_threads()) or real(s, name, n))
+    x = np.random.default_rng(0).random((8, 40, 40), dtype=np.float32)
+    w = np.ones((8, 8, 3, 3), np.float32)
+    conv2d(x, w, config=EngineConfig(algorithm="gemm", threads=2))
+    other = threading.Thread(target=lambda: conv2d(x, w, config=EngineConfig(
+        algorithm="winograd", threads=2)))
+    other.start()
+    other.join()
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before
 
 
 def _python(code: str, env=None) -> list[str]:
