@@ -343,20 +343,19 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
 # --- choosing the algorithm and the executor ------------------------------------------------
 
 # Winograd pays from about this many channels and filters per group on an output of at least
-# a few tiles. im2col + BLAS pays for deep layers (GEMM_MIN_CHANNELS channels and
-# GEMM_MIN_FILTERS filters per group) and, on a shallow input (an RGB stem), from
-# GEMM_MIN_FILTERS_SHALLOW filters: below that the direct kernels, which read each input row
-# once per tap instead of copying patches, are faster (measured, 1 thread: 16 x 3x7x7 stride 2
-# direct 0.6 s / im2col 0.86 s on 3x2048x2048; 64 x 3x7x7 stride 2 on 3x224x224 20 / 14 ms).
-# Either needs a kernel of GEMM_MIN_DEPTH weights at least half non-zero (the direct kernels
-# skip zeros). Measured on 2 cores (see benchmarks/engine.py, docs/engine-benchmarks.md).
+# a few tiles. im2col + BLAS pays from GEMM_MIN_FILTERS filters per group, kernels of
+# GEMM_MIN_DEPTH weights (C/groups x KH x KW) at least half non-zero (the direct kernels skip
+# zeros), and GEMM_MIN_PRODUCT for the two multiplied: below that the direct kernels, which
+# read each input row once per tap instead of copying patches, are as fast or faster.
+# Measured on one core of the 2-core VM, minimum of 5 (direct / im2col): 16 x 3x7x7 stride 2
+# on 3x2048^2 316 / 260 ms; 32 x 3x5x5 on 3x1024^2 197 / 145 ms; 16 x 3x5x5 104 / 146 ms;
+# 8 x 3x7x7 171 / 204 ms; 16 x 1x7x7 73 / 68 ms.
 WINOGRAD_MIN_CHANNELS = 8
 WINOGRAD_MIN_FILTERS = 8
 WINOGRAD_MIN_TILES = 16
-GEMM_MIN_CHANNELS = 8
 GEMM_MIN_FILTERS = 16
-GEMM_MIN_FILTERS_SHALLOW = 48
 GEMM_MIN_DEPTH = 48
+GEMM_MIN_PRODUCT = 2048
 GEMM_MIN_DENSITY = 0.5
 
 
@@ -399,8 +398,8 @@ def _algorithm(cfg: EngineConfig, w: np.ndarray, plans: dict, groups: int, copie
             and -(-ho // 4) * -(-wo // 4) >= WINOGRAD_MIN_TILES and finite):
         return "winograd"
     density = _memo(plans, "density", lambda: np.count_nonzero(w) / w.size)
-    deep = Cg >= GEMM_MIN_CHANNELS and fg >= GEMM_MIN_FILTERS
-    if ((deep or fg >= GEMM_MIN_FILTERS_SHALLOW) and Cg * KH * KW >= GEMM_MIN_DEPTH
+    depth = Cg * KH * KW
+    if (fg >= GEMM_MIN_FILTERS and depth >= GEMM_MIN_DEPTH and fg * depth >= GEMM_MIN_PRODUCT
             and density >= GEMM_MIN_DENSITY):
         return "gemm"
     return "direct"

@@ -228,8 +228,10 @@ def test_which_kernels_take_the_separable_path():
     ((64, 32, 3, 3), 2, 2, 64, "gemm"),  # strided, two groups
     ((32, 1, 3, 3), 1, 32, 512, "direct"),  # depthwise
     ((8, 1, 3, 3), 1, 1, 1024, "direct"),  # an edge bank
-    ((32, 3, 5, 5), 1, 1, 1024, "direct"),  # shallow: the direct kernels win
-    ((16, 3, 7, 7), 2, 1, 2048, "direct"),
+    ((32, 3, 5, 5), 1, 1, 1024, "gemm"),
+    ((16, 3, 7, 7), 2, 1, 2048, "gemm"),
+    ((16, 3, 5, 5), 1, 1, 1024, "direct"),  # shallow and few filters: direct kernels win
+    ((8, 3, 7, 7), 1, 1, 1024, "direct"),
     ((32, 16, 5, 5), 1, 1, 256, "gemm"),
     ((64, 64, 3, 3), 1, 1, 6, "gemm"),  # too few tiles for Winograd
 ])
