@@ -1,5 +1,6 @@
-"""The I/O boundary: any image file or bytes -> float32 (C, H, W) in [0, 1]; PNG and .npy
-out to bytes, and bytes to a file atomically.
+"""The I/O boundary: any image file or bytes -> float32 (C, H, W) (integers scaled to
+[0, 1], or [-1, 1] when signed; floats as stored); PNG and .npy out to bytes, and bytes to a
+file atomically.
 
 Reading takes files from strangers, so it is built to fail small: the format is told by its
 magic bytes (PNG, JPEG, GIF, BMP, WebP and TIFF only), the header is walked by the bounded
