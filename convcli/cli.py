@@ -256,7 +256,9 @@ def apply(
     report = _Report(len(found.sources), quiet=quiet, verbose=verbose, json_lines=json_report)
     report.found(found)
     if batch.choose_engine(found.sources, kernel_bank, engine).method == "jit":
-        _compile_once(quiet)
+        # A pool compiles every kernel before its workers start; one process compiles
+        # the kernels it uses as it goes.
+        _compile_once(quiet, eager=len(found.sources) > 1 and jobs != 1)
     backend = batch.Backend(jobs=jobs, scheduler=scheduler, engine=engine,
                             fail_fast=fail_fast, verbose=verbose)
     stream = batch.apply(found.sources, kernel_bank, options, backend)
@@ -350,14 +352,19 @@ def _pool_layer(text: str, index: int):
 COMPILE_SECONDS = 30
 
 
-def _compile_once(quiet: bool) -> None:
-    """Compile the engine now if this machine has not yet (its cache is empty), saying so:
-    a spinner on a terminal, one line otherwise; later runs load it in about half a second."""
+def _compile_once(quiet: bool, eager: bool = True) -> None:
+    """When this machine has not compiled the engine yet (its cache is empty), say so: a
+    spinner on a terminal while it compiles now (``eager``), else one line before the work
+    that compiles it; later runs load it in about half a second."""
     from . import engine, jitcache
 
     if jitcache.cache_files():
         return
     text = f"compiling the engine, once per machine: about {COMPILE_SECONDS} s"
+    if not eager:
+        if not quiet:
+            _say(f"convcli: {text}")
+        return
     if quiet:
         engine.prepare()
     elif sys.stderr.isatty():

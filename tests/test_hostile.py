@@ -164,16 +164,17 @@ def test_corrupt_jit_cache_is_rebuilt(tmp_path):
     again = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
     assert again.returncode == 0 and b"Traceback" not in again.stderr
     assert (tmp_path / "o" / "in" / "stack.png").read_bytes() == first
-    # the corrupt files were cleared ...
-    left = [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".nbi", ".nbc")]
-    assert all(p.read_bytes() != garbage for p in left)
-    # ... and the cache is whole again after the next run at the latest
+    # the kernel that ran (the direct one, for a small edge bank) had its corrupt files
+    # cleared, and is cached whole again after the next run at the latest
+    def ran() -> list[Path]:
+        return [p for p in (tmp_path / "cache").rglob("jit.correlate-*")
+                if p.suffix in (".nbi", ".nbc")]
+
+    assert all(p.read_bytes() != garbage for p in ran())
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=300).returncode == 0
-    rebuilt = [p for p in (tmp_path / "cache").rglob("*") if p.suffix in (".nbi", ".nbc")]
-    assert rebuilt and all(p.read_bytes() != garbage for p in rebuilt)
-    index = [p for p in rebuilt if p.suffix == ".nbi"]
-    assert {p.name.split("-")[0] for p in index} & {p.name.split("-")[0] for p in cached
-                                                    if p.suffix == ".nbi"}
+    rebuilt = ran()
+    assert any(p.suffix == ".nbi" for p in rebuilt)
+    assert all(p.read_bytes() != garbage for p in rebuilt)
 
 
 def test_non_utf8_file_names(tmp_path):

@@ -129,7 +129,8 @@ def test_cache_commands(tmp_path):
     warm = convcli("cache", "warm", env=env)
     assert warm.returncode == 0 and b"engine ready in" in warm.stderr
     kernels = convcli("cache", "info", env=env).stdout.decode().splitlines()[2]
-    assert kernels == "compiled kernels: jit.correlate, jit.correlate_separable"
+    assert kernels == ("compiled kernels: jit.activate, jit.correlate, jit.correlate_separable, "
+                       "jit.im2col, jit.winograd_input, jit.winograd_output")
     cleared = convcli("cache", "clear", env=env)
     assert cleared.returncode == 0 and cleared.stderr.startswith(b"convcli: removed ")
     assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == ["keep.txt"]
