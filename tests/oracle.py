@@ -4,7 +4,8 @@ Written straight from the formula in the README, with its own border handling (n
 one output value at a time, with torch's groups (filter f sees the Cg = C / groups channels
 of its group g = f // (F / groups)):
 
-    out[f, y, x] = act(bias[f] + sum_c sum_i sum_j w[f, c, i, j] * in[g*Cg + c, y*sy + i*dy - pt, x*sx + j*dx - pl])
+    out[f, y, x] = act(bias[f] + sum_c sum_i sum_j w[f, c, i, j]
+                                              * in[g*Cg + c, y*sy + i*dy - pt, x*sx + j*dx - pl])
 
 ``magnitude=True`` gives the same sum over absolute values, |bias| + sum |w x|, without the
 activation: the scale of the rounding error any float32 algorithm may make.
