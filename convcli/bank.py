@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 
 from . import generators, geometry, ops
+from .engine import BORDER_MODES
 from .errors import BankError, Problem, UsageError
 
 if TYPE_CHECKING:
@@ -56,13 +57,16 @@ MAX_NAME_CHARS = 200  # a bank's or filter's name: it labels tiles and names fil
 MAX_TEXT_CHARS = 4096  # a description or source
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # ~3.4e38; weights and biases are float32
 
-BORDERS = ("zero", "reflect", "replicate", "wrap")
+# Each vocabulary has one owner, which this module reads: border modes are the engine's,
+# activation functions ops', and the activations the engine fuses activation's codes (a
+# test checks the names agree).
+BORDERS = tuple(BORDER_MODES)
 # A conv layer's activation: any function of convcli.ops that needs no parameters (or has
 # defaults for them). The engine applies FUSED_ACTIVATIONS as it writes each output; the
 # others are applied to the layer's maps afterwards (see convcli.network).
-FUSED_ACTIVATIONS = ("relu", "none", "abs")
-ACTIVATIONS = FUSED_ACTIVATIONS + ("relu6", "leaky_relu", "hardswish", "hardsigmoid",
-                                   "sigmoid", "tanh")
+FUSED_ACTIVATIONS = ("relu", "none", "abs")  # activation.CODES's names, as messages list them
+ACTIVATIONS = FUSED_ACTIVATIONS + tuple(f for f in ops.FUNCTIONS if f not in FUSED_ACTIVATIONS
+                                        and f != "clip")  # clip needs its bounds
 # gray: luminance of a colour image, 2-D kernels; rgb: 3 x KH x KW kernels over R, G, B;
 # depthwise: 2-D kernels, each on every channel on its own; dense: C x KH x KW kernels over
 # an input of exactly C channels (C x groups with groups).

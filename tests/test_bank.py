@@ -574,3 +574,11 @@ def test_fast_matrices_read_exactly_as_the_yaml_reader_does(place, matrix, mode)
                 outcomes.append([(f.name, f.weights.tolist(), f.bias, f.description)
                                  for f in b.filters])
     assert outcomes[0] == outcomes[1], text
+
+
+def test_the_option_vocabularies_have_one_owner_each():
+    from convcli import activation, engine, ops
+
+    assert set(bank.FUSED_ACTIVATIONS) == set(activation.CODES)
+    assert set(bank.ACTIVATIONS) <= set(ops.FUNCTIONS)
+    assert bank.BORDERS == tuple(engine.BORDER_MODES)
