@@ -947,6 +947,7 @@ def packaged_model(package: str, name: str) -> Path:
     return path
 
 
+@pytest.mark.models
 def test_paddleocr_text_detector_from_rapidocr(tmp_path):
     # PP-OCRv4's text detector (PaddlePaddle, exported to ONNX opset 12): a conv stem with
     # BatchNormalization, depthwise and pointwise convs, HardSwish spelled out, and
