@@ -241,7 +241,8 @@ def read_for_learning(paths: list[str], channels: str) -> list[np.ndarray]:
         raise UsageError(f"channels must be gray, rgb or dense, got {channels!r}")
     if not paths:
         raise UsageError("no images to learn from")
-    out, held = [], 0
+    out: list[np.ndarray] = []
+    held = 0
     for p in paths:
         tensor = features.read_input(Path(p), p, images.DEFAULT_MAX_PIXELS)
         px = tensor.data if channels == "dense" else images.as_channels(tensor.data, channels)
