@@ -297,7 +297,10 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
     if algorithm == "winograd":
         from . import gemm, winograd
 
-        u = _memo(plans, "winograd", lambda: winograd.filter_transform(w, groups))
+        def transform():
+            with gemm.blas_single_threaded():
+                return winograd.filter_transform(w, groups)
+        u = _memo(plans, "winograd", transform)
         # A zero border is read in place (the transforms pad each tile row as they go).
         src, at = (x, (pads[0], pads[2])) if border == "zero" else (_pad(x, pads, border), (0, 0))
         with _executor(cfg, float(F * Cw * 9 * ho * wo)) as jit:

@@ -209,7 +209,7 @@ def gemm_plan(w: np.ndarray, groups: int, stride, dilation, padded_hw) -> GemmPl
     F, Cg, KH, KW = w.shape
     (sy, sx), (dy, dx) = stride, dilation
     hq, wq = -(-padded_hw[0] // sy), -(-padded_hw[1] // sx)
-    blocks, columns = [], []
+    blocks, taps = [], []
     for py in range(sy):
         rows = [i for i in range(KH) if (i * dy) % sy == py]
         for px in range(sx):
@@ -218,19 +218,19 @@ def gemm_plan(w: np.ndarray, groups: int, stride, dilation, padded_hw) -> GemmPl
                 continue
             oi = [(i * dy) // sy for i in rows]  # arithmetic: steps of dy / gcd(dy, sy)
             oj = [(j * dx) // sx for j in cols]
-            blocks.append(_Block(py * sx + px, oi[0] * wq + oj[0], len(rows),
-                                 (oi[1] - oi[0]) * wq if len(rows) > 1 else 0, len(cols),
-                                 oj[1] - oj[0] if len(cols) > 1 else 0))
-            columns.append(w[:, :, rows][:, :, :, cols].reshape(F, -1))
-    wm = np.concatenate(columns, axis=1).reshape(groups, F // groups, -1)
-    plane, chan, off = [], [], []
-    for blk in blocks:  # the patch rows in the order of wm's columns
-        c, i, j = np.indices((Cg, blk.ni, blk.nj)).reshape(3, -1)
-        plane.append(np.full(c.size, blk.plane))
-        chan.append(c)
-        off.append(blk.start + i * blk.step_i + j * blk.step_j)
-    rows = tuple(np.concatenate(a).astype(np.int64) for a in (plane, chan, off))
-    return GemmPlan(tuple(blocks), np.ascontiguousarray(wm), wq, hq, (sy, sx), rows)
+            blk = _Block(py * sx + px, oi[0] * wq + oj[0], len(rows),
+                         (oi[1] - oi[0]) * wq if len(rows) > 1 else 0, len(cols),
+                         oj[1] - oj[0] if len(cols) > 1 else 0)
+            blocks.append(blk)
+            # The block's patch rows in (channel, i, j) order, as (plane, c, i, j, offset).
+            c, a, b = np.indices((Cg, len(rows), len(cols))).reshape(3, -1)
+            taps.append(np.stack([np.full(c.size, blk.plane), c, np.asarray(rows)[a],
+                                  np.asarray(cols)[b],
+                                  blk.start + a * blk.step_i + b * blk.step_j]))
+    plane, chan, i, j, off = np.concatenate(taps, axis=1).astype(np.int64)
+    wm = w[:, chan, i, j].reshape(groups, F // groups, -1)  # one gather for all columns
+    return GemmPlan(tuple(blocks), np.ascontiguousarray(wm), wq, hq, (sy, sx),
+                    (plane, chan, off))
 
 
 def polyphase(xp: np.ndarray, phases: tuple[int, int]) -> np.ndarray:

@@ -28,11 +28,14 @@ import numpy as np
 
 F2, F4, F5, F8 = np.float32(2.0), np.float32(4.0), np.float32(5.0), np.float32(8.0)
 
-def _g6(k0, k1, k2):
-    """G k along one axis of a 3x3 kernel (float64): the rows of G are (1/4 0 0),
-    (-1/6 -1/6 -1/6), (-1/6 1/6 -1/6), (1/24 1/12 1/6), (1/24 -1/12 1/6), (0 0 1)."""
-    return (k0 / 4, -(k0 + k1 + k2) / 6, -(k0 - k1 + k2) / 6, (k0 / 4 + k1 / 2 + k2) / 6,
-            (k0 / 4 - k1 / 2 + k2) / 6, k2)
+# G (6x3), the filter transform: U = G g G^T, in float64 and rounded to float32 once.
+G = np.array([[1 / 4, 0, 0],
+              [-1 / 6, -1 / 6, -1 / 6],
+              [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6],
+              [1 / 24, -1 / 12, 1 / 6],
+              [0, 0, 1]])
+GG = np.kron(G, G)  # (36, 9): U[6a+b] = sum over 3i+j of GG[6a+b, 3i+j] * g[i, j]
 
 
 def bt6(d0, d1, d2, d3, d4, d5):
@@ -56,16 +59,14 @@ def at6(m0, m1, m2, m3, m4, m5):
 
 
 def filter_transform(w: np.ndarray, groups: int) -> np.ndarray:
-    """(F, Cg, 3, 3) kernels -> U (groups, 36, F/groups, Cg) float32, U[g, 6a+b] = G w G^T,
-    in float64 on all planes at once (no BLAS call: its threads would start for this)."""
+    """(F, Cg, 3, 3) kernels -> U (groups, 36, F/groups, Cg) float32, U[g, 6a+b] = G w G^T:
+    one float64 matrix product (36 x 9 times 9 x planes) for every plane at once, rounded
+    to float32. Run it with BLAS on one thread (convcli.engine does): its threads would
+    start for this small product."""
     F, Cg = w.shape[:2]
-    k = np.ascontiguousarray(w.reshape(F * Cg, 9).T, dtype=np.float64)  # k[3i+j]: all planes
-    cols = [_g6(k[j], k[3 + j], k[6 + j]) for j in range(3)]  # G along i, for each column j
-    u = np.empty((6, 6, F * Cg), np.float32)
-    for a in range(6):
-        for b, value in enumerate(_g6(cols[0][a], cols[1][a], cols[2][a])):
-            u[a, b] = value  # rounded to float32 once
-    return np.ascontiguousarray(u.reshape(36, groups, F // groups, Cg).transpose(1, 0, 2, 3))
+    u = GG @ w.reshape(F * Cg, 9).T.astype(np.float64)  # (36, F*Cg)
+    u = u.astype(np.float32).reshape(36, groups, F // groups, Cg).transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(u)
 
 
 def tiles(ho: int, wo: int) -> tuple[int, int]:
