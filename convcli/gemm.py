@@ -120,25 +120,27 @@ def blas_single_threaded():
                         lib.set(threads)
 
 
-def for_each_band(count: int, threads: int, band: Callable[[int, dict], None]) -> None:
+def for_each_band(count: int, threads: int, band: Callable[[int, dict], None],
+                  kernels: tuple = ()) -> None:
     """band(i, scratch) for i in range(count), on up to ``threads`` threads; ``scratch`` is
-    a dict private to the thread, for buffers reused from one band to the next. Band 0 runs
-    first in the calling thread (so numba compiles before any other thread needs the
-    kernel). The first error stops handing out bands and is raised here once every thread
-    has finished its band."""
+    a dict private to the thread, for buffers reused from one band to the next. While one
+    of ``kernels`` (numba's) is not compiled yet, band 0 runs alone first, so that it is
+    compiled (or loaded) once, before other threads need it. The first error stops handing
+    out bands and is raised here once every thread has finished its band."""
     if count <= 0:
         return
     with blas_single_threaded() as limited:
         workers = max(1, min(int(threads), count)) if limited else 1
         scratch: dict = {}
-        band(0, scratch)
-        if count == 1:
-            return
+        first = 0
+        if workers == 1 or not all(kernel.overloads for kernel in kernels):
+            band(0, scratch)
+            first = 1
         if workers == 1:
-            for i in range(1, count):
+            for i in range(first, count):
                 band(i, scratch)
             return
-        todo = itertools.count(1)  # next() on it is atomic under the GIL
+        todo = itertools.count(first)  # next() on it is atomic under the GIL
         stop = threading.Event()
         errors: list[BaseException] = []
 
@@ -304,7 +306,7 @@ def run_gemm(xp: np.ndarray, plan: GemmPlan, b: np.ndarray, act: int, out: np.nd
         else:
             _activate(done, act)
 
-    for_each_band(count, threads, band)
+    for_each_band(count, threads, band, () if jit is None else (jit.im2col, jit.activate))
 
 
 # --- Winograd F(4x4, 3x3) ------------------------------------------------------------------
@@ -341,4 +343,5 @@ def run_winograd(x: np.ndarray, pads: tuple[int, int], u: np.ndarray, b: np.ndar
         else:
             winograd.output_numpy(m, b, act, r0, nr, tw, out)
 
-    for_each_band(count, threads, band)
+    for_each_band(count, threads, band,
+                  () if jit is None else (jit.winograd_input, jit.winograd_output))
