@@ -34,9 +34,9 @@ Executors (``EngineConfig.method``): ``jit`` (numba kernels) or ``numpy`` (whole
 NumPy operations in the same order of float32 operations): for every algorithm the two give
 identical bits (BLAS does the products and fft is NumPy either way; the direct kernels,
 winograd's transforms and gemm's patch copies and activation have NumPy twins). ``auto`` (the library default) is therefore free to
-decide from history: numba costs about half a second to import and load per process, so
-auto takes NumPy until the NumPy time spent in this process exceeds that (rent or buy,
-JIT_START_SECONDS), or at once when numba is already loaded or a call is large
+decide from history: numba costs about a second to import and load per process, so auto
+takes NumPy until the NumPy time spent in this process exceeds that (rent or buy,
+JIT_START_SECONDS: at most twice the best choice made knowing the future), or at once when numba is already loaded or a call is large
 (LEAN_MAX_WORK multiply-adds). ``plan_for_job`` decides for a whole job up front instead, so
 a one-shot command on a small job never starts numba. ``method="fft"`` is kept as a
 shorthand for ``algorithm="fft"``.
@@ -69,9 +69,10 @@ METHODS = ("auto", "jit", "numpy", "fft")
 ALGORITHMS = ("auto", "direct", "gemm", "winograd", "fft")
 # Below this many multiply-adds, a call (or, with plan_for_job, a whole job) finishes on
 # NumPy before numba has started: NumPy runs a tap over a 512x512 plane in ~0.3 ms (~1 per
-# ns); numba costs ~0.6 s to load (JIT_START_SECONDS).
+# ns); importing numba and loading a kernel from the cache takes 0.86-0.95 s (measured on
+# the 2-core VM: JIT_START_SECONDS, the price of "buying" the compiled path).
 LEAN_MAX_WORK = 3e8
-JIT_START_SECONDS = 0.6
+JIT_START_SECONDS = 0.9
 
 
 @dataclass(frozen=True)
