@@ -30,13 +30,14 @@ Each algorithm sums in its own order, so they agree to float32 rounding, not bit
 within 1e-5 of sum |w x| (plus |bias|) for direct, gemm and fft, 1e-4 for winograd (the
 test suite checks both bounds against a float64 oracle).
 
-Executors (``EngineConfig.method``): ``jit`` (numba kernels) or ``numpy`` (whole-array
-NumPy operations in the same order of float32 operations): for every algorithm the two give
+Executors (``EngineConfig.method``): ``jit`` (numba kernels) or ``numpy`` (whole-array NumPy
+operations in the same order of float32 operations): for every algorithm the two give
 identical bits (BLAS does the products and fft is NumPy either way; the direct kernels,
-winograd's transforms and gemm's patch copies and activation have NumPy twins). ``auto`` (the library default) is therefore free to
-decide from history: numba costs about a second to import and load per process, so auto
-takes NumPy until the NumPy time spent in this process exceeds that (rent or buy,
-JIT_START_SECONDS: at most twice the best choice made knowing the future), or at once when numba is already loaded or a call is large
+winograd's transforms and gemm's patch copies and activation have NumPy twins). ``auto``
+(the library default) is therefore free to decide from history: numba costs about a second
+to import and load per process, so auto takes NumPy until the NumPy time spent in this
+process exceeds that (rent or buy, JIT_START_SECONDS: at most twice the best choice made
+knowing the future), or at once when numba is already loaded or a call is large
 (LEAN_MAX_WORK multiply-adds). ``plan_for_job`` decides for a whole job up front instead, so
 a one-shot command on a small job never starts numba. ``method="fft"`` is kept as a
 shorthand for ``algorithm="fft"``.
