@@ -295,3 +295,18 @@ def test_stdin_larger_than_the_budget_is_refused_without_reading_it_all(tmp_path
     assert p.stderr.decode() == ("convcli: error: <stdin>: more than 8,388,608 bytes; that is "
                                  "over what the memory budget allows for one input image (give "
                                  "a smaller image, or a larger budget)\n")
+
+
+def test_a_full_stdout_stops_the_run_with_one_line(tmp_path, many):
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run(convcli("apply", many, "-f", "sobel_x", "-o", tmp_path / "out",
+                                   "--json", "-j", "1"), stdout=full, stderr=subprocess.PIPE,
+                           timeout=300)
+    assert p.returncode == 1
+    lines = p.stderr.decode().splitlines()
+    assert lines[0] == ("convcli: error: cannot write to stdout: No space left on device; "
+                        "stopping")
+    assert lines[-1].startswith("convcli: interrupted after ") and len(lines) == 2
+    folders = [f for f in (tmp_path / "out").iterdir()]
+    assert folders and all(sorted(p.name for p in f.iterdir()) == ["sobel_x.png"]
+                           for f in folders)  # what was done is complete; nothing half-made
