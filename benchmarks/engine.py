@@ -282,11 +282,11 @@ def planning_cost(threads: int) -> None:
         pad = (w.k - 1) // 2
         small = np.ascontiguousarray(x[:, :32, :32])
 
-        def run(image, kernels):
+        def run(image, kernels, b=b, w=w, pad=pad):  # bound now: called within this loop
             return conv2d(image, kernels, b, stride=w.stride, padding=pad, groups=w.groups,
                           config=cfg)
         run(x, k)
-        full = interleaved({"call": lambda: run(x, k)}, 5)["call"]
+        full = interleaved({"call": lambda x=x, k=k: run(x, k)}, 5)["call"]
         fresh, again = [], []
         for i in range(15):
             k2 = k + np.float32((i + 1) * 1e-3)
