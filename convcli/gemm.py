@@ -39,7 +39,7 @@ import itertools
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -56,7 +56,7 @@ WINOGRAD_BAND_BYTES = 1024 * 1024
 
 # --- running bands in parallel, with BLAS on one thread --------------------------------------
 
-_blas = {"lock": threading.Lock(), "users": 0, "saved": (), "libraries": None}
+_blas: dict[str, Any] = {"lock": threading.Lock(), "users": 0, "saved": (), "libraries": None}
 
 
 class _BlasThreads:
@@ -335,6 +335,7 @@ def run_winograd(x: np.ndarray, pads: tuple[int, int], u: np.ndarray, b: np.ndar
         if jit is not None:
             jit.call(jit.winograd_input, x, pads[0], pads[1], r0, nr, v)
         else:
+            assert xw is not None  # made for the NumPy executor above
             winograd.input_numpy(xw, r0, nr, v)
         for g in range(groups):
             np.matmul(u[g], v[:, g * cg:(g + 1) * cg], out=m[:, g * fg:(g + 1) * fg])
