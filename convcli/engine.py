@@ -3,7 +3,8 @@
 Semantics are those of ``torch.nn.functional.conv2d`` (cross-correlation, no flip, torch's
 ``groups``):
 
-    out[f, y, x] = act(bias[f] + sum_c sum_i sum_j w[f, c, i, j] * in[g(f)*Cg + c, y*sy + i*dy - pt, x*sx + j*dx - pl])
+    out[f, y, x] = act(bias[f] + sum_c sum_i sum_j w[f, c, i, j]
+                                      * in[g(f)*Cg + c, y*sy + i*dy - pt, x*sx + j*dx - pl])
 
 with Cg = C / groups input channels per group and g(f) = f // (F / groups).
 
@@ -162,10 +163,14 @@ def prepare(config: EngineConfig | None = None) -> None:
     w = np.ones((1, 1, 5, 5), np.float32)  # rank 1: has a separable plan too
     b, out = np.zeros(1, np.float32), np.zeros((1, 1, 1, 1), np.float32)
     dense = _dense_plan(w, source, 1, 1, 1, True, 1)
-    sep = _separable_plan(_separable_terms(w), source, 1, 1, 1, 1)
+    terms = _separable_terms(w)
+    assert terms is not None  # a rank-1 5x5 kernel always splits
+    sep = _separable_plan(terms, source, 1, 1, 1, 1)
     z, relu = np.zeros, activation.RELU
     jit.prepare({
         jit.correlate: (source.src, 5, 1, *dense, b, relu, out),
+        jit.correlate_unpadded: (z((1, 5, 5), np.float32), 0, 0, 5, 1, 1, 5, 1, *dense, b,
+                                 relu, out),
         jit.correlate_separable: (source.src, 5, 1, *sep, b, relu, 1, out),
         jit.winograd_input: (z((1, 6, 6), np.float32), 0, 0, 0, 1, z((36, 1, 1), np.float32)),
         jit.winograd_output: (z((36, 1, 1), np.float32), b, relu, 0, 1, 1,
@@ -266,7 +271,8 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
         raise UsageError(f"activation must be one of {', '.join(ACTIVATIONS)}, got "
                          f"{activation_name!r}")
     F, Cw, KH, KW = w.shape
-    b = np.zeros(F, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
+    b = np.zeros(F, np.float32) if bias is None else \
+        np.ascontiguousarray(bias, np.float32).reshape(-1)
     if b.shape != (F,):
         raise UsageError(f"bias must hold one value per filter ({F}), got {b.size}")
 
@@ -308,25 +314,50 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
         with _executor(cfg, float(F * Cw * 9 * ho * wo)) as jit:
             gemm.run_winograd(src, at, u, b, act, out[0], threads, jit)
         return out
+    if algorithm == "direct":
+        _direct(x, w, b, s, d, pads, border, act, cfg, groups, plans, finite, threads, out)
+        return out
     xp = _pad(x, pads, border)
-
     if algorithm == "fft":
         _correlate_fft(xp, w, b, s, d, act, groups, out)
         return out
-    if algorithm == "gemm":
-        from . import gemm
+    from . import gemm
 
-        plan_ = _memo(plans, ("gemm", s, d, xp.shape[1:]),
-                      lambda: gemm.gemm_plan(w, groups, s, d, xp.shape[1:]))
-        with _executor(cfg, float(F * Cw * KH * KW * ho * wo)) as jit:
-            gemm.run_gemm(xp, plan_, b, act, out[0], threads, jit)
-        return out
-    source = _source(xp, s[1])
-    group_rows = Cw * source.height
+    plan_ = _memo(plans, ("gemm", s, d, xp.shape[1:]),
+                  lambda: gemm.gemm_plan(w, groups, s, d, xp.shape[1:]))
+    with _executor(cfg, float(F * Cw * KH * KW * ho * wo)) as jit:
+        gemm.run_gemm(xp, plan_, b, act, out[0], threads, jit)
+    return out
+
+
+def _direct(x, w, b, s, d, pads, border, act, cfg, groups, plans, finite, threads, out):
+    """The direct kernels: dense tap lists, or separable terms. With a zero border and
+    columns at stride 1, numba reads the image in place (jit.correlate_unpadded); otherwise
+    both executors read a padded copy (jit.correlate and its NumPy twin; same values)."""
+    copies, F, ho, wo = out.shape
+    KH = w.shape[2]
     # Finiteness changes the plan only for kernels with zeros or separable terms.
-    asks = _memo(plans, "separable", lambda: _separable_terms(w)) is not None \
-        or _memo(plans, "zeros", lambda: not np.all(w))
+    terms = _memo(plans, "separable", lambda: _separable_terms(w))
+    asks = terms is not None or _memo(plans, "zeros", lambda: not np.all(w))
     exact = bool(finite) if asks else True
+    if not (terms is not None and exact):
+        taps = _memo(plans, ("taps", exact), lambda: _dense_taps(w, exact, groups))
+        work = float(len(taps[0])) * copies * ho * wo
+        if border == "zero" and any(pads) and s[1] == 1:
+            with _executor(cfg, work) as jit:
+                if jit is not None:
+                    f, chan, i, j, ws, ptr = taps
+                    brows, cols = _memo(plans, ("unpadded", d[1]),
+                                        lambda: ((chan * KH + i).astype(np.int64),
+                                                 (j * d[1]).astype(np.int64)))
+                    width = x.shape[2] + pads[2] + pads[3]
+                    chunks = min(copies * ho, 8 * threads)  # a row buffer each; room to balance
+                    jit.call(jit.correlate_unpadded, x, pads[0], pads[2], width, s[0], d[0], KH,
+                             chunks, ptr, brows, cols, ws, b, act, out, threads=threads)
+                    return
+    xp = _pad(x, pads, border)
+    source = _source(xp, s[1])
+    group_rows = w.shape[1] * source.height
     separable, plan_ = _memo(plans, ("direct", source.phases, source.channels, source.height,
                                      s[1], d, exact),
                              lambda: _direct_plan(w, plans, source, s[1], d, exact, groups))
@@ -342,7 +373,6 @@ def _run(x: np.ndarray, w: np.ndarray, bias: Any, stride: Any, padding: Any, dil
                      threads=threads)
         else:
             (_correlate_separable_numpy if separable else _correlate_numpy)(*args)
-    return out
 
 
 # --- choosing the algorithm and the executor ------------------------------------------------
@@ -368,7 +398,8 @@ class _Finite:
     """Whether an image is all finite, worked out on first use (one pass when it is)."""
 
     def __init__(self, x: np.ndarray):
-        self.x, self.value = x, None
+        self.x = x
+        self.value: bool | None = None
 
     def __bool__(self) -> bool:
         if self.value is None:
@@ -526,18 +557,25 @@ def _direct_plan(w, plans, source, sx, d, finite, groups):
     return False, _dense_plan(w, source, sx, d[0], d[1], finite, groups)
 
 
-def _dense_plan(w: np.ndarray, source: _Source, sx: int, dy: int, dx: int, skip_zeros: bool,
-                groups: int):
-    """CSR tap lists: filter f's taps are [ptr[f], ptr[f+1]) of (rows, cols, ws), in
-    (channel, row, column) order, zero weights left out when ``skip_zeros``."""
+def _dense_taps(w: np.ndarray, skip_zeros: bool, groups: int):
+    """Every tap in (filter, channel, row, column) order, zero weights left out when
+    ``skip_zeros``: (filter, channel of the copy, kernel row, kernel column, weight, and
+    ptr: filter f's taps are [ptr[f], ptr[f+1]))."""
     F, Cg = w.shape[:2]
     f, c, i, j = np.nonzero(w) if skip_zeros else np.indices(w.shape).reshape(4, -1)
-    chan = c + (f // (F // groups)) * Cg
-    rows = source.row((j * dx) % sx, chan, i * dy).astype(np.int64)
-    cols = ((j * dx) // sx).astype(np.int64)
     ptr = np.zeros(F + 1, np.int64)
     np.cumsum(np.bincount(f, minlength=F), out=ptr[1:])
-    return ptr, rows, cols, np.ascontiguousarray(w[f, c, i, j], np.float32)
+    return f, c + (f // (F // groups)) * Cg, i, j, np.ascontiguousarray(w[f, c, i, j]), ptr
+
+
+def _dense_plan(w: np.ndarray, source: _Source, sx: int, dy: int, dx: int, skip_zeros: bool,
+                groups: int):
+    """CSR tap lists for a padded source: filter f's taps are [ptr[f], ptr[f+1]) of (rows,
+    cols, ws) (see _dense_taps and the layout above)."""
+    _, chan, i, j, ws, ptr = _dense_taps(w, skip_zeros, groups)
+    rows = source.row((j * dx) % sx, chan, i * dy).astype(np.int64)
+    cols = ((j * dx) // sx).astype(np.int64)
+    return ptr, rows, cols, ws
 
 
 # A kernel plane of rank r costs r*(KH + KW) taps as vertical-then-horizontal passes instead
@@ -695,8 +733,8 @@ def _correlate_numpy(src, group_rows, sy, ptr, rows, cols, ws, b, act, out):
             acc = out[g, f]
             acc[...] = b[f]
 
-            def plane(t):
-                r = rows[t] + g * group_rows
+            def plane(t):  # used at once, inside this iteration
+                r = rows[t] + g * group_rows  # noqa: B023
                 return src[r:r + (Ho - 1) * sy + 1:sy, cols[t]:cols[t] + Wo]
             _apply_taps_numpy(acc, plane, ws, ptr[f], ptr[f + 1])
     _activate_numpy(out, act)
@@ -714,8 +752,8 @@ def _correlate_separable_numpy(src, group_rows, sy, term_ptr, vptr, vrows, vcols
                 for p in range(phases):
                     tmp[p] = 0.0
 
-                    def vplane(t):
-                        r = vrows[t] + g * group_rows
+                    def vplane(t):  # used at once, inside this iteration
+                        r = vrows[t] + g * group_rows  # noqa: B023
                         return src[r:r + (Ho - 1) * sy + 1:sy, :]
                     _apply_taps_numpy(tmp[p], vplane, vws, vptr[k * phases + p],
                                       vptr[k * phases + p + 1])
@@ -753,4 +791,4 @@ def _pad(x: np.ndarray, pads: geometry.Pads, border: str) -> np.ndarray:
         xp = np.zeros((C, H + t + b, W + l + r), np.float32)
         xp[:, t:t + H, l:l + W] = x
         return xp
-    return np.pad(x, ((0, 0), (t, b), (l, r)), mode=BORDER_MODES[border])
+    return np.pad(x, ((0, 0), (t, b), (l, r)), mode=BORDER_MODES[border])  # type: ignore[call-overload]

@@ -117,14 +117,14 @@ _JIT = dict(nogil=True, error_model="numpy", boundscheck=False)
 def _kernel(**options):
     """An entry-point kernel, cached on disk by our own locator (see _Locator)."""
     def wrap(fn):
-        kernel = numba.njit(**_JIT, **options)(fn)
+        kernel = numba.njit(**_JIT, **options)(fn)  # type: ignore[call-overload]
         if _CACHE_DIR is not None:
             kernel._cache = _Cache(kernel.py_func)
         return kernel
     return wrap
 
 
-_inline = numba.njit(inline="always", **_JIT)  # helpers compiled into the kernels only
+_inline = numba.njit(inline="always", **_JIT)  # type: ignore[call-overload]  # helpers only
 _bt6 = _inline(winograd.bt6)
 _at6 = _inline(winograd.at6)
 _ZERO = np.float32(0.0)
@@ -231,6 +231,40 @@ def correlate(src, group_rows, sy, ptr, rows, cols, ws, b, act, out):
         for f in range(F):
             _apply_taps(out[g, f, y], src, rows, cols, ws, ptr[f], ptr[f + 1], shift, True, b[f],
                         act)
+
+
+@_kernel(parallel=True)
+def correlate_unpadded(x, top, left, width, sy, dy, kh, chunks, ptr, brows, cols, ws, b, act,
+                       out):
+    """``correlate`` for a zero border, reading the image x (C, H, W) in place (no padded
+    copy; columns at stride 1). For each output row, the kh input rows its taps read from
+    each channel of its copy are first copied, with their zeros, into a row buffer (buffer
+    row c*kh + i holds row y*sy + i*dy - top of channel c, shifted right by ``left`` and
+    ``width`` wide); tap t reads buffer row brows[t] from column cols[t]. The same values as
+    ``correlate`` on the padded image. Parallel over ``chunks`` runs of (copy, output row),
+    each with its own buffer; each writes only its own rows out[g, :, y, :]."""
+    C, H, W = x.shape
+    G, F, Ho, Wo = out.shape
+    cs = C // G  # channels of one copy
+    total = G * Ho
+    for chunk in numba.prange(chunks):
+        buf = np.empty((cs * kh, width), np.float32)
+        for gy in range(chunk * total // chunks, (chunk + 1) * total // chunks):
+            g = gy // Ho
+            y = gy - g * Ho
+            for c in range(cs):
+                for i in range(kh):
+                    r = y * sy + i * dy - top
+                    row = buf[c * kh + i]
+                    if 0 <= r < H:
+                        row[:left] = 0.0
+                        row[left:left + W] = x[g * cs + c, r]
+                        row[left + W:] = 0.0
+                    else:
+                        row[:] = 0.0
+            for f in range(F):
+                _apply_taps(out[g, f, y], buf, brows, cols, ws, ptr[f], ptr[f + 1], 0, True,
+                            b[f], act)
 
 
 @_kernel(parallel=True)
@@ -374,8 +408,8 @@ def activate(a, start, stop, act):
                 row[k] = _act(row[k], act)
 
 
-KERNELS = (correlate, correlate_separable, winograd_input, winograd_output, im2col,
-           activate)
+KERNELS = (correlate, correlate_unpadded, correlate_separable, winograd_input,
+           winograd_output, im2col, activate)
 
 
 def call(kernel, *args, threads: int | None = None) -> None:
@@ -386,7 +420,8 @@ def call(kernel, *args, threads: int | None = None) -> None:
     if threads is None:
         return kernel(*args)
     previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+    most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+    numba.set_num_threads(max(1, min(int(threads), most)))
     try:
         return kernel(*args)
     finally:

@@ -264,6 +264,9 @@ def test_prepare_compiles_every_kernel_without_running_them():
 
     engine.prepare()
     assert all(kernel.signatures for kernel in jit.KERNELS)
+    # and every kernel can be saved in the cache (no dynamic globals, e.g. ctypes pointers)
+    assert all(kernel._cache._impl.check_cachable(result) for kernel in jit.KERNELS
+               for result in kernel.overloads.values())
 
 
 def test_each_kernel_is_compiled_once_whatever_the_layer():
