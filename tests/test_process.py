@@ -129,8 +129,11 @@ def test_cache_commands(tmp_path):
     warm = convcli("cache", "warm", env=env)
     assert warm.returncode == 0 and b"engine ready in" in warm.stderr
     kernels = convcli("cache", "info", env=env).stdout.decode().splitlines()[2]
-    assert kernels == ("compiled kernels: jit.activate, jit.correlate, jit.correlate_separable, "
-                       "jit.im2col, jit.winograd_input, jit.winograd_output")
+    assert kernels.startswith("compiled kernels: jit.")
+    # every kernel family the engine runs was compiled and cached by warm
+    assert {"jit.activate", "jit.correlate", "jit.correlate_separable", "jit.im2col",
+            "jit.winograd_input", "jit.winograd_output"} <= \
+        set(kernels.removeprefix("compiled kernels: ").split(", "))
     cleared = convcli("cache", "clear", env=env)
     assert cleared.returncode == 0 and cleared.stderr.startswith(b"convcli: removed ")
     assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == ["keep.txt"]
