@@ -275,9 +275,15 @@ def resolve(ref: str) -> Path:
     return kernels_dir() / f"{ref}.yaml"
 
 
+STDIN = "-"  # a bank read from standard input
+
+
 def load(ref: str) -> KernelBank:
-    """Load a single-layer bank by built-in name or path; raises BankError listing every
-    problem (a file of several layers is refused: see load_network)."""
+    """Load a single-layer bank by built-in name or path ("-": standard input); raises
+    BankError listing every problem (a file of several layers is refused: see
+    load_network)."""
+    if ref == STDIN:
+        return parse(_read_stdin(), source="<stdin>")
     path = resolve(ref)
     return parse(_read(path), source=str(path))
 
@@ -285,21 +291,36 @@ def load(ref: str) -> KernelBank:
 def load_network(ref: str) -> "Network":
     """Load a bank file of one or several layers as a :class:`convcli.network.Network`
     (a single-layer file gives one Conv layer named after the bank); raises BankError
-    listing every problem."""
+    listing every problem. "-" reads it from standard input."""
+    if ref == STDIN:
+        return parse_network(_read_stdin(), source="<stdin>")
     path = resolve(ref)
     return parse_network(_read(path), source=str(path))
 
 
+def _read_stdin() -> str:
+    import sys
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UsageError("a bank on stdin (-): stdin is a terminal; pipe the YAML in")
+    return _read_from(sys.stdin.buffer, "<stdin>")
+
+
 def _read(path: Path) -> str:
     """A bank file's text, read no further than MAX_BANK_BYTES; BankError if unreadable."""
-    def refuse(message: str) -> BankError:
-        return BankError([Problem(str(path), None, None, None, message)])
-
     try:
         with open(path, "rb") as fh:
-            data = fh.read(MAX_BANK_BYTES + 1)  # never more than the limit, whatever the file
+            return _read_from(fh, str(path))
     except OSError as e:
-        raise refuse(f"cannot read: {_reason(e)}") from None
+        raise BankError([Problem(str(path), None, None, None,
+                                 f"cannot read: {_reason(e)}")]) from None
+
+
+def _read_from(fh, source: str) -> str:
+    def refuse(message: str) -> BankError:
+        return BankError([Problem(source, None, None, None, message)])
+
+    data = fh.read(MAX_BANK_BYTES + 1)  # never more than the limit, whatever the stream
     if len(data) > MAX_BANK_BYTES:
         raise refuse(f"is larger than {MAX_BANK_BYTES >> 20} MiB, the most a bank file may be")
     try:

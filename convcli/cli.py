@@ -232,6 +232,9 @@ def apply(
     from . import batch, pipeline
 
     _check_apply_options(stack_by, jobs, max_pixels, output, json_report, scheduler)
+    if bank == "-" and ("-" in (inputs or []) or files_from == "-"):
+        raise UsageError("stdin can feed only one of: the bank (-b -), an image (-) or the "
+                         "list of inputs")
     options = pipeline.Options(out=output, format=fmt, bits=bits, compression=compression,
                                max_pixels=max_pixels, stack=stack, resume=resume,
                                max_memory=_size(max_memory, "--max-memory"),
@@ -607,6 +610,15 @@ def _emit(lines: list[str]) -> None:
     sys.stdout.flush()
 
 
+def _stdin_bytes() -> bytes:
+    """A file given as - : stdin's bytes, up to 2 GiB (the largest model file we import)."""
+    from . import images
+
+    if sys.stdin.isatty():
+        raise UsageError("stdin is a terminal; pipe the file into convcli")
+    return images.read_limited(sys.stdin.buffer, 2 << 30, "<stdin>")
+
+
 def _write_output(target: str, data: bytes, binary: bool) -> str:
     """Write a command's file, or stdout for "-" (binary data never to a terminal).
     Returns how to name where it went."""
@@ -799,6 +811,17 @@ def bank_import(
     from . import bank as banks
     from . import importers
 
+    if source == "-":  # weights on stdin: kept in a private file named by their kind
+        import tempfile
+
+        data = _stdin_bytes()
+        kind = ".npy" if data.startswith(b"\x93NUMPY") else \
+            ".npz" if data.startswith(b"PK") else ".onnx"
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / f"stdin{kind}").write_bytes(data)
+            return bank_import(str(Path(folder) / f"stdin{kind}"), output, node, upto,
+                               name or (Path(output).stem if output != "-" else "stdin"),
+                               quiet, verbose)
     if source.lower().endswith(".onnx") and node is None:
         imported = importers.import_network(source, upto=upto)
         if name:
@@ -898,7 +921,10 @@ def learn(
     from . import learn as learning
 
     learning.check_options(filters, size, method, seed, count)  # before reading any image
-    pixels = learning.read_for_learning(image_paths, channels)
+    if image_paths.count("-") > 1:
+        raise UsageError("stdin (-) can hold one image; give it once")
+    pixels = learning.read_for_learning([_stdin_bytes() if p == "-" else p for p in image_paths],
+                                        channels)
     if method == "kmeans" and not quiet and sys.stderr.isatty():  # a bar only on a terminal
         from rich.console import Console
         from rich.progress import Progress

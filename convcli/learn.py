@@ -230,7 +230,7 @@ def to_yaml(result: Learned, *, name: str, method: str, channels: str, seed: int
         header="# Made by convcli learn; see provenance for how.\n")
 
 
-def read_for_learning(paths: list[str], channels: str) -> list[np.ndarray]:
+def read_for_learning(paths: list[str | bytes], channels: str) -> list[np.ndarray]:
     """The images as float32 (C, H, W) in the channel mode; InputError naming the file for
     one that cannot be read or learned from."""
     from pathlib import Path
@@ -244,7 +244,11 @@ def read_for_learning(paths: list[str], channels: str) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     held = 0
     for p in paths:
-        tensor = features.read_input(Path(p), p, images.DEFAULT_MAX_PIXELS)
+        # bytes: an image or array given on stdin
+        label = "<stdin>" if isinstance(p, bytes) else p
+        tensor = features.read_input(p if isinstance(p, bytes) else Path(p), label,
+                                     images.DEFAULT_MAX_PIXELS)
+        p = label
         px = tensor.data if channels == "dense" else images.as_channels(tensor.data, channels)
         want = {"gray": 1, "rgb": 3}.get(channels, out[0].shape[0] if out else px.shape[0])
         if px.ndim != 3 or px.shape[0] != want:

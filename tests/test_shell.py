@@ -1,10 +1,12 @@
 """Every command behaves in a shell as in a pipeline: listings that pipe unwrapped, --json,
 '-' for stdout, -q/-v, one-line usage errors, completion, and the help text."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from convcli import bank
 from convcli.cli import app
 
 runner = CliRunner()
+ROOT_KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 
 
 def run(*args, input=None):
@@ -133,3 +136,29 @@ def test_completion_of_banks_and_filters():
         ["gaussian_1", "gaussian_2", "gaussian_4"]
     assert complete("convcli bank show e") == ["edge"]
     assert "apply" in complete("convcli ap")
+
+
+def test_dash_is_stdin_for_every_file_read(tmp_path, samples):
+    """Banks, learning images and imported weights may come on stdin too."""
+    edge = (ROOT_KERNELS / "edge.yaml").read_bytes()
+    shown = subprocess.run([sys.executable, "-m", "convcli", "bank", "show", "-", "-f",
+                            "sobel_x", "--json"], input=edge, capture_output=True, timeout=60)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["filters"][0]["name"] == "sobel_x"
+    checked = subprocess.run([sys.executable, "-m", "convcli", "bank", "check", "-"],
+                             input=edge, capture_output=True, timeout=60)
+    assert checked.stderr == b"ok: -: bank 'edge', 16 filters, input gray\n"
+    learned = subprocess.run([sys.executable, "-m", "convcli", "learn", "-", "-o",
+                              str(tmp_path / "l.yaml"), "-k", "2", "--size", "3", "--patches",
+                              "300", "-q"], input=(samples / "camera.png").read_bytes(),
+                             capture_output=True, timeout=60)
+    assert learned.returncode == 0 and len(bank.load(str(tmp_path / "l.yaml")).filters) == 2
+    buf = io.BytesIO()
+    np.save(buf, np.ones((3, 1, 3, 3), np.float32))
+    imported = subprocess.run([sys.executable, "-m", "convcli", "bank", "import", "-", "-o",
+                               str(tmp_path / "i.yaml"), "-q"], input=buf.getvalue(),
+                              capture_output=True, timeout=60)
+    assert imported.returncode == 0 and len(bank.load(str(tmp_path / "i.yaml")).filters) == 3
+    both = run("apply", "-", "-b", "-", "-o", tmp_path / "o")
+    assert (both.exit_code, both.stderr) == (2, "convcli: error: stdin can feed only one of: "
+                                                "the bank (-b -), an image (-) or the list of "
+                                                "inputs\n")
