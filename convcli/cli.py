@@ -996,6 +996,10 @@ def main() -> None:
     from . import workers
 
     workers.keep_freed_memory()  # this process is ours: see convcli.workers
+    # Batches fork worker processes after numba has loaded; where TBB cannot load, numba
+    # would otherwise take GNU OpenMP, which does not survive a fork. The library itself
+    # leaves the choice to its host; the command line owns its process.
+    os.environ.setdefault("NUMBA_THREADING_LAYER", "forksafe")
     warnings.showwarning = _show_warning
     app(prog_name="convcli")
 
