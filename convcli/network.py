@@ -226,7 +226,7 @@ def run(x: Any, net: Network, *, config: EngineConfig | None = None,
     channel names (default "c0", "c1", ...), which a depthwise layer puts after its
     filters' names. ``x`` itself is never changed.
     """
-    data = _input(x)
+    data = ops.as_input(x)
     chan = [f"c{i}" for i in range(data.shape[0])] if names is None else [str(n) for n in names]
     if len(chan) != data.shape[0]:
         raise UsageError(f"names must give one name per input channel ({data.shape[0]}), "
@@ -420,13 +420,3 @@ def _shape3(shape: Sequence[int]) -> tuple[int, int, int]:
     if len(s) != 3 or min(s) < 1:
         raise InputError(f"the input must be (C, H, W) or (H, W) and non-empty, got shape {s}")
     return s[0], s[1], s[2]
-
-
-def _input(x: Any) -> np.ndarray:
-    a = np.asarray(x)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3 or 0 in a.shape:
-        raise InputError(f"the input must be (C, H, W) or (H, W) and non-empty, got shape "
-                         f"{a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float32)

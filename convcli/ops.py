@@ -133,7 +133,7 @@ def check_function(function: Any, params: dict[str, Any]) -> None:
 def normalize(x: Any, mean: Any, std: Any) -> np.ndarray:
     """(x[c] - mean[c]) / std[c] for x (C, H, W) (or (H, W)); mean and std hold one value
     per channel, or one for every channel. float32, computed in float32 as torchvision."""
-    a = _image(x)
+    a = as_input(x)
     m, s = _per_channel(mean, "mean"), _per_channel(std, "std")
     if not (s > 0).all():
         raise UsageError(f"std must be > 0, got {geometry.brief(std)}")
@@ -166,7 +166,7 @@ def max_pool2d(x: Any, kernel: Any, stride: Any = None, padding: Any = 0, dilati
                ceil_mode: bool = False) -> np.ndarray:
     """torch.nn.functional.max_pool2d of x (C, H, W) (or (H, W)), padding also
     (top, bottom, left, right), "same" or "valid" (see the module's docstring)."""
-    a = _image(x)
+    a = as_input(x)
     k, s, pads, d = pool_settings(kernel, stride, padding, dilation, ceil_mode, a.shape[1:])
     out = _pool(a, k, s, pads, d, ceil_mode, "max")
     return out[0] if np.ndim(x) == 2 else out
@@ -176,7 +176,7 @@ def avg_pool2d(x: Any, kernel: Any, stride: Any = None, padding: Any = 0,
                ceil_mode: bool = False, count_include_pad: bool = True) -> np.ndarray:
     """torch.nn.functional.avg_pool2d of x (C, H, W) (or (H, W)), padding also
     (top, bottom, left, right), "same" or "valid" (see the module's docstring)."""
-    a = _image(x)
+    a = as_input(x)
     if not isinstance(count_include_pad, (bool, np.bool_)):
         raise UsageError(f"count_include_pad must be True or False, got {count_include_pad!r}")
     k, s, pads, d = pool_settings(kernel, stride, padding, 1, ceil_mode, a.shape[1:])
@@ -281,7 +281,9 @@ def _divisors(n: int, k: int, s: int, before: int, after: int, n_out: int,
 
 # --- inputs -------------------------------------------------------------------------------
 
-def _image(x: Any) -> np.ndarray:
+def as_input(x: Any) -> np.ndarray:
+    """An image or feature map, (C, H, W) or (H, W), as a float32 C-contiguous (C, H, W);
+    InputError for any other shape (shared by the layers and their runner)."""
     a = np.asarray(x)
     if a.ndim == 2:
         a = a[None]
