@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from convcli import pipeline
+from stopping import kill_a_worker_inside_an_input
+
 from convcli.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,15 +222,7 @@ def test_a_killed_worker_costs_only_a_retry(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Kill a worker while it is provably inside an input: its staging folder, named with
     # its process id, exists.
-    victim, deadline = None, time.time() + 120
-    while victim is None and time.time() < deadline and proc.poll() is None:
-        for entry in (out.iterdir() if out.exists() else []):
-            pid = pipeline.staging_pid(entry.name)
-            if pid is not None and pid in _descendants(proc.pid):
-                victim = pid
-                os.kill(victim, signal.SIGKILL)
-                break
-        time.sleep(0.005)
+    victim = kill_a_worker_inside_an_input(out, proc, lambda pid: pid in _descendants(proc.pid))
     assert victim is not None, "never saw a worker inside an input"
     stdout, stderr = proc.communicate(timeout=300)
     assert (proc.returncode, stderr) == (0, "")  # -q, and Dask's log stays out of the way

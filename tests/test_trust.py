@@ -17,7 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from convcli import inputs, pipeline
+from stopping import kill_a_worker_inside_an_input
+
+from convcli import inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGE_FILES = 17  # 16 edge filters and the stack
@@ -245,16 +247,7 @@ def test_a_busy_worker_that_dies_costs_a_retry(tmp_path, many):
     out = tmp_path / "out"
     proc = subprocess.Popen(convcli("apply", many, "-o", out, "-j", "2", "--json"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    victim = None
-    deadline = time.time() + 120
-    while victim is None and time.time() < deadline and proc.poll() is None:
-        for entry in (out.iterdir() if out.exists() else []):
-            pid = pipeline.staging_pid(entry.name)
-            if pid is not None and pid != proc.pid:
-                victim = pid
-                os.kill(victim, signal.SIGKILL)
-                break
-        time.sleep(0.005)
+    victim = kill_a_worker_inside_an_input(out, proc, lambda pid: pid != proc.pid)
     assert victim is not None, "never saw a worker inside an input"
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
