@@ -179,8 +179,9 @@ def apply(
                                            help="Override every filter's dilation."),
     border: Optional[str] = typer.Option(None, metavar="zero|reflect|replicate|wrap",
                                          help="Override how pixels beyond the border are read."),
-    activation: Optional[str] = typer.Option(None, metavar="relu|none|abs",
-                                             help="Override every filter's activation."),
+    activation: Optional[str] = typer.Option(
+        None, metavar="NAME", help="Override every filter's activation: relu, none, abs, "
+                                   "relu6, leaky_relu, hardswish, hardsigmoid, sigmoid, tanh."),
     scale: Optional[str] = typer.Option(None, metavar="auto|global|clip|symmetric",
                                         help="Override how maps become pixels."),
     bits: int = typer.Option(8, metavar="8|16", help="Bits per sample of the PNGs."),
