@@ -154,17 +154,24 @@ def onnx_reference_is_defined(case):
     return True
 
 
-# Fixed examples: random ones found cases where onnx.reference itself crashes or shifts
-# windows beyond what onnx_reference_is_defined filters (see the stop note); the oracle and
-# torch tests above cover those shapes.
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          derandomize=True)
+def onnx_reference_reads_the_pads(case):
+    """onnx.reference (1.23) runs MaxPool at unit stride and dilation through
+    ops/_op_common_pool.py, which unpacks ONNX pads [top, left, bottom, right] as (top,
+    bottom, left, right) and, with ceil_mode, adds the pads to the padded size a second
+    time; its other MaxPool path and AveragePool (ops/op_pool_common.py) read them as ONNX
+    defines. Pads are left out of that one path; the oracle and torch cover them."""
+    unit = case["stride"] == (1, 1) and case["dilation"] == (1, 1)
+    return not (case["mode"] == "max" and unit and any(case["pads"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pools())
 @pytest.mark.filterwarnings("default")  # onnx.reference's own warnings are not ours
 def test_asymmetric_pads_match_onnx_reference(case):
     pytest.importorskip("onnx")
     ho, wo = expected_size(case)
-    assume(ho >= 1 and wo >= 1 and onnx_reference_is_defined(case))
+    assume(ho >= 1 and wo >= 1 and onnx_reference_is_defined(case)
+           and onnx_reference_reads_the_pads(case))
     np.testing.assert_allclose(ours(case), onnx_pool(case), rtol=1e-6, atol=1e-6)
 
 
