@@ -5,7 +5,9 @@ give C = 1 or 3 with values in [0, 1] (names "gray" or "red", "green", "blue"); 
 (``.npy``, float or integer, (C, H, W) or (H, W)) give any C, with their values used as they
 are (no rescaling). convcli's own ``maps.npy`` is such an array, and the ``maps.json``
 beside it names its channels (its filters), so one run's output is the next run's input, by
-file or through a pipe (on stdin the two kinds are told apart by their first bytes).
+file or through a pipe (on stdin the two kinds are told apart by their first bytes). TIFFs
+of feature maps (convcli's own ``maps.tif``, whose description names the filters, or any
+gray TIFF with several samples per pixel and no alpha) are read the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from . import images
 from .errors import InputError, printable
 
 NPY_MAGIC = b"\x93NUMPY"
+TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF
 ARRAY_SUFFIXES = (".npy",)
 MAX_CHANNELS = 4096  # what real networks use; the bank's dense layers allow as many
 
@@ -37,12 +40,18 @@ class Tensor:
     notes: list[str] = field(default_factory=list)
 
 
-def read_input(source: Path | bytes, label: str, max_pixels: int) -> Tensor:
+def read_input(source: Path | bytes, label: str, max_pixels: int,
+               max_bytes: int | None = None) -> Tensor:
     """Read an image or an array (by its first bytes) as a Tensor; InputError naming
-    ``label`` on any failure."""
+    ``label`` on any failure. An array or feature-map TIFF whose float32 tensor would
+    take more than ``max_bytes`` is refused from its header, before its data is read."""
     head = source[:8] if isinstance(source, bytes) else _head(source, label)
     if head.startswith(NPY_MAGIC):
-        return _read_array(source, label, max_pixels)
+        return _read_array(source, label, max_pixels, max_bytes)
+    if head[:4] in TIFF_MAGIC:
+        planes = images.read_tiff_planes(source, label, max_pixels, MAX_CHANNELS, max_bytes)
+        if planes is not None:
+            return _feature_map(planes.data, planes.names, label, planes.notes)
     img = images.read_image(source, label=label, max_pixels=max_pixels)
     names = ["gray"] if img.pixels.shape[0] == 1 else ["red", "green", "blue"]
     return Tensor(img.pixels, names, True, list(img.notes))
@@ -58,7 +67,8 @@ def _head(path: Path, label: str) -> bytes:
         return b""  # the image reader says what is wrong, in its words
 
 
-def _read_array(source: Path | bytes, label: str, max_pixels: int) -> Tensor:
+def _read_array(source: Path | bytes, label: str, max_pixels: int,
+                max_bytes: int | None) -> Tensor:
     """A .npy array: its header is checked (shape, type, size) before any data is read,
     and pickled objects are never loaded."""
     try:
@@ -84,6 +94,7 @@ def _read_array(source: Path | bytes, label: str, max_pixels: int) -> Tensor:
         if c > MAX_CHANNELS:
             raise InputError(f"{label}: an array of {c} channels; at most {MAX_CHANNELS} are "
                              "supported")
+        images.check_tensor_bytes(c, h, w, max_bytes, label)
         count = int(np.prod(shape))
         raw = fh.read(count * dtype.itemsize)
         if len(raw) < count * dtype.itemsize:
@@ -92,12 +103,15 @@ def _read_array(source: Path | bytes, label: str, max_pixels: int) -> Tensor:
     arr = arr.reshape(shape, order="F" if fortran else "C")
     with np.errstate(all="ignore"):
         data = np.ascontiguousarray(arr, dtype=np.float32).reshape(c, h, w)
-    notes = []
+    return _feature_map(data, _names_beside(source, c), label, [])
+
+
+def _feature_map(data: np.ndarray, names: list[str] | None, label: str,
+                 notes: list[str]) -> Tensor:
     if not np.isfinite(data).all():
         notes.append(f"{printable(label)}: holds values that are not finite (or too large "
                      "for float32)")
-    names = _names_beside(source, c) or [f"c{k}" for k in range(c)]
-    return Tensor(data, names, False, notes)
+    return Tensor(data, names or [f"c{k}" for k in range(len(data))], False, notes)
 
 
 def _header(fh, version) -> tuple[tuple[int, ...], bool, np.dtype]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import logging
 import os
 import stat
@@ -738,6 +739,109 @@ def _decode_tiff(r: _Window, label: str, max_pixels: int) -> tuple[_Samples, _He
         raise InputError(f"{label}: TIFF page with axes {axes} is not a 2-D image")
     arr = np.moveaxis(arr, [axes.index("Y"), axes.index("X"), axes.index("S")], [0, 1, 2])
     return layout(arr), head
+
+
+@dataclass
+class Planes:
+    """A TIFF of feature maps: its samples as float32 (C, H, W), values as stored, and the
+    channel names convcli recorded when it wrote the file (None otherwise)."""
+    data: np.ndarray
+    names: list[str] | None
+    notes: list[str] = field(default_factory=list)
+
+
+def read_tiff_planes(source: Path | bytes, label: str, max_pixels: int,
+                     max_channels: int, max_bytes: int | None = None) -> Planes | None:
+    """The planes of a TIFF that holds feature maps rather than a picture, or None for any
+    other file (read_image's business). A feature-map TIFF is one whose first page convcli
+    wrote (its description names one channel per sample) or a gray page with more than
+    one sample per pixel none of which is alpha (what tifffile writes for a (C, H, W)
+    array). The same limits as for images apply; InputError names ``label``."""
+    shown = printable(label)
+    with _quiet() as caught:
+        try:
+            with _open(source, shown) as (fh, size):
+                planes = _tiff_planes(_Window(fh, size), shown, max_pixels, max_channels,
+                                      max_bytes)
+        except InputError:
+            raise
+        except MemoryError:
+            raise InputError(f"{shown}: not enough memory to decode this TIFF") from None
+        except Exception as e:  # tifffile raises many types
+            raise InputError(f"{shown}: cannot decode this TIFF ({_one_line(e)})") from None
+    if planes is not None:
+        planes.notes.extend(_caught_notes(caught, shown))
+    return planes
+
+
+def check_tensor_bytes(c: int, h: int, w: int, max_bytes: int | None, label: str) -> None:
+    """Refuse, before decoding, an input whose float32 (C, H, W) tensor is over budget."""
+    need = 4 * c * h * w
+    if max_bytes is not None and need > max_bytes:
+        raise InputError(f"{label}: {c} channels of {w}x{h} take {need / 2**20:,.0f} MiB as "
+                         f"float32, over the memory budget of {max_bytes / 2**20:,.0f} MiB; "
+                         "raise the budget or give a smaller input", settings=("max_memory",))
+
+
+def _tiff_planes(r: _Window, label: str, max_pixels: int, max_channels: int,
+                 max_bytes: int | None) -> Planes | None:
+    import tifffile
+
+    if _format(r, label) != "TIFF":
+        return None
+    _install_log_filter()
+    r.fh.seek(0)
+    with tifffile.TiffFile(r.fh, name="maps.tif") as tf:
+        page = tf.pages[0]
+        spp = int(page.samplesperpixel)
+        names = _recorded_names(page.description, spp)
+        extras = page.extrasamples if isinstance(page.extrasamples, tuple) else ()
+        stack_of_maps = (int(page.photometric) == 1 and spp > 1
+                         and not any(int(e) in (1, 2) for e in extras))
+        if names is None and not stack_of_maps:
+            return None
+        head = _tiff_page_header(page, label)
+        _check_size(head.width, head.height, max_pixels, label)
+        if spp > max_channels:
+            raise InputError(f"{label}: a TIFF of {spp} channels; at most {max_channels} are "
+                             "supported")
+        check_tensor_bytes(spp, head.height, head.width, max_bytes, label)
+        if int(page.imagedepth) > 1:
+            raise InputError(f"{label}: TIFF volume ({page.imagedepth} planes deep) is not a "
+                             "2-D map")
+        compression = int(page.compression)
+        if compression not in _TIFF_COMPRESSIONS or compression == 7:
+            name = getattr(page.compression, "name", compression)
+            raise InputError(f"{label}: TIFF compression {name} is not supported for feature "
+                             "maps (convcli reads uncompressed, LZW, deflate, PackBits, LZMA "
+                             "and Zstandard ones)")
+        if int(page.sampleformat) not in (1, 2, 3) or page.dtype is None:
+            name = getattr(page.sampleformat, "name", int(page.sampleformat))
+            raise InputError(f"{label}: TIFF sample format {name} is not supported")
+        arr = page.asarray(maxworkers=1)  # one thread: see _decode_tiff
+        axes = page.axes
+    if "S" not in axes:
+        arr, axes = arr[..., None], axes + "S"
+    if sorted(axes) != sorted("YXS"):
+        raise InputError(f"{label}: TIFF page with axes {axes} is not a 2-D map")
+    arr = np.moveaxis(arr, [axes.index("Y"), axes.index("X"), axes.index("S")], [0, 1, 2])
+    arr = _orient(arr, head.orientation)
+    with np.errstate(all="ignore"):
+        data = np.ascontiguousarray(np.moveaxis(arr, 2, 0), dtype=np.float32)
+    return Planes(data, names)
+
+
+def _recorded_names(description: str, channels: int) -> list[str] | None:
+    """The channel names convcli writes into a TIFF's description (JSON with "filters")."""
+    if not description.startswith("{") or len(description) > 1 << 20:
+        return None
+    try:
+        names = json.loads(description)["filters"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(names, list) or len(names) != channels:
+        return None
+    return [str(n) for n in names]
 
 
 def _check_tiff_jpeg(page, fh: BinaryIO, label: str) -> None:

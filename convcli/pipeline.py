@@ -499,7 +499,8 @@ def process(source: Source, bank: KernelBank | Network, options: Options,
             raise InputError(source.problem)
         from . import features
 
-        tensor = features.read_input(source.content(), label, options.max_pixels)
+        tensor = features.read_input(source.content(), label, options.max_pixels,
+                                     options.max_memory)
         result.notes.extend(tensor.notes)
         net = as_network(bank)
         parts = _parts(net)

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from convcli import bank, images, network, ops
 from convcli.cli import app
+from oracle import reference_pool2d
 
 runner = CliRunner()
 
@@ -273,3 +274,73 @@ def test_the_memory_budget_covers_the_layers_before_the_last(tmp_path, samples):
         "about 10 MiB, over the memory budget of 1 MiB; raise the budget or give a smaller "
         "input (see --max-memory)")
     assert not (tmp_path / "o" / "astronaut").exists()
+
+
+def test_tiffs_of_feature_maps_are_inputs(tmp_path):
+    """A float TIFF whose description names its channels (how convcli writes maps.tif) and a
+    gray TIFF of several samples without alpha are feature maps: values as stored, any
+    channel count, by path and on stdin; the same numbers as the .npy of the same array."""
+    import subprocess
+    import sys
+
+    import tifffile
+
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(6, 18, 22)) * 40).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    tifffile.imwrite(tmp_path / "named.tif", x, photometric="minisblack",
+                     planarconfig="separate", compression="zlib",
+                     metadata={"filters": [f"f{k}" for k in range(6)]})
+    ints = rng.integers(0, 60000, size=(18, 22, 6)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "samples.tif", ints, photometric="minisblack",
+                     planarconfig="contig")
+    common = ["-b", "blur", "-f", "box_3", "--format", "npy"]
+    assert run("apply", tmp_path / "x.npy", *common, "-o", tmp_path / "a").exit_code == 0
+    r = run("apply", tmp_path / "named.tif", tmp_path / "samples.tif", *common,
+            "-o", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    want = np.load(tmp_path / "a" / "x" / "maps.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "b" / "named" / "maps.npy"), want)
+    made = json.loads((tmp_path / "b" / "named" / "maps.json").read_text())
+    assert made["filters"] == [f"box_3/f{k}" for k in range(6)]  # names from the TIFF
+    # values as stored, unscaled: the bank's 3x3 box (reflected border) is a 3x3 average
+    # over the reflected planes
+    planes = np.pad(ints.transpose(2, 0, 1).astype(np.float64), [(0, 0), (1, 1), (1, 1)],
+                    mode="reflect")
+    box = reference_pool2d(planes, "avg", (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), False, True)
+    np.testing.assert_allclose(np.load(tmp_path / "b" / "samples" / "maps.npy"), box,
+                               rtol=1e-5)
+    piped = subprocess.run([sys.executable, "-m", "convcli", "apply", "-", *common, "-o", "-"],
+                           input=(tmp_path / "named.tif").read_bytes(), capture_output=True,
+                           timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    import io
+    np.testing.assert_array_equal(np.load(io.BytesIO(piped.stdout)), want)
+
+
+def test_tiffs_of_feature_maps_keep_the_limits(tmp_path):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "wide.tif", np.zeros((4097, 2, 2), np.float32),
+                     photometric="minisblack", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((2, 300, 300), np.float32),
+                     photometric="minisblack", planarconfig="separate")
+    # a zlib-compressed TIFF of 64 planes of 1024x1024 zeros: small on disk, 256 MiB decoded
+    tifffile.imwrite(tmp_path / "bomb.tif", np.zeros((64, 1024, 1024), np.float32),
+                     photometric="minisblack", planarconfig="separate", compression="zlib")
+    np.save(tmp_path / "bomb.npy", np.zeros((64, 1024, 1024), np.float32))
+    assert (tmp_path / "bomb.tif").stat().st_size < 2**20
+    budget = "64M"
+    for name, line in (("wide.tif", "a TIFF of 4097 channels; at most 4096 are supported"),
+                       ("big.tif", "300x300 image has 90,000 pixels"),
+                       ("bomb.tif", "64 channels of 1024x1024 take 256 MiB as float32, over "
+                                    "the memory budget of 64 MiB"),
+                       ("bomb.npy", "64 channels of 1024x1024 take 256 MiB as float32, over "
+                                    "the memory budget of 64 MiB")):
+        r = run("apply", tmp_path / name, "-b", "blur", "-o", tmp_path / "o",
+                "--max-pixels", "1000" if name == "big.tif" else "10000000",
+                "--max-memory", budget)
+        assert r.exit_code == 1, r.output
+        assert len(r.stderr.splitlines()) <= 2, r.stderr
+        assert line in r.stderr.splitlines()[0]
+    assert not any((tmp_path / "o").rglob("*.png"))
