@@ -5,6 +5,7 @@ on request, pooling added from the command line, layered files in bank show and 
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from convcli import bank, images, network, ops
@@ -344,3 +345,27 @@ def test_tiffs_of_feature_maps_keep_the_limits(tmp_path):
         assert len(r.stderr.splitlines()) <= 2, r.stderr
         assert line in r.stderr.splitlines()[0]
     assert not any((tmp_path / "o").rglob("*.png"))
+
+
+def test_networks_run_the_same_on_a_dask_cluster(tmp_path, samples):
+    """A layered bank with --all-layers and a pool override on a LocalCluster: the same
+    files as the local pool, a --json record per input, and --resume skipping them."""
+    pytest.importorskip("distributed")
+    (tmp_path / "net.yaml").write_text(NET)
+    inputs = [samples / "camera.png", samples / "brick.png", samples / "coffee.png"]
+    common = ["-b", tmp_path / "net.yaml", "--all-layers", "--pool", "avg:2", "--json"]
+    local = run("apply", *inputs, *common, "-j", "2", "-o", tmp_path / "a")
+    dask = run("apply", *inputs, *common, "--scheduler", "local", "-o", tmp_path / "b")
+    assert local.exit_code == dask.exit_code == 0, dask.output
+    a = {str(p.relative_to(tmp_path / "a")): p.read_bytes()
+         for p in sorted((tmp_path / "a").rglob("*")) if p.is_file()}
+    b = {str(p.relative_to(tmp_path / "b")): p.read_bytes()
+         for p in sorted((tmp_path / "b").rglob("*")) if p.is_file()}
+    assert a == b and any("01-normalize" in name for name in a)
+    rows = [json.loads(line) for line in dask.stdout.splitlines()]
+    assert sorted(row["input"] for row in rows if row["status"] == "ok") == sorted(
+        str(p) for p in inputs)
+    again = run("apply", *inputs, *common, "--scheduler", "local", "--resume",
+                "-o", tmp_path / "b")
+    assert again.exit_code == 0
+    assert {json.loads(line)["status"] for line in again.stdout.splitlines()} == {"skipped"}
