@@ -818,6 +818,7 @@ def _tiff_planes(r: _Window, label: str, max_pixels: int, max_channels: int,
         if int(page.sampleformat) not in (1, 2, 3) or page.dtype is None:
             name = getattr(page.sampleformat, "name", int(page.sampleformat))
             raise InputError(f"{label}: TIFF sample format {name} is not supported")
+        _check_tiff_segments(page, label)
         arr = page.asarray(maxworkers=1)  # one thread: see _decode_tiff
         axes = page.axes
     if "S" not in axes:
@@ -842,6 +843,25 @@ def _recorded_names(description: str, channels: int) -> list[str] | None:
     if not isinstance(names, list) or len(names) != channels:
         return None
     return [str(n) for n in names]
+
+
+def _check_tiff_segments(page, label: str) -> None:
+    """tifffile decodes strip by strip (tile by tile) in Python: the count the geometry asks
+    for, whatever the offsets tag holds, is what costs; many tiny pieces are refused."""
+    width, height = int(page.imagewidth), int(page.imagelength)
+    planes = int(page.samplesperpixel) if int(page.planarconfig) == 2 else 1
+    if page.is_tiled:
+        tw, tl = max(1, int(page.tilewidth)), max(1, int(page.tilelength))
+        segments = planes * -(-height // tl) * -(-width // tw)
+    else:
+        segments = planes * -(-height // max(1, min(int(page.rowsperstrip), height)))
+    if segments != len(page.dataoffsets) or segments != len(page.databytecounts):
+        raise _damaged(label, "TIFF", f"{len(page.dataoffsets):,} strip or tile offsets for "
+                                      f"{segments:,} pieces")
+    if segments > MAX_TIFF_SEGMENTS and planes * width * height < TIFF_PIECE_PIXELS * segments:
+        raise InputError(f"{label}: TIFF page stored in {segments:,} strips or tiles of under "
+                         f"{TIFF_PIECE_PIXELS:,} pixels each (decoding costs per piece); "
+                         "re-save it with larger strips or tiles")
 
 
 def _check_tiff_jpeg(page, fh: BinaryIO, label: str) -> None:
@@ -902,22 +922,7 @@ def _tiff_layout(page, label: str):
                          "save it as RGB")
     if kind == "SEPARATED" and int(page.tags.valueof(332, 1)) != 1:
         raise InputError(f"{label}: TIFF separated into inks other than CMYK is not supported")
-    # tifffile decodes strip by strip (tile by tile) in Python: the count the geometry asks
-    # for, whatever the offsets tag holds, is what costs
-    width, height = int(page.imagewidth), int(page.imagelength)
-    planes = spp if int(page.planarconfig) == 2 else 1
-    if page.is_tiled:
-        tw, tl = max(1, int(page.tilewidth)), max(1, int(page.tilelength))
-        segments = planes * -(-height // tl) * -(-width // tw)
-    else:
-        segments = planes * -(-height // max(1, min(int(page.rowsperstrip), height)))
-    if segments != len(page.dataoffsets) or segments != len(page.databytecounts):
-        raise _damaged(label, "TIFF", f"{len(page.dataoffsets):,} strip or tile offsets for "
-                                      f"{segments:,} pieces")
-    if segments > MAX_TIFF_SEGMENTS and width * height < TIFF_PIECE_PIXELS * segments:
-        raise InputError(f"{label}: TIFF page stored in {segments:,} strips or tiles of under "
-                         f"{TIFF_PIECE_PIXELS:,} pixels each (decoding costs per piece); "
-                         "re-save it with larger strips or tiles")
+    _check_tiff_segments(page, label)
     extra_kind = _EXTRA.get(int(page.extrasamples[0]) if page.extrasamples else 0,
                             "unspecified")
     floating = fmt == 3

@@ -330,6 +330,9 @@ def test_tiffs_of_feature_maps_keep_the_limits(tmp_path):
     tifffile.imwrite(tmp_path / "bomb.tif", np.zeros((64, 1024, 1024), np.float32),
                      photometric="minisblack", planarconfig="separate", compression="zlib")
     np.save(tmp_path / "bomb.npy", np.zeros((64, 1024, 1024), np.float32))
+    # 200 planes of 64 one-row strips: 12,800 pieces of 64 samples (each costs to decode)
+    tifffile.imwrite(tmp_path / "strips.tif", np.zeros((200, 64, 64), np.float32),
+                     photometric="minisblack", planarconfig="separate", rowsperstrip=1)
     assert (tmp_path / "bomb.tif").stat().st_size < 2**20
     budget = "64M"
     for name, line in (("wide.tif", "a TIFF of 4097 channels; at most 4096 are supported"),
@@ -337,7 +340,9 @@ def test_tiffs_of_feature_maps_keep_the_limits(tmp_path):
                        ("bomb.tif", "64 channels of 1024x1024 take 256 MiB as float32, over "
                                     "the memory budget of 64 MiB"),
                        ("bomb.npy", "64 channels of 1024x1024 take 256 MiB as float32, over "
-                                    "the memory budget of 64 MiB")):
+                                    "the memory budget of 64 MiB"),
+                       ("strips.tif", "TIFF page stored in 12,800 strips or tiles of under "
+                                      "1,024 pixels each")):
         r = run("apply", tmp_path / name, "-b", "blur", "-o", tmp_path / "o",
                 "--max-pixels", "1000" if name == "big.tif" else "10000000",
                 "--max-memory", budget)
