@@ -140,7 +140,8 @@ def _names_beside(source: Path | bytes, channels: int) -> list[str] | None:
     if isinstance(source, bytes) or source.name != "maps.npy":
         return None
     try:
-        meta = json.loads((Path(source).with_name("maps.json")).read_text()[:1 << 20])
+        with open(Path(source).with_name("maps.json"), "rb") as fh:  # a bounded read
+            meta = json.loads(fh.read(1 << 20))
         names = [str(n) for n in meta["filters"]]
     except (OSError, ValueError, KeyError, TypeError):
         return None
