@@ -140,7 +140,10 @@ def _names_beside(source: Path | bytes, channels: int) -> list[str] | None:
     if isinstance(source, bytes) or source.name != "maps.npy":
         return None
     try:
-        with open(Path(source).with_name("maps.json"), "rb") as fh:  # a bounded read
+        beside = Path(source).with_name("maps.json")
+        if not beside.is_file():  # a FIFO would block the open
+            return None
+        with open(beside, "rb") as fh:  # a bounded read
             meta = json.loads(fh.read(1 << 20))
         names = [str(n) for n in meta["filters"]]
     except (OSError, ValueError, KeyError, TypeError):

@@ -374,3 +374,20 @@ def test_networks_run_the_same_on_a_dask_cluster(tmp_path, samples):
                 "-o", tmp_path / "b")
     assert again.exit_code == 0
     assert {json.loads(line)["status"] for line in again.stdout.splitlines()} == {"skipped"}
+
+
+def test_a_fifo_or_huge_maps_json_beside_maps_npy_costs_nothing(tmp_path):
+    import os
+
+    for name in ("fifo", "huge"):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "maps.npy", np.ones((2, 8, 8), np.float32))
+    os.mkfifo(tmp_path / "fifo" / "maps.json")  # opening it would block for ever
+    with open(tmp_path / "huge" / "maps.json", "w") as fh:
+        fh.write('{"filters": ["a", "b"], "pad": "' + "x" * (2 << 20) + '"}')
+    r = run("apply", tmp_path / "fifo" / "maps.npy", tmp_path / "huge" / "maps.npy", "-b", "blur",
+            "-f", "box_3", "--format", "npy", "-o", tmp_path / "o")
+    assert r.exit_code == 0, r.output
+    for name in ("fifo", "huge"):  # no names read: the channels are c0, c1
+        made = json.loads((tmp_path / "o" / name / "maps" / "maps.json").read_text())
+        assert made["filters"] == ["box_3/c0", "box_3/c1"]
