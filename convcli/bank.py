@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from . import generators, geometry, ops
+from . import generators, geometry, localnorm, ops
 from .engine import BORDER_MODES
 from .errors import BankError, Problem, UsageError
 
@@ -77,7 +77,9 @@ SCALES = ("auto", "global", "clip", "symmetric")
 MODE_CHANNELS = {"gray": 1, "rgb": 3, "depthwise": 1}
 
 GEOMETRY_KEYS = ("stride", "padding", "dilation", "border", "activation")
-DEFAULT_KEYS = GEOMETRY_KEYS + ("input", "scale", "groups")
+# window_norm: per-window normalisation (convcli.localnorm), a setting of the whole layer:
+# it is given in ``defaults`` only, and every filter carries it in its Geometry.
+DEFAULT_KEYS = GEOMETRY_KEYS + ("input", "scale", "groups", "window_norm")
 TOP_KEYS = ("convcli", "name", "description", "defaults", "filters", "provenance")
 # A bank file of several layers has ``layers`` in place of ``defaults`` and ``filters``.
 NETWORK_KEYS = ("convcli", "name", "description", "provenance", "layers")
@@ -104,6 +106,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "input": "gray",
     "scale": "auto",
     "groups": 1,
+    "window_norm": None,
 }
 
 
@@ -118,6 +121,8 @@ class Geometry:
     dilation: tuple[int, int]
     border: str
     activation: str
+    # Per-window normalisation (see convcli.localnorm): its epsilon, or None for none.
+    window_norm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,19 @@ def _groups(value: Any) -> int:
     return int(value)
 
 
+def _window_norm(value: Any) -> float | None:
+    """true (epsilon localnorm.DEFAULT_EPS), false (off) or {eps: number > 0}."""
+    if isinstance(value, bool) or _is_yaml_bool(value):
+        return localnorm.DEFAULT_EPS if value else None
+    if isinstance(value, dict) and set(value) == {"eps"}:
+        try:
+            return localnorm.check_eps(value["eps"])
+        except ValueError as e:
+            raise ValueError(f"window_norm: {e}") from None
+    raise ValueError("window_norm must be true, false or {eps: a number > 0}, got "
+                     f"{_show(value)}")
+
+
 SETTING_PARSERS = {
     "stride": lambda v: geometry.pair(v, "stride"),
     "dilation": lambda v: geometry.pair(v, "dilation"),
@@ -222,6 +240,7 @@ SETTING_PARSERS = {
     "input": _one_of(INPUT_MODES, "input"),
     "scale": _one_of(SCALES, "scale"),
     "groups": _groups,
+    "window_norm": _window_norm,
 }
 
 
@@ -895,7 +914,8 @@ class _Parser:
                          "all be zero")
             return None
         w.flags.writeable = False
-        geo = Geometry(**{k: settings[k] for k in GEOMETRY_KEYS})
+        geo = Geometry(**{k: settings[k] for k in GEOMETRY_KEYS},
+                       window_norm=defaults["window_norm"])
         return Filter(name=label, weights=w, bias=float(bias), geometry=geo,
                       scale=settings["scale"], description=description, source=source)
 
@@ -1365,6 +1385,9 @@ def _conv_layer_dict(name: str, b: KernelBank) -> dict:
     defaults: dict[str, Any] = {"input": b.input}
     if b.groups > 1:
         defaults["groups"] = b.groups
+    eps = b.filters[0].geometry.window_norm if b.filters else None
+    if eps is not None:
+        defaults["window_norm"] = {"eps": eps}
     filters = []
     for f in b.filters:
         g = f.geometry

@@ -190,6 +190,8 @@ class Network:
                     scratch += out
                 elif any(f.geometry.activation not in _FUSED for f in b.filters):
                     scratch += out // 2
+                if b.filters[0].geometry.window_norm is not None:  # localnorm's planes
+                    scratch += 8 * ((h + 2 * pad) * (w + 2 * pad) + 6 * h2 * w2)
             elif isinstance(layer, Pool):
                 scratch = max(4 * c * h * w2, 4 * c * h2 * w)
             elif isinstance(layer, Activation):
@@ -263,7 +265,7 @@ def run(x: Any, net: Network, *, config: EngineConfig | None = None,
 
 def _conv(x: np.ndarray, chan: list[str], bank: KernelBank, config: EngineConfig | None,
           first: bool) -> Maps:
-    from . import engine, images
+    from . import images
 
     if first and bank.input in ("gray", "rgb") and x.shape[0] in (1, 3):
         x = np.ascontiguousarray(images.as_channels(x, bank.input), np.float32)
@@ -275,21 +277,9 @@ def _conv(x: np.ndarray, chan: list[str], bank: KernelBank, config: EngineConfig
     out = np.empty((len(filters) * copies, h, w), np.float32)
     per = out.reshape(len(filters), copies, h, w)
     for part, groups, members in passes(bank, c):
-        geo = filters[members[0]].geometry
-        w_ = np.stack([filters[i].weights for i in members])
-        b_ = np.array([filters[i].bias for i in members], np.float32)
-        act = geo.activation if geo.activation in _FUSED else "none"
-        kwargs: dict[str, Any] = dict(stride=geo.stride, padding=geo.padding,
-                                      dilation=geo.dilation, border=geo.border, activation=act,
-                                      config=config)
         run_of = members == list(range(members[0], members[-1] + 1))
-        if depthwise:
-            got = engine.conv2d_depthwise(x[part], w_, b_, **kwargs)
-        else:
-            target = out[members[0]:members[-1] + 1] if run_of else None
-            got = engine.conv2d(x[part], w_, b_, groups=groups, out=target, **kwargs)
-        if act != geo.activation:
-            ops.activate(got, geo.activation, out=got)
+        target = out[members[0]:members[-1] + 1] if run_of and not depthwise else None
+        got = conv_pass(x[part], bank, groups, members, config, out=target)
         if depthwise:
             per[members] = got
         elif not run_of:
@@ -300,6 +290,62 @@ def _conv(x: np.ndarray, chan: list[str], bank: KernelBank, config: EngineConfig
     else:
         names = [f.name for f in filters]
     return out, names
+
+
+def conv_pass(x: np.ndarray, bank: KernelBank, groups: int, members: list[int],
+              config: EngineConfig | None, out: np.ndarray | None = None) -> np.ndarray:
+    """One engine call of a conv layer (see passes): the filters ``members`` of ``bank``,
+    which share their settings, over ``x`` (the pass's input channels), with their bias,
+    per-window normalisation (convcli.localnorm) and activation. Returns float32
+    (len(members), H', W'), or (len(members), C, H', W') for a depthwise layer; ``out``
+    (dense only): the array to write into."""
+    from . import engine
+
+    filters = bank.filters
+    geo = filters[members[0]].geometry
+    w = np.stack([filters[i].weights for i in members])
+    b = np.array([filters[i].bias for i in members], np.float32)
+    eps = geo.window_norm
+    act = geo.activation if geo.activation in _FUSED and eps is None else "none"
+    kwargs: dict[str, Any] = dict(stride=geo.stride, padding=geo.padding,
+                                  dilation=geo.dilation, border=geo.border, activation=act,
+                                  config=config)
+    # Normalised windows: the engine gives w . p alone; bias and activation come after.
+    bias = b if eps is None else None
+    if bank.input == "depthwise":
+        got = engine.conv2d_depthwise(x, w, bias, **kwargs)
+    else:
+        got = engine.conv2d(x, w, bias, groups=groups, out=out, **kwargs)
+    if eps is not None:
+        _normalise_windows(got, x, w, b, geo, groups, bank.input == "depthwise")
+    if act != geo.activation:
+        ops.activate(got, geo.activation, out=got)
+    return got
+
+
+def _normalise_windows(got: np.ndarray, x: np.ndarray, w: np.ndarray, b: np.ndarray,
+                       geo: Any, groups: int, depthwise: bool) -> None:
+    """got (conv without bias) -> the features of per-window normalised input, in place."""
+    from . import localnorm
+
+    assert geo.window_norm is not None
+    k = (int(w.shape[-2]), int(w.shape[-1]))
+    pads = geometry.resolve_pads(geo.padding, x.shape[1:], k, geo.stride, geo.dilation)
+    sums = w.reshape(len(w), -1).sum(axis=1, dtype=np.float64)
+
+    def stats(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return localnorm.window_stats(part, k, geo.stride, geo.dilation, pads, geo.border)
+
+    if depthwise:  # each channel is its own window: stats per channel, (C, H', W')
+        both = [stats(x[ch:ch + 1]) for ch in range(x.shape[0])]
+        mean, var = np.stack([m for m, _ in both]), np.stack([v for _, v in both])
+        localnorm.normalise_maps(got, sums, b, mean, var, geo.window_norm)
+        return
+    per_filter, per_group = len(w) // groups, x.shape[0] // groups
+    for g in range(groups):  # torch's groups: filter f reads group f // (F / groups)
+        mean, var = stats(x[g * per_group:(g + 1) * per_group])
+        rows = slice(g * per_filter, (g + 1) * per_filter)
+        localnorm.normalise_maps(got[rows], sums[rows], b[rows], mean, var, geo.window_norm)
 
 
 def passes(bank: KernelBank, c: int) -> list[tuple[slice, int, list[int]]]:

@@ -109,7 +109,7 @@ def compute_maps(pixels: np.ndarray, bank: KernelBank,
     channel repeated); later layers need their exact channel count. ``tail``: layers that
     follow the bank (activations, pooling, normalisation: channel by channel), applied to
     each map."""
-    from . import engine, network, ops
+    from . import network
 
     x = pixels
     if first and bank.input in ("gray", "rgb") and x.shape[0] in (1, 3):
@@ -119,19 +119,8 @@ def compute_maps(pixels: np.ndarray, bank: KernelBank,
                          f"needs {bank.channels}")
     maps: list[FeatureMap | None] = [None] * len(bank.filters)
     for part, groups, members in network.passes(bank, x.shape[0]):
-        geo = bank.filters[members[0]].geometry
-        w = np.stack([bank.filters[i].weights for i in members])
-        b = np.array([bank.filters[i].bias for i in members], np.float32)
-        fused = geo.activation if geo.activation in ("relu", "none", "abs") else "none"
-        kwargs: dict[str, Any] = dict(stride=geo.stride, padding=geo.padding,
-                                      dilation=geo.dilation, border=geo.border,
-                                      activation=fused, config=config)
-        if bank.input == "depthwise":
-            out = engine.conv2d_depthwise(x[part], w, b, **kwargs)
-        else:
-            out = engine.conv2d(x[part], w, b, groups=groups, **kwargs)
-        if fused != geo.activation:
-            ops.activate(out, geo.activation, out=out)
+        # bias, per-window normalisation and activation as network.run applies them
+        out = network.conv_pass(x[part], bank, groups, members, config)
         for k, i in enumerate(members):
             data = out[k]
             if tail is not None and not _joint(tail):  # channel by channel
