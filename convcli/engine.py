@@ -178,6 +178,8 @@ def prepare(config: EngineConfig | None = None) -> None:
         jit.im2col: (z((1, 1, 4), np.float32), *[z(1, np.int64)] * 3, 0, 0, 1, 1, 1,
                      z((2, 1), np.float32)),
         jit.activate: (z((1, 1), np.float32), 0, 1, relu),
+        jit.pool_pass: (z((1, 1, 1), np.float32), True, 1, 1, 1, 0, True, z(0, np.int64),
+                        z(0, np.int64), z((1, 1, 1), np.float32)),
     })
 
 
@@ -441,6 +443,14 @@ def _algorithm(cfg: EngineConfig, w: np.ndarray, plans: dict, groups: int, copie
     return "direct"
 
 
+def executor(config: EngineConfig | None, work: float) -> "_executor":
+    """``with executor(config, work) as jit``: the engine's choice of executor for other
+    operations whose numba kernel and NumPy twin give the same bits (pooling, convcli.ops),
+    by the same rule as a convolution's (see the module's docstring); jit is the convcli.jit
+    module, or None for NumPy. Method ``fft`` counts as ``auto`` here."""
+    return _executor(_config(config, None), work)
+
+
 _numpy_seconds = [0.0]  # time this process spent on the NumPy executor under "auto"
 
 
@@ -471,6 +481,11 @@ class _executor:
     def __exit__(self, *exc) -> None:
         if self.renting:
             _numpy_seconds[0] += time.perf_counter() - self.start
+
+
+def threads_of(config: EngineConfig | None) -> int:
+    """The threads a call with ``config`` runs on."""
+    return (config.threads if config is not None else None) or _cores()
 
 
 def _cores() -> int:

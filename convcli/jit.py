@@ -408,8 +408,60 @@ def activate(a, start, stop, act):
                 row[k] = _act(row[k], act)
 
 
+@_inline
+def _pool_take(cur, v, is_max):
+    """One more value into a window: the larger (NaN wins, as np.maximum) or the sum."""
+    if is_max:
+        if v > cur or v != v:
+            return v
+        return cur
+    return cur + v
+
+
+@_kernel(parallel=True)
+def pool_pass(a, down, k, s, d, before, is_max, rdiv, cdiv, out):
+    """One separable pass of max or sum pooling (convcli.ops) over a (C, H, W): down the
+    columns when ``down`` (out[c, o, :] from input rows o*s + t*d - before), else along the
+    rows (out[c, :, o] from input columns likewise), taps t in order and those outside
+    the input left out, starting from -inf (max) or 0 (sum): the same operations in the same
+    order as the NumPy passes, so the same bits. When rdiv is not empty, out[c, y, x] is then
+    divided by float32(rdiv[y] * cdiv[x]) where that is > 0 (average pooling's divisor,
+    rounded as NumPy rounds the same int64 product). Parallel over (channel,
+    output row); each iteration writes only its own row out[c, y, :]."""
+    C, Ho, Wo = out.shape
+    H, W = a.shape[1], a.shape[2]
+    start = np.float32(-np.inf) if is_max else _ZERO
+    divide = rdiv.shape[0] > 0
+    for cy in numba.prange(C * Ho):
+        c = cy // Ho
+        y = cy - c * Ho
+        row = out[c, y]
+        row[:] = start
+        if down:
+            for t in range(k):
+                i = y * s + t * d - before
+                if 0 <= i < H:
+                    src = a[c, i]
+                    for x in range(Wo):
+                        row[x] = _pool_take(row[x], src[x], is_max)
+        else:
+            src = a[c, y]
+            for t in range(k):
+                offset = t * d - before  # output x reads input column x * s + offset
+                lo = max(0, -(offset // s))
+                hi = min(Wo, (W - 1 - offset) // s + 1) if W - 1 - offset >= 0 else 0
+                for x in range(lo, hi):
+                    row[x] = _pool_take(row[x], src[x * s + offset], is_max)
+        if divide:
+            ry = rdiv[y]
+            for x in range(Wo):
+                dv = np.float32(ry * cdiv[x])
+                if dv > 0:
+                    row[x] = row[x] / dv
+
+
 KERNELS = (correlate, correlate_unpadded, correlate_separable, winograd_input,
-           winograd_output, im2col, activate)
+           winograd_output, im2col, activate, pool_pass)
 
 
 def call(kernel, *args, threads: int | None = None) -> None:

@@ -23,18 +23,25 @@ Float32 in, float32 out, with the semantics of ``torch.nn.functional``:
 Pooling is separable: a pass along rows then one along columns (the smaller intermediate
 first), each a loop over the kernel's taps of whole-array operations on strided views, so
 memory is the output plus one intermediate no larger than the input, never a copy per tap.
+The same passes run as a numba kernel (convcli.jit.pool_pass, parallel over output rows)
+with the same operations in the same order, so both give the same bits; which one runs is
+the engine's choice for the ``config`` passed (convcli.engine.executor: numba when asked,
+or under ``auto`` once numba is loaded in the process, as a convolution decides).
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from . import geometry
 from .errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from .engine import EngineConfig
 
 FUNCTIONS = ("none", "relu", "abs", "relu6", "clip", "leaky_relu", "hardswish", "hardsigmoid",
              "sigmoid", "tanh")
@@ -163,31 +170,29 @@ def _per_channel(v: Any, what: str) -> np.ndarray:
 # --- pooling ------------------------------------------------------------------------------
 
 def max_pool2d(x: Any, kernel: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-               ceil_mode: bool = False) -> np.ndarray:
+               ceil_mode: bool = False, *, config: EngineConfig | None = None) -> np.ndarray:
     """torch.nn.functional.max_pool2d of x (C, H, W) (or (H, W)), padding also
-    (top, bottom, left, right), "same" or "valid" (see the module's docstring)."""
+    (top, bottom, left, right), "same" or "valid" (see the module's docstring). config: the
+    engine's EngineConfig, which picks numba or NumPy as for a convolution (both give the
+    same bits) and the threads."""
     a = as_input(x)
     k, s, pads, d = pool_settings(kernel, stride, padding, dilation, ceil_mode, a.shape[1:])
-    out = _pool(a, k, s, pads, d, ceil_mode, "max")
+    out = _pool(a, k, s, pads, d, ceil_mode, "max", None, config)
     return out[0] if np.ndim(x) == 2 else out
 
 
 def avg_pool2d(x: Any, kernel: Any, stride: Any = None, padding: Any = 0,
-               ceil_mode: bool = False, count_include_pad: bool = True) -> np.ndarray:
+               ceil_mode: bool = False, count_include_pad: bool = True, *,
+               config: EngineConfig | None = None) -> np.ndarray:
     """torch.nn.functional.avg_pool2d of x (C, H, W) (or (H, W)), padding also
-    (top, bottom, left, right), "same" or "valid" (see the module's docstring)."""
+    (top, bottom, left, right), "same" or "valid" (see the module's docstring). config: as
+    for max_pool2d."""
     a = as_input(x)
     if not isinstance(count_include_pad, (bool, np.bool_)):
         raise UsageError(f"count_include_pad must be True or False, got {count_include_pad!r}")
     k, s, pads, d = pool_settings(kernel, stride, padding, 1, ceil_mode, a.shape[1:])
-    total = _pool(a, k, s, pads, d, ceil_mode, "sum")
-    ho, wo = total.shape[1:]
-    rows = _divisors(a.shape[1], k[0], s[0], pads[0], pads[1], ho, count_include_pad)
-    cols = _divisors(a.shape[2], k[1], s[1], pads[2], pads[3], wo, count_include_pad)
-    div = np.outer(rows, cols).astype(np.float32)
-    # A window without input values (only wider padding than torch allows gives one) is 0.
-    np.divide(total, div, out=total, where=div > 0)
-    return total[0] if np.ndim(x) == 2 else total
+    out = _pool(a, k, s, pads, d, ceil_mode, "avg", count_include_pad, config)
+    return out[0] if np.ndim(x) == 2 else out
 
 
 def pool_settings(kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: Any,
@@ -228,21 +233,52 @@ def _out_len(n: int, k: int, s: int, d: int, before: int, after: int, ceil_mode:
     return out
 
 
-def _pool(a: np.ndarray, k, s, pads, d, ceil_mode: bool, how: str) -> np.ndarray:
-    """Per-window max or sum of a (C, H, W) with the padding left out, by two 1-D passes."""
+def _pool(a: np.ndarray, k, s, pads, d, ceil_mode: bool, how: str,
+          count_include_pad: bool | None, config: EngineConfig | None) -> np.ndarray:
+    """Per-window max or average of a (C, H, W): two 1-D passes (max or sum, padding left
+    out), then the average's division. numba or NumPy, chosen by the engine's rule for
+    ``config`` (convcli.engine.executor): the same operations in the same order, so the
+    same bits."""
+    from . import engine
+
     C, H, W = a.shape
     ho, wo = pool_output_hw((H, W), k, s, pads, d, ceil_mode)
     if ho < 1 or wo < 1:
         foot = geometry.footprint(k, d)
         raise InputError(f"the input ({H}x{W}) is smaller than the pooling window "
                          f"({foot[0]}x{foot[1]}) with padding {pads}")
-    start = np.float32(-np.inf) if how == "max" else np.float32(0)
-    # Rows first when that intermediate, (C, H, wo), is the smaller one.
-    if H * wo <= ho * W:
-        mid = _pass(a, 2, k[1], s[1], d[1], pads[2], wo, how, start)
-        return _pass(mid, 1, k[0], s[0], d[0], pads[0], ho, how, start)
-    mid = _pass(a, 1, k[0], s[0], d[0], pads[0], ho, how, start)
-    return _pass(mid, 2, k[1], s[1], d[1], pads[2], wo, how, start)
+    # (axis, kernel, stride, dilation, leading pad, output length) of each pass: along the
+    # rows first when that intermediate, (C, H, wo), is the smaller one.
+    across = (2, k[1], s[1], d[1], pads[2], wo)
+    down = (1, k[0], s[0], d[0], pads[0], ho)
+    first, second = (across, down) if H * wo <= ho * W else (down, across)
+    mid_shape = (C, H, wo) if first is across else (C, ho, W)
+    if how == "avg":
+        rows = _divisors(H, k[0], s[0], pads[0], pads[1], ho, bool(count_include_pad))
+        cols = _divisors(W, k[1], s[1], pads[2], pads[3], wo, bool(count_include_pad))
+    work = float(C) * (mid_shape[1] * mid_shape[2] * first[1] + ho * wo * second[1])
+    with engine.executor(config, work) as jit:
+        if jit is not None:
+            threads = engine.threads_of(config)
+            is_max = how == "max"
+            none = np.zeros(0, np.int64)
+            mid = np.empty(mid_shape, np.float32)
+            jit.call(jit.pool_pass, a, first[0] == 1, *first[1:5], is_max, none, none, mid,
+                     threads=threads)
+            out = np.empty((C, ho, wo), np.float32)
+            rdiv, cdiv = (rows, cols) if how == "avg" else (none, none)
+            jit.call(jit.pool_pass, mid, second[0] == 1, *second[1:5], is_max, rdiv, cdiv, out,
+                     threads=threads)
+            return out
+        start = np.float32(-np.inf) if how == "max" else np.float32(0)
+        mid = _pass(a, *first, how, start)
+        out = _pass(mid, *second, how, start)
+    if how == "avg":
+        div = np.outer(rows, cols).astype(np.float32)
+        # A window without input values (only wider padding than torch allows gives one)
+        # is 0.
+        np.divide(out, div, out=out, where=div > 0)
+    return out
 
 
 def _pass(a: np.ndarray, axis: int, k: int, s: int, d: int, before: int, n_out: int,

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from convcli import ops
+from convcli.engine import EngineConfig
 from convcli.errors import InputError, UsageError
 from oracle import (reference_activation, reference_normalize, reference_pool2d,
                     reference_pool_len, same_pads)
@@ -42,12 +43,17 @@ def pools(draw, symmetric=False, torch_rule=False):
                 ceil_mode=draw(st.booleans()), count_include_pad=draw(st.booleans()))
 
 
-def ours(case):
+# The two executors of pooling: numba's kernel and the NumPy passes.
+JIT, NUMPY = EngineConfig(method="jit", threads=2), EngineConfig(method="numpy")
+
+
+def ours(case, config=None):
     args = (case["x"], case["kernel"], case["stride"], list(case["pads"]))
     if case["mode"] == "max":
-        return ops.max_pool2d(*args, dilation=case["dilation"], ceil_mode=case["ceil_mode"])
+        return ops.max_pool2d(*args, dilation=case["dilation"], ceil_mode=case["ceil_mode"],
+                              config=config)
     return ops.avg_pool2d(*args, ceil_mode=case["ceil_mode"],
-                          count_include_pad=case["count_include_pad"])
+                          count_include_pad=case["count_include_pad"], config=config)
 
 
 def expected_size(case):
@@ -72,19 +78,48 @@ def assert_pooled(got, want, x):
 
 
 @FAST
-@given(pools())
-def test_pooling_matches_the_oracle(case):
+@given(pools(), st.booleans())
+def test_pooling_matches_the_oracle_on_both_executors(case, with_nan):
     ho, wo = expected_size(case)
     if ho < 1 or wo < 1:
-        with pytest.raises(InputError, match=r"is smaller than the pooling window"):
-            ours(case)
+        for config in (NUMPY, JIT):
+            with pytest.raises(InputError, match=r"is smaller than the pooling window"):
+                ours(case, config)
         return
+    if with_nan:  # a NaN and an inf somewhere: each spreads to the windows that hold it
+        x = case["x"].copy()
+        x.flat[len(x.flat) // 2] = np.nan
+        x.flat[0] = np.inf
+        case = dict(case, x=x)
     want = oracle(case)
-    got = ours(case)
-    assert_pooled(got, want, case["x"])
+    got = ours(case, NUMPY)
+    jitted = ours(case, JIT)
+    # the same operations in the same order: the same bits, to the sign of a zero
+    assert jitted.dtype == np.float32 and jitted.shape == got.shape
+    assert np.array_equal(jitted.view(np.uint32), got.view(np.uint32))
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    known = ~np.isnan(want)
+    scale = np.nan_to_num(case["x"], nan=0.0, posinf=0.0)
+    assert_pooled(np.where(known, got, 0), np.where(known, want, 0), scale)
     if case["mode"] == "max":  # a choice among float32 values, never a new number
-        finite = np.isfinite(want)
-        assert np.array_equal(got[finite], want[finite].astype(np.float32))
+        assert np.array_equal(got[known], want[known].astype(np.float32))
+
+
+def test_each_config_takes_its_executor(monkeypatch):
+    from convcli import jit
+
+    ran = []
+    real = jit.call
+    monkeypatch.setattr(jit, "call", lambda kernel, *a, **k: (ran.append(kernel),
+                                                             real(kernel, *a, **k)))
+    x = np.random.default_rng(4).random((2, 9, 7), np.float32)
+    numpy_max = ops.max_pool2d(x, 3, 2, 1, config=NUMPY)
+    assert ran == []
+    assert np.array_equal(ops.max_pool2d(x, 3, 2, 1, config=JIT), numpy_max)
+    assert ran == [jit.pool_pass] * 2  # two separable passes
+    # auto takes numba once it is loaded in the process (the same bits, see convcli.engine)
+    assert np.array_equal(ops.avg_pool2d(x, 3, 2, 1), ops.avg_pool2d(x, 3, 2, 1, config=NUMPY))
+    assert ran == [jit.pool_pass] * 4
 
 
 @FAST
