@@ -16,7 +16,7 @@ are never loaded, and every problem is one InputError line naming the file.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -321,6 +321,7 @@ KNOWN_ATTRIBUTES: dict[str, set[str]] = {
     "AveragePool": {"auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape",
                     "pads", "strides"},
     "Identity": set(), "Dropout": {"ratio", "is_test", "seed", "consumed_inputs"},
+    "Pad": {"mode", "pads", "value"},
     "Add": {"broadcast", "axis", "consumed_inputs"}, "Sub": {"broadcast", "axis",
                                                             "consumed_inputs"},
     "Mul": {"broadcast", "axis", "consumed_inputs"}, "Div": {"broadcast", "axis",
@@ -534,6 +535,7 @@ class _Conv:
     padding: str | tuple[int, int, int, int]
     nodes: list[str]
     activation: str = "none"
+    border: str = "zero"  # what the padding holds (a Pad node's mode folded in)
 
     def as_dict(self, first: bool) -> dict:
         f, c = self.weights.shape[:2]
@@ -546,7 +548,7 @@ class _Conv:
             defaults["groups"] = self.groups
         pad = self.padding if isinstance(self.padding, str) else list(self.padding)
         defaults.update(stride=list(self.stride), dilation=list(self.dilation), padding=pad,
-                        border="zero", activation=self.activation)
+                        border=self.border, activation=self.activation)
         width = max(3, len(str(f - 1)))
         weights, bias = _f32(self.weights), _f32(self.bias)
         filters = [{"name": f"{self.name}_{k:0{width}d}", "bias": bias[k], "weights": weights[k]}
@@ -580,6 +582,24 @@ class _Affine:
         conv = _Conv(self.name, self.scale[:, None, None, None], self.shift, len(self.scale),
                      (1, 1), (1, 1), (0, 0, 0, 0), self.nodes)
         return conv.as_dict(first=False)
+
+
+def _whole(values: np.ndarray) -> list:
+    """Stored numbers (read as float64) as ints where they are whole."""
+    return [int(v) if float(v).is_integer() else v for v in values.reshape(-1).tolist()]
+
+
+@dataclass
+class _Pad:
+    """A Pad node waiting for the Conv that reads it, which takes it in as its padding."""
+
+    pads: tuple[int, int, int, int]  # top, bottom, left, right
+    border: str
+    nodes: list[str]
+
+
+# ONNX Pad modes as the borders of a conv's padding (the same np.pad modes)
+PAD_BORDERS = {"constant": "zero", "reflect": "reflect", "edge": "replicate", "wrap": "wrap"}
 
 
 def _fold_affine(affine: _Affine, conv: _Conv) -> _Conv | None:
@@ -724,6 +744,8 @@ class _Walker:
             if extra and g.consumers.get(extra):
                 raise _Stop(f"its second output {extra!r} is used "
                             f"(by {g.label(g.consumers[extra][0])})")
+        if self.layers and isinstance(self.layers[-1], _Pad) and n.op_type != "Conv":
+            raise _Stop("it reads a Pad's output")  # finish() says why the Pad is left out
         before = len(self.layers)
         getattr(self, "_" + n.op_type)(n, cur, attrs)
         self.record([n], before)
@@ -849,6 +871,13 @@ class _Walker:
         """The layer dicts, cut to the longest start a bank file holds (bank's limits on
         weights, YAML items and layers), and the notes on them, the last saying where the
         import stopped."""
+        if self.layers and isinstance(self.layers[-1], _Pad):  # no Conv took it in
+            pad = self.layers.pop()
+            self.used = self.used[:self.ends[-2]] if len(self.ends) > 1 else []
+            self.origins, self.ends = self.origins[:-1], self.ends[:-1]
+            self.notes = [(i, text) for i, text in self.notes if i < len(self.layers)]
+            stop = (f"stopped at {pad.nodes[0]}: convcli imports a Pad only into the Conv that "
+                    f"reads it ({stop})")
         out: list[dict] = []
         for i, layer in enumerate(self.layers):
             if isinstance(layer, _Conv):
@@ -1020,6 +1049,20 @@ class _Walker:
         else:
             assert explicit is not None
             padding = explicit
+        # A Pad node before the conv becomes its padding (the conv's own goes around it).
+        pad = self.layers[-1] if self.layers and isinstance(self.layers[-1], _Pad) else None
+        own = padding
+        if pad is not None:
+            if own == "valid":
+                own = (0, 0, 0, 0)
+            elif own == "same":
+                own = self.same_pads(n, "SAME_UPPER", (kh, kw), stride, dilation)
+            assert not isinstance(own, str)
+            if pad.border != "zero" and any(own):
+                raise _Stop(f"it pads with zeros around the {pad.border} padding of "
+                            f"{pad.nodes[0]}; a bank layer has one border")
+            padding = (own[0] + pad.pads[0], own[1] + pad.pads[1], own[2] + pad.pads[2],
+                       own[3] + pad.pads[3])
         bias = np.zeros(f) if b is None else b
         if bias.size != f:
             raise InputError(f"{where} has a bias of shape {tuple(bias.shape)} for {f} filters")
@@ -1028,6 +1071,11 @@ class _Walker:
                              f"float32's range (about ±{FLOAT32_MAX:.3g})")
         layer = _Conv(self.layer_name(n, "conv"), w, bias.ravel(), int(group), stride, dilation,
                       padding, [g.label(n)])
+        if pad is not None:  # the layer begun at the Pad
+            self.layers[-1] = replace(layer, nodes=pad.nodes + layer.nodes, border=pad.border)
+            self.channels = f
+            self.track((kh, kw), stride, dilation, own)  # the Pad's rows are counted already
+            return
         last = self.layers[-1] if self.layers else None
         folded = _fold_affine(last, layer) if isinstance(last, _Affine) else None
         if folded is not None:
@@ -1248,6 +1296,56 @@ class _Walker:
         training = values[2] if len(values) > 2 else None
         if training is not None and training.size and training.reshape(-1)[0]:
             raise _Stop("it runs in training mode (drops values at random)")
+
+    def _Pad(self, n: Any, cur: str, attrs: dict) -> None:
+        """Spatial padding with zeros or a border mode, taken in by the Conv that reads it
+        (see _Conv); pads of the batch or channel axis, cropping and other fill values stop
+        the chain."""
+        where = self.g.where(n)
+        mode = attrs.get("mode", "constant")
+        if mode not in PAD_BORDERS:
+            raise InputError(f"{where} has mode={geometry.brief(mode)}; ONNX defines constant, "
+                             "reflect, edge and wrap")
+        axes: list[int] = [0, 1, 2, 3]
+        if self.g.opset < 11:  # pads and value were attributes
+            self._no_params(n, cur)
+            pads, value = attrs.get("pads"), attrs.get("value", 0.0)
+        else:
+            given = self.params(n, cur, ("data", "pads", "constant value", "axes")) + [None] * 3
+            if given[1] is None:
+                raise InputError(f"{where} has no pads")
+            pads = _whole(given[1])
+            value = float(given[2].reshape(-1)[0]) if given[2] is not None and given[2].size \
+                else 0.0
+            if given[3] is not None:
+                axes = _whole(given[3])
+        if not (isinstance(pads, list) and len(pads) == 2 * len(axes)
+                and all(geometry.is_int(v) for v in pads + axes)
+                and all(-4 <= a < 4 for a in axes) and len({a % 4 for a in axes}) == len(axes)):
+            raise InputError(f"{where} has pads={geometry.brief(pads)}; a Pad of a 4-D tensor "
+                             "needs a start and an end for each of its axes")
+        full = [0] * 8  # the starts of N, C, H, W, then their ends
+        for k, a in enumerate(axes):
+            full[int(a) % 4], full[int(a) % 4 + 4] = int(pads[k]), int(pads[k + len(axes)])
+        if any(v < 0 for v in full):
+            raise _Stop("it crops (negative pads)")
+        if full[0] or full[1] or full[4] or full[5]:
+            raise _Stop("it pads the batch or channel axis")
+        if mode == "constant" and value != 0:
+            raise _Stop(f"it pads with {value:g}; a conv's padding holds zeros")
+        if not any(full):
+            return  # pads nothing
+        if self.layers and isinstance(self.layers[-1], _Pad):
+            raise _Stop("two Pads in a row")
+        top, left, bottom, right = full[2], full[3], full[6], full[7]
+        try:
+            geometry.padding([top, bottom, left, right])  # within the limits a bank holds
+        except ValueError as e:
+            raise InputError(f"{where}: {e}") from None
+        self.layers.append(_Pad((top, bottom, left, right), PAD_BORDERS[mode],
+                                [self.g.label(n)]))
+        if self.hw is not None:
+            self.hw = (self.hw[0] + top + bottom, self.hw[1] + left + right)
 
     def _MaxPool(self, n: Any, cur: str, attrs: dict) -> None:
         self.pool(n, cur, attrs, "max")

@@ -190,7 +190,9 @@ def run_conv(x, body):
     f, cg, kh, kw = w.shape
     assert x.shape[0] == cg * groups
     t, bo, l, r = pads_of(d.get("padding", "same"), x.shape[1:], (kh, kw), stride, dilation)
-    xp = np.pad(x, ((0, 0), (t, bo), (l, r)))
+    border = {"zero": "constant", "reflect": "reflect", "replicate": "edge",
+              "wrap": "wrap"}[d.get("border", "zero")]
+    xp = np.pad(x, ((0, 0), (t, bo), (l, r)), mode=border)
     ho = (xp.shape[1] - (kh - 1) * dilation[0] - 1) // stride[0] + 1
     wo = (xp.shape[2] - (kw - 1) * dilation[1] - 1) // stride[1] + 1
     patches = np.empty((x.shape[0], kh, kw, ho, wo))
@@ -690,6 +692,109 @@ def test_the_chain_stops_at_what_it_cannot_import(tmp_path, nodes, inits, note):
     path, model = save(tmp_path, nodes, inits, opset=19)
     net = check(path, model)
     assert net.notes[-1] == note
+
+
+def pad_node(name, x, starts, ends, mode="constant", opset=17, inits=None, axes=None,
+             value=None):
+    """A Pad of (N, C, H, W): its pads as an input (opset 11 on) or an attribute."""
+    pads = list(starts) + list(ends)
+    if opset < 11:
+        extra = {} if value is None else {"value": value}
+        return node("Pad", [x], name, mode=mode, pads=pads, **extra)
+    inits[f"{name}_pads"] = np.asarray(pads, np.int64)
+    inputs = [x, f"{name}_pads", f"{name}_value" if value is not None else ""]
+    if value is not None:
+        inits[f"{name}_value"] = np.float32(value)
+    if axes is not None:
+        inits[f"{name}_axes"] = np.asarray(axes, np.int64)
+        inputs.append(f"{name}_axes")
+    return node("Pad", inputs, name, mode=mode)
+
+
+def save_any(tmp_path, nodes, inits, opset, shape=(1, 3, 17, 15)):
+    """save() for initializers of any type (Pad's pads are int64)."""
+    graph = helper.make_graph(
+        nodes, "pad-graph", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 8)
+    path = tmp_path / "pad.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path, model
+
+
+@pytest.mark.parametrize("mode, opset, conv_pads, axes", [
+    ("constant", 17, [1, 0, 2, 1], None),  # adds to the conv's own pads
+    ("constant", 2, [0, 0, 0, 0], None),  # pads as an attribute, before opset 11
+    ("constant", 18, None, [2, 3]),  # only the spatial axes named
+    ("constant", 18, None, [-1, -2]),
+    ("reflect", 17, None, None),
+    ("reflect", 7, None, None),
+    ("edge", 17, None, None),
+    ("wrap", 19, None, None),
+])
+def test_a_pad_before_a_conv_becomes_its_padding(tmp_path, mode, opset, conv_pads, axes):
+    inits: dict = {"w": arr(4, 3, 3, 3), "b": arr(4)}
+    starts, ends = (0, 0, 2, 1), (0, 0, 1, 3)  # top 2, left 1, bottom 1, right 3
+    if axes is not None:
+        order = [a % 4 for a in axes]
+        starts_, ends_ = [starts[a] for a in order], [ends[a] for a in order]
+        pad = pad_node("p", "x", starts_, ends_, mode, opset, inits, axes)
+    else:
+        pad = pad_node("p", "x", starts, ends, mode, opset, inits)
+    extra = {} if conv_pads is None else {"pads": conv_pads}
+    nodes = [pad, conv("c", "p", "w", "b", strides=[2, 1], **extra), node("Relu", ["c"], "r")]
+    path, model = save_any(tmp_path, nodes, inits, opset)
+    net = check(path, model)
+    assert net.nodes == ["p", "c", "r"]
+    (kind, body), = net.layers[0].items()
+    assert kind == "conv" and body["defaults"]["border"] == {
+        "constant": "zero", "reflect": "reflect", "edge": "replicate", "wrap": "wrap"}[mode]
+    own = conv_pads or [0, 0, 0, 0]  # ONNX order: top, left, bottom, right
+    assert body["defaults"]["padding"] == [2 + own[0], 1 + own[2], 1 + own[1], 3 + own[3]]
+
+
+@pytest.mark.parametrize("pad_args, after, note", [
+    (dict(starts=(0, 1, 1, 1), ends=(0, 0, 1, 1)), "conv",
+     "stopped at Pad node 'p': it pads the batch or channel axis"),
+    (dict(starts=(0, 0, -1, 0), ends=(0, 0, 1, 1)), "conv",
+     "stopped at Pad node 'p': it crops (negative pads)"),
+    (dict(starts=(0, 0, 1, 1), ends=(0, 0, 1, 1), value=1.0), "conv",
+     "stopped at Pad node 'p': it pads with 1; a conv's padding holds zeros"),
+    (dict(starts=(0, 0, 1, 1), ends=(0, 0, 1, 1)), "relu",
+     "stopped at Pad node 'p': convcli imports a Pad only into the Conv that reads it "
+     "(stopped at Relu node 'r2': it reads a Pad's output)"),
+    (dict(starts=(0, 0, 1, 1), ends=(0, 0, 1, 1), mode="reflect"), "padded conv",
+     "stopped at Pad node 'p': convcli imports a Pad only into the Conv that reads it "
+     "(stopped at Conv node 'c2': it pads with zeros around the reflect padding of Pad node "
+     "'p'; a bank layer has one border)"),
+])
+def test_pads_that_cannot_be_a_convs_padding_stop_the_chain(tmp_path, pad_args, after, note):
+    inits: dict = {"w": arr(2, 3, 1, 1), "w2": arr(2, 2, 3, 3)}
+    nodes = [conv("c", "x", "w"), pad_node("p", "c", opset=17, inits=inits, **pad_args)]
+    if after == "relu":
+        nodes.append(node("Relu", ["p"], "r2"))
+    else:
+        nodes.append(conv("c2", "p", "w2", pads=[1, 1, 1, 1] if after == "padded conv" else
+                          [0, 0, 0, 0]))
+    path, model = save_any(tmp_path, nodes, inits, 17)
+    net = check(path, model)
+    assert net.nodes == ["c"] and net.notes[-1] == note
+
+
+def test_a_pad_left_last_is_not_imported(tmp_path):
+    inits: dict = {"w": arr(2, 3, 1, 1)}
+    nodes = [conv("c", "x", "w"), pad_node("p", "c", (0, 0, 1, 1), (0, 0, 1, 1), opset=17,
+                                           inits=inits)]
+    path, model = save_any(tmp_path, nodes, inits, 17)
+    net = check(path, model)
+    assert net.nodes == ["c"] and net.notes[-1] == (
+        "stopped at Pad node 'p': convcli imports a Pad only into the Conv that reads it (the "
+        "chain reaches the model's output 'p')")
+    with pytest.raises(InputError, match="nothing to import: stopped at Pad node 'p'"):
+        importers.import_network(str(save_any(tmp_path, [pad_node(
+            "p", "x", (0, 0, 1, 1), (0, 0, 1, 1), opset=17, inits=(i := {}))], i, 17)[0]))
 
 
 def test_weights_computed_by_another_node_stop_the_chain(tmp_path):
