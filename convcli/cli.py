@@ -895,6 +895,10 @@ def bank_check(
         raise BankError(problems)
 
 
+# convcli learn's defaults (learn.DEFAULT_*), here as numbers so that --help needs no import.
+LEARN_FILTERS, LEARN_SIZE, LEARN_PATCHES = 16, 7, 20000
+
+
 @app.command(epilog="""\b
 Examples:
   convcli learn samples/*.png -o mine.yaml --filters 32 --size 7
@@ -903,8 +907,9 @@ def learn(
     image_paths: List[str] = typer.Argument(..., metavar="IMAGES...", help="Images to learn from."),
     output: str = typer.Option(..., "--output", "-o", metavar="FILE",
                                help="The bank file to write (.yaml), or - for stdout."),
-    filters: int = typer.Option(16, "--filters", "-k", metavar="N", help="How many filters."),
-    size: int = typer.Option(7, "--size", metavar="S", help="Kernel size S (S x S)."),
+    filters: int = typer.Option(LEARN_FILTERS, "--filters", "-k", metavar="N",
+                                help="How many filters."),
+    size: int = typer.Option(LEARN_SIZE, "--size", metavar="S", help="Kernel size S (S x S)."),
     channels: str = typer.Option("gray", "--channels", metavar="gray|rgb|dense",
                                  help="gray (2-D kernels), rgb (3 x S x S), or dense: every "
                                       "channel of feature maps (.npy) as they are."),
@@ -912,8 +917,13 @@ def learn(
                                help="kmeans (Coates et al. 2011) or pca."),
     seed: int = typer.Option(0, "--seed", metavar="N",
                              help="Random seed: the same seed gives the same bank."),
-    count: int = typer.Option(20000, "--patches", metavar="N",
+    count: int = typer.Option(LEARN_PATCHES, "--patches", metavar="N",
                               help="Random patches to learn from."),
+    window_norm: Optional[bool] = typer.Option(
+        None, "--window-norm/--no-window-norm",
+        help="Learn on normalised patches and make the bank normalise each window it reads "
+             "the same way (brightness and contrast out, exactly) [default: on for kmeans, "
+             "off for pca]."),
     name: Optional[str] = typer.Option(None, "--name", metavar="NAME",
                                        help="Bank name [default: the output file's stem]."),
     quiet: bool = _quiet_option(), verbose: bool = _verbose_option(),
@@ -926,25 +936,34 @@ def learn(
         raise UsageError("stdin (-) can hold one image; give it once")
     pixels = learning.read_for_learning([_stdin_bytes() if p == "-" else p for p in image_paths],
                                         channels)
+    if window_norm is None:
+        window_norm = learning.default_window_norm(method)
     if method == "kmeans" and not quiet and sys.stderr.isatty():  # a bar only on a terminal
         from rich.console import Console
-        from rich.progress import Progress
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TimeElapsedColumn
 
-        with Progress(console=Console(stderr=True), transient=True) as bar:
-            task = bar.add_task("k-means", total=learning.KMEANS_ITERATIONS)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=Console(stderr=True),
+                      transient=True) as bar:
+            task = bar.add_task(f"k-means: {filters:,} filters from {count:,} patches",
+                                total=learning.KMEANS_ITERATIONS)
             result = learning.learn(pixels, filters, size, method, seed, count,
-                                    progress=lambda: bar.advance(task), labels=image_paths)
+                                    progress=lambda: bar.advance(task), labels=image_paths,
+                                    window_norm=window_norm)
     else:
-        result = learning.learn(pixels, filters, size, method, seed, count, labels=image_paths)
+        result = learning.learn(pixels, filters, size, method, seed, count, labels=image_paths,
+                                window_norm=window_norm)
     command = " ".join(["convcli", "learn", *image_paths, "-o", output, "--filters",
                         str(filters), "--size", str(size), "--channels", channels, "--method",
-                        method, "--seed", str(seed), "--patches", str(count)])
+                        method, "--seed", str(seed), "--patches", str(count),
+                        "--window-norm" if window_norm else "--no-window-norm"])
     bank_name = name or (Path(output).stem if output != "-" else "learned")
     text = learning.to_yaml(result, name=bank_name, method=method, channels=channels, seed=seed,
                             size=size, sources=image_paths, command=command, count=count)
     where = _write_output(output, text.encode(), binary=False)
     _note(f"convcli: wrote {where}: {_plural(filters, f'{method} filter')} of {size}x{size} "
-          f"({channels})", quiet)
+          f"({channels}{', each window normalised' if window_norm else ''})", quiet)
 
 
 @cache_app.command("info")

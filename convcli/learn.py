@@ -7,14 +7,17 @@ with the whitening matrix P (symmetric) and the patch mean m, the feature of a p
 
     d_k . P (x - m) = (P d_k) . x - (P d_k) . m
 
-so filter k has weights P d_k and bias -(P d_k) . m, and running the bank as a convolution
-gives exactly the whitened features. The per-patch normalisation (subtract the patch's own
-mean, divide by its own standard deviation) depends on each patch and cannot be folded into
-fixed weights: the bank sees raw pixels there, which is the one way its maps differ from the
-paper's features.
+so filter k has weights P d_k and bias -(P d_k) . m. The per-patch normalisation (subtract
+the patch's own mean, divide by sqrt(its variance + eps)) depends on each patch and cannot
+be folded into fixed weights; the bank carries it as its ``window_norm`` setting instead
+(convcli.localnorm: each window the filter reads is normalised exactly so, with the same
+eps), so applying the bank gives exactly the features the centroids were learned on. With
+window_norm off (``window_norm=False``) the bank sees raw pixels, as banks of earlier
+versions did.
 
 PCA gives the principal components of the (mean-subtracted) patches, each with the bias
-that centres it, so a map is a patch's coordinate along that component.
+that centres it, so a map is a patch's coordinate along that component; with window_norm
+on, of the normalised patches.
 """
 
 from __future__ import annotations
@@ -24,12 +27,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import images
+from . import images, localnorm
 from .errors import InputError, UsageError
 
-NORM_EPS = 10.0 / 255.0**2  # Coates et al.'s +10 on 0-255 variances, for pixels in [0, 1]
+NORM_EPS = localnorm.DEFAULT_EPS  # Coates et al.'s +10 on 0-255 variances, pixels in [0, 1]
 ZCA_EPS = 0.1  # their whitening regulariser (on normalised patches)
 KMEANS_ITERATIONS = 10
+DEFAULT_FILTERS = 16
+DEFAULT_SIZE = 7
+DEFAULT_PATCHES = 20000
 METHODS = ("kmeans", "pca")
 # gray and rgb: images fitted to one or three channels; dense: every channel of the inputs as
 # they are (feature maps, .npy), for a second layer learned on a first layer's output as
@@ -53,6 +59,7 @@ class Learned:
     mean: np.ndarray  # patch mean (C*S*S,)
     whitening: np.ndarray | None  # P (C*S*S, C*S*S), for k-means
     centroids: np.ndarray | None = None  # the unit k-means centroids d_k (K, C*S*S)
+    window_norm: float | None = None  # eps of the bank's per-window normalisation, or None
 
 
 def patches(pixels_list: list[np.ndarray], size: int, count: int, rng: np.random.Generator
@@ -150,10 +157,19 @@ def check_options(filters: int, size: int, method: str, seed: int, count: int,
                          f"{MAX_NUMBERS:,} (use fewer patches)")
 
 
+def default_window_norm(method: str) -> bool:
+    """k-means learns on normalised patches (Coates et al.), so its banks normalise each
+    window by default; PCA describes the patches as they are."""
+    return method == "kmeans"
+
+
 def learn(pixels_list: list[np.ndarray], filters: int, size: int, method: str, seed: int,
-          count: int = 20000, progress=None, *, labels: list[str] | None = None) -> Learned:
+          count: int = DEFAULT_PATCHES, progress=None, *, labels: list[str] | None = None,
+          window_norm: bool | None = None) -> Learned:
     """Learn a bank; ``progress`` (optional) is called once per k-means iteration.
-    ``labels`` name the images in messages (their paths; default: their positions)."""
+    ``labels`` name the images in messages (their paths; default: their positions).
+    ``window_norm``: learn on normalised patches and give the bank the per-window
+    normalisation that reproduces them (None: default_window_norm(method))."""
     check_options(filters, size, method, seed, count)
     if not pixels_list:
         raise UsageError("no images to learn from")
@@ -173,8 +189,12 @@ def learn(pixels_list: list[np.ndarray], filters: int, size: int, method: str, s
     # Overflow (pixel values near float64's limits) shows as non-finite weights, refused
     # below with one line; no NumPy warning escapes.
     with np.errstate(all="ignore"):
-        result = _pca(x, filters, c, size) if method == "pca" else \
-            _kmeans(x, filters, c, size, rng, progress)
+        if window_norm is None:
+            window_norm = default_window_norm(method)
+        result = _pca(normalise(x) if window_norm else x, filters, c, size) \
+            if method == "pca" else _kmeans(x, filters, c, size, rng, progress)
+        if window_norm:
+            result.window_norm = NORM_EPS
         sane = all(np.isfinite(a).all() and (np.abs(a) <= np.finfo(np.float32).max).all()
                    for a in (result.weights, result.bias))
     if not sane:
@@ -203,6 +223,16 @@ def _kmeans(x: np.ndarray, filters: int, c: int, size: int, rng: np.random.Gener
 def to_yaml(result: Learned, *, name: str, method: str, channels: str, seed: int,
             size: int, sources: list[str], command: str, count: int) -> str:
     """The bank as YAML text that loads like any other, recording how it was made."""
+    defaults: dict = {"padding": "same", "border": "reflect", "activation": "relu",
+                      "input": channels, "scale": "auto"}
+    if result.window_norm is not None:
+        defaults["window_norm"] = {"eps": result.window_norm}
+    return _to_yaml(result, name=name, method=method, channels=channels, seed=seed, size=size,
+                    sources=sources, command=command, count=count, defaults=defaults)
+
+
+def _to_yaml(result: Learned, *, name: str, method: str, channels: str, seed: int,
+             size: int, sources: list[str], command: str, count: int, defaults: dict) -> str:
     from . import bank
 
     filters = [{
@@ -217,16 +247,16 @@ def to_yaml(result: Learned, *, name: str, method: str, channels: str, seed: int
         "method": method, "filters": len(filters), "size": size, "channels": channels,
         "patches": count, "seed": seed, "images": sources, "command": command,
         "date": datetime.date.today().isoformat(),
+        "window_norm": result.window_norm is not None,
         "reference": "Coates, Lee & Ng, AISTATS 2011 (k-means: per-patch normalisation, "
                      "ZCA whitening folded into weights and bias, spherical k-means)"
-        if method == "kmeans" else "principal components of mean-subtracted patches",
+        if method == "kmeans" else "principal components of mean-subtracted patches"
+        + (" (each patch normalised first)" if result.window_norm is not None else ""),
     }
     return bank.dump(
         name=name, description=f"{len(filters)} filters of {size}x{size} learned by {method} "
                                f"from {len(sources)} images",
-        defaults={"padding": "same", "border": "reflect", "activation": "relu",
-                  "input": channels, "scale": "auto"},
-        filters=filters, provenance=provenance,
+        defaults=defaults, filters=filters, provenance=provenance,
         header="# Made by convcli learn; see provenance for how.\n")
 
 

@@ -64,6 +64,54 @@ def test_folded_whitening_equals_whitening_the_patches():
         np.testing.assert_allclose(maps[:, y, x], explicit, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["jit", "numpy"])
+def test_the_bank_gives_exactly_the_features_learned_on(method):
+    """A k-means bank as learn writes it normalises each window as learning normalised each
+    patch: its maps are the paper's features (whitened normalised patch . centroid, ReLU)."""
+    from convcli import network, pipeline
+    from convcli.engine import EngineConfig
+
+    got = learn.learn(pixels(), 8, 5, "kmeans", seed=3, count=4000)
+    assert got.window_norm == learn.NORM_EPS
+    text = learn.to_yaml(got, name="k", method="kmeans", channels="gray", seed=3, size=5,
+                         sources=["a.png"], command="convcli learn", count=4000)
+    b = bank.parse(text)
+    assert {f.geometry.window_norm for f in b.filters} == {learn.NORM_EPS}
+    image = pixels(("chelsea.png",))[0]
+    config = EngineConfig(method=method)
+    maps = network.run(image, bank.parse_network(text), config=config)[0]
+    applied = np.stack([m.data for m in pipeline.compute_maps(image, b, config)])
+    np.testing.assert_array_equal(applied, maps)
+    padded = np.pad(image, ((0, 0), (2, 2), (2, 2)), mode="reflect")  # the bank's border
+    rng = np.random.default_rng(0)
+    spots = [(0, 0), (image.shape[1] - 1, image.shape[2] - 1)] + \
+        [tuple(rng.integers(0, image.shape[1:])) for _ in range(30)]
+    for y, x in spots:
+        patch = padded[:, y:y + 5, x:x + 5].reshape(1, -1).astype(np.float64)
+        features = ((learn.normalise(patch)[0] - got.mean) @ got.whitening) @ got.centroids.T
+        np.testing.assert_allclose(maps[:, y, x], np.maximum(features, 0), rtol=1e-4,
+                                   atol=1e-4 * np.abs(features).max())
+
+
+def test_window_norm_can_be_turned_off_and_on():
+    off = learn.learn(pixels(), 4, 5, "kmeans", seed=3, count=2000, window_norm=False)
+    on = learn.learn(pixels(), 4, 5, "kmeans", seed=3, count=2000)
+    np.testing.assert_array_equal(off.weights, on.weights)  # the same centroids either way
+    assert off.window_norm is None
+    pca = learn.learn(pixels(), 4, 5, "pca", seed=0, count=2000)
+    pca_norm = learn.learn(pixels(), 4, 5, "pca", seed=0, count=2000, window_norm=True)
+    assert pca.window_norm is None and pca_norm.window_norm == learn.NORM_EPS
+    # PCA saw normalised patches: each sums to zero, and so does their mean patch
+    assert abs(pca_norm.mean.sum()) < 1e-9 < abs(pca.mean.sum())
+
+
+def test_cli_defaults_are_the_library_defaults():
+    from convcli import cli
+
+    assert (cli.LEARN_FILTERS, cli.LEARN_SIZE, cli.LEARN_PATCHES) == \
+        (learn.DEFAULT_FILTERS, learn.DEFAULT_SIZE, learn.DEFAULT_PATCHES)
+
+
 def test_pca_components_are_orthonormal_and_centred():
     got = learn.learn(pixels(), 6, 5, "pca", seed=0, count=4000)
     flat = got.weights.reshape(6, -1)
