@@ -89,7 +89,9 @@ FLAGS = {"max_memory": "--max-memory", "stack": "--no-stack", "max_pixels": "--m
          "filter": "--filter", "padding": "--padding", "files_from": "--files-from",
          "null": "-0", "scheduler": "--scheduler", "format": "--format", "bits": "--bits",
          "compression": "--compression", "stride": "--stride", "dilation": "--dilation",
-         "resume": "--resume"}
+         "resume": "--resume", "scale": "--scale", "colormap": "--colormap",
+         "maps": "--no-maps", "tile": "--tile", "columns": "--columns",
+         "combine": "--combine"}
 
 
 def _with_flags(message: str, settings: tuple[str, ...]) -> str:
@@ -182,15 +184,38 @@ def apply(
     activation: Optional[str] = typer.Option(
         None, metavar="NAME", help="Override every filter's activation: relu, none, abs, "
                                    "relu6, leaky_relu, hardswish, hardsigmoid, sigmoid, tanh."),
-    scale: Optional[str] = typer.Option(None, metavar="auto|global|clip|symmetric",
-                                        help="Override how maps become pixels."),
+    scale: Optional[str] = typer.Option(
+        None, metavar="SCALE",
+        help="Override how maps become pixels: auto (8 bits: p1,p99; 16 bits: minmax), "
+             "minmax, global, clip, symmetric, a range LO,HI shared by every map and input "
+             "(--scale=-1,1), or per-map percentiles pA,pB (p0.5,p99.5)."),
+    colormap: str = typer.Option(
+        "gray", metavar="NAME",
+        help="gray, viridis, magma, inferno, plasma, cividis, batlow (for magnitudes); vik, "
+             "balance, coolwarm (diverging: with --scale symmetric). 8 bits only."),
     bits: int = typer.Option(8, metavar="8|16", help="Bits per sample of the PNGs."),
-    fmt: str = typer.Option("png", "--format", metavar="png|npy",
-                            help="png (maps + stack) or npy (float32 array + names)."),
+    fmt: str = typer.Option(
+        "png", "--format", metavar="png|jpeg|webp|tiff|npy",
+        help="png (maps + stack), jpeg or webp (lossy previews, ranges in maps.json), tiff "
+             "or npy (float32 maps + names)."),
     compression: int = typer.Option(1, metavar="0-9",
                                     help="PNG deflate level, 0 (fastest) to 9 (smallest); "
                                          "1-3 use ISA-L where installed, the rest zlib."),
+    quality: int = typer.Option(90, metavar="1-100", help="JPEG and WebP quality."),
+    maps: bool = typer.Option(True, "--maps/--no-maps",
+                              help="Write one picture per filter (--no-maps: the stack only)."),
     stack: bool = typer.Option(True, "--stack/--no-stack", help="Write each input's stack.png."),
+    tile: int = typer.Option(768, metavar="PX",
+                             help="Shrink the stack's tiles so no side exceeds PX."),
+    columns: Optional[int] = typer.Option(None, metavar="N",
+                                          help="Tiles per row of the stack [default: square]."),
+    combine: Optional[str] = typer.Option(
+        None, metavar="max|mean|magnitude",
+        help="Also write combined.png, one map of all: their max, mean, or the gradient "
+             "magnitude sqrt(x^2 + y^2) of two (e.g. -f sobel_x -f sobel_y --activation none)."),
+    overlay: bool = typer.Option(False, "--overlay",
+                                 help="Also write overlay.png: the combined map (max unless "
+                                      "--combine) in colour over the input."),
     pool: Optional[str] = typer.Option(
         None, "--pool", metavar="MODE:K[:S[:P]]",
         help="Add a pooling layer at the end: max or avg, kernel K, stride S (default K), "
@@ -236,14 +261,25 @@ def apply(
     if bank == "-" and ("-" in (inputs or []) or files_from == "-"):
         raise UsageError("stdin can feed only one of: the bank (-b -), an image (-) or the "
                          "list of inputs")
+    from . import render
+
+    if not 1 <= quality <= 100:
+        raise UsageError(f"--quality must be 1-100, got {quality}")
     options = pipeline.Options(out=output, format=fmt, bits=bits, compression=compression,
                                max_pixels=max_pixels, stack=stack, resume=resume,
                                max_memory=_size(max_memory, "--max-memory"),
-                               thumbnails=stack_by == "filter", all_layers=all_layers)
+                               thumbnails=stack_by == "filter", all_layers=all_layers,
+                               scale=scale, colormap=colormap, maps=maps, tile=tile,
+                               columns=columns, combine=combine, overlay=overlay,
+                               quality=quality)
     pipeline.check_options(options)
+    # A bank's own words (auto, global, clip, symmetric) also go to its filters, so every
+    # reader of the bank (contact sheets from earlier runs) sees the same policy.
     kernel_bank = _load_bank(bank, filters, pool, stride=stride, padding=padding,
                              dilation=dilation, border=border, activation=activation,
-                             scale=scale)
+                             scale=scale if scale in render.POLICIES and scale != "minmax"
+                             else None)
+    pipeline.check_bank_options(kernel_bank, options)
     if not inputs and files_from is None:
         raise UsageError("give at least one INPUT (a file, folder, glob or -) or --files-from")
     found = _expand_inputs(inputs or [], files_from, null, recursive, output,

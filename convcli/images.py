@@ -1127,6 +1127,46 @@ def encode_png(pixels: np.ndarray, text: dict[str, str] | None = None, level: in
     return _PNG_SIG + b"".join(chunks)
 
 
+def encode_preview(pixels: np.ndarray, fmt: str, quality: int = 90) -> bytes:
+    """JPEG or WebP bytes (lossy, ``quality`` 1-100) for uint8 pixels (H, W) gray or
+    (H, W, 3) RGB: previews, smaller than PNGs; their values are not exact."""
+    from PIL import Image
+
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
+        raise ValueError(f"cannot encode {pixels.dtype} {pixels.shape} as {fmt}")
+    img = Image.fromarray(np.ascontiguousarray(pixels), "L" if pixels.ndim == 2 else "RGB")
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img.save(buf, "JPEG", quality=quality, optimize=False)
+    elif fmt == "webp":
+        img.save(buf, "WEBP", quality=quality, method=2)  # method 2: fast, near the best size
+    else:
+        raise ValueError(f"unknown preview format {fmt!r}")
+    return buf.getvalue()
+
+
+def encode_tiff(blocks: Iterable[np.ndarray], shape: tuple[int, ...],
+                description: dict) -> bytes:
+    """A float32 TIFF of maps (F, H, W) or (F, C, H, W) (stored as F*C planes): one page,
+    one sample per plane, planar, uncompressed; ``description`` (JSON, with "filters": one
+    name per plane) goes in its ImageDescription, as read_tiff_planes reads it. The blocks
+    are consecutive slices along the first axis."""
+    import tifffile
+
+    planes = int(np.prod(shape[:-2]))
+    data = np.empty((planes, *shape[-2:]), np.float32)
+    at = 0
+    for block in blocks:
+        flat = np.asarray(block, np.float32).reshape(-1, *shape[-2:])
+        data[at:at + len(flat)] = flat
+        at += len(flat)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, data, photometric="minisblack", planarconfig="separate",
+                     description=json.dumps(description), metadata=None,
+                     bigtiff=data.nbytes > 2**32 - 2**25)
+    return buf.getvalue()
+
+
 def _deflate(data: bytes, level: int) -> bytes:
     """zlib-format deflate. Levels 1-3 use ISA-L when installed: on feature maps its level 1
     is about 4x faster than zlib's level 1 and makes smaller files (benchmarks/batch.py);

@@ -2,11 +2,18 @@
 
 Layout of the outputs of one input (REL = its output folder, see convcli.inputs):
 
-  OUT/REL/<filter>.png   one map per filter (name made safe, unique)
-  OUT/REL/stack.png      all maps tiled, each under its name (with two or more filters,
-                         unless Options.stack is off)
+  OUT/REL/<filter>.png   one map per filter (name made safe, unique; unless Options.maps
+                         is off); .jpg or .webp for those formats
+  OUT/REL/stack.png      all maps tiled, shrunk to Options.tile, each under its name and
+                         its value range (with two or more filters, or maps off; unless
+                         Options.stack is off)
+  OUT/REL/combined.png   with Options.combine: one map made of all (max, mean, magnitude)
+  OUT/REL/overlay.png    with Options.overlay: the combined map over the input, in colour
+  OUT/REL/maps.json      for JPEG and WebP: each picture's range (they have no text chunk)
   OUT/REL/maps.npy       with --format npy: float32 (F, H', W') (depthwise: (F, C, H', W'))
-  OUT/REL/maps.json      with --format npy: filter names, bank and settings
+  OUT/REL/maps.tif       with --format tiff: float32, one sample per map (depthwise: per map
+                         and channel), the names in its description
+  OUT/REL/maps.json      with npy or tiff: filter names, bank and settings
 """
 
 from __future__ import annotations
@@ -37,14 +44,26 @@ from .errors import EXIT_ERROR, ConvcliError, InputError, OutputError, UsageErro
 from .inputs import Source
 
 STDOUT = "-"
-RESERVED_NAMES = ("stack", "maps")  # names of the per-input files that are not filter maps
+RESERVED_NAMES = ("stack", "maps", "combined", "overlay")  # per-input files that are not maps
+FORMATS = ("png", "jpeg", "webp", "tiff", "npy")
+PICTURES = {"png": "png", "jpeg": "jpg", "webp": "webp"}  # picture formats -> file extension
+COMBINE = ("max", "mean", "magnitude")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".npy", ".gif", ".bmp")
 
 
 @dataclass(frozen=True)
 class Options:
     out: str  # an output folder, or "-" for one result on stdout
-    format: str = "png"  # png | npy
+    format: str = "png"  # png | jpeg | webp | tiff | npy
     bits: int = 8
+    scale: str | None = None  # overrides every map's scale (render.parse_scale's syntax)
+    colormap: str = "gray"  # render.COLORMAPS; other than gray makes 8-bit colour pictures
+    maps: bool = True  # one picture per filter (off: the stack only)
+    tile: int = render.TILE  # a stack tile's longer side at most (shrunk by a whole factor)
+    columns: int | None = None  # stack columns (None: near square)
+    combine: str | None = None  # max | mean | magnitude: also write combined.<ext>
+    overlay: bool = False  # also write overlay.<ext>: the combined map over the input
+    quality: int = 90  # JPEG/WebP quality
     compression: int = 1  # zlib level for PNGs: 1 is ~4x faster than 6 for ~10% more bytes
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     stack: bool = True  # write OUT/REL/stack.png
@@ -79,12 +98,56 @@ class Result:
 
 def check_options(options: Options) -> None:
     """Refuse combinations that cannot work before any input is read."""
-    if options.format not in ("png", "npy"):
-        raise UsageError(f"the output format must be png or npy, got {options.format!r}",
-                         settings=("format",))
+    if options.format not in FORMATS:
+        raise UsageError(f"the output format must be {', '.join(FORMATS[:-1])} or npy, "
+                         f"got {options.format!r}", settings=("format",))
     if options.bits not in (8, 16):
         raise UsageError(f"bits per sample must be 8 or 16, got {options.bits}",
                          settings=("bits",))
+    if options.bits == 16 and options.format in ("jpeg", "webp"):
+        raise UsageError(f"{options.format} pictures have 8 bits per sample; use png for 16",
+                         settings=("bits", "format"))
+    if options.scale is not None:
+        try:
+            render.parse_scale(options.scale)
+        except ValueError as e:
+            raise UsageError(str(e), settings=("scale",)) from None
+    try:
+        render.check_colormap(options.colormap)
+    except ValueError as e:
+        raise UsageError(str(e), settings=("colormap",)) from None
+    if options.colormap != "gray" and options.bits == 16:
+        raise UsageError("a colormap makes 8-bit colour pictures; 16 bits are for gray maps "
+                         "whose values are to be read back", settings=("bits", "colormap"))
+    if options.tile < 16:
+        raise UsageError(f"the stack's tile size must be at least 16 pixels, got "
+                         f"{options.tile}", settings=("tile",))
+    if options.columns is not None and options.columns < 1:
+        raise UsageError(f"the stack needs at least 1 column, got {options.columns}",
+                         settings=("columns",))
+    if options.combine is not None and options.combine not in COMBINE:
+        raise UsageError(f"maps combine by {', '.join(COMBINE)}, got {options.combine!r}",
+                         settings=("combine",))
+    if (options.combine or options.overlay) and options.format not in PICTURES:
+        raise UsageError("a combined map and an overlay are pictures: they need the format "
+                         "png, jpeg or webp", settings=("format",))
+    if options.format in PICTURES and not (options.maps or options.stack or options.combine
+                                           or options.overlay):
+        raise UsageError("with neither per-filter maps nor a stack there is nothing to write",
+                         settings=("maps", "stack"))
+    out = Path(options.out)
+    if options.out != STDOUT and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
+        raise UsageError(f"{options.out}: looks like a file name, but the output is a folder "
+                         "(one file per map); give a folder, or - to write one result to "
+                         "stdout")
+
+
+def check_bank_options(bank: KernelBank | Network, options: Options) -> None:
+    """Refuse output options that cannot work with this bank, before any input is read."""
+    n = len(output_bank(bank).filters)
+    if options.combine == "magnitude" and n != 2:
+        raise UsageError(f"the magnitude combines two maps (an x and a y derivative), but "
+                         f"{n} are made; pick two filters", settings=("filter",))
     if not 0 <= options.compression <= 9:
         raise UsageError(f"the compression level must be 0-9, got {options.compression}",
                          settings=("compression",))
@@ -209,8 +272,32 @@ def output_names(bank: KernelBank | Network, options: Options) -> list[str]:
     bank = _parts(as_network(bank)).bank
     if options.format == "npy":
         return ["maps.npy", "maps.json"]
-    names = [f"{n}.png" for n in safe_names([f.name for f in bank.filters])]
-    return names + (["stack.png"] if options.stack and len(bank.filters) > 1 else [])
+    if options.format == "tiff":
+        return ["maps.tif", "maps.json"]
+    ext = PICTURES[options.format]
+    names = [f"{n}.{ext}" for n in safe_names([f.name for f in bank.filters])] \
+        if options.maps else []
+    if _stacking(len(bank.filters), options):
+        names.append(f"stack.{ext}")
+    if options.combine or options.overlay:
+        names += [f"combined.{ext}"] + ([f"overlay.{ext}"] if options.overlay else [])
+    return names + (["maps.json"] if options.format != "png" else [])
+
+
+def _stacking(n_maps: int, options: Options) -> bool:
+    """Whether an input gets a stack: two maps or more, or one when the maps are off."""
+    return (n_maps > 1 or not options.maps) and (options.stack or options.out == STDOUT)
+
+
+def stdout_name(bank: KernelBank | Network, options: Options) -> str:
+    """The one file that ``-o -`` writes: the array, else the overlay, the combined map,
+    the stack, or the only map, the first of these that is made."""
+    names = output_names(bank, options)
+    for kind in ("maps.npy", "maps.tif", "overlay.", "combined.", "stack."):
+        for name in names:
+            if name.startswith(kind):
+                return name
+    return names[0]
 
 
 def output_folder(source: Source, options: Options) -> Path:
@@ -226,7 +313,10 @@ def settings_key(bank: KernelBank | Network, options: Options) -> str:
     net = as_network(bank)
     h = hashlib.sha256()
     h.update(json.dumps([__version__, net.name, options.format, options.bits,
-                         options.compression, options.stack, options.all_layers]).encode())
+                         options.compression, options.stack, options.all_layers,
+                         options.scale, options.colormap, options.maps, options.tile,
+                         options.columns, options.combine, options.overlay,
+                         options.quality]).encode())
     for layer in net.layers:
         if not isinstance(layer, network.Conv):
             h.update(repr(layer).encode())
@@ -521,12 +611,11 @@ def process(source: Source, bank: KernelBank | Network, options: Options,
             if parts.tail is not None and _joint(parts.tail):
                 groups = [sum(groups, [])]  # every map at once (see _joint)
             files = _outputs(x, parts, groups, shapes, source, options, about,
-                             result.thumbnails)
+                             result.thumbnails, tensor.data if tensor.image else None)
         if options.out == STDOUT:
-            wanted = "maps.npy" if options.format == "npy" else (
-                "stack.png" if len(parts.bank.filters) > 1 else None)
+            wanted = stdout_name(net, options)
             for name, chunks in files:
-                if wanted in (None, name):
+                if name == wanted:
                     result.payload = b"".join(chunks)
                     break
             result.status = "ok"
@@ -583,8 +672,7 @@ def plan_groups(bank: KernelBank, image_shape: tuple[int, int, int],
     before the next. One group when everything fits (the usual case)."""
     image_bytes = 4 * int(np.prod(image_shape)) * 3  # pixels, channel-converted, padded
     map_bytes = [8 * int(np.prod(s)) for s in shapes]  # the map, and its engine buffer
-    keep = sum(int(np.prod(s)) * options.bits // 8 for s in shapes) * 2 \
-        if options.stack and options.format == "png" and len(shapes) > 1 else 0
+    keep = _kept_bytes(shapes, options)
     fixed = image_bytes + keep
     budget = options.max_memory
     if fixed + max(map_bytes) > budget:
@@ -605,16 +693,38 @@ def plan_groups(bank: KernelBank, image_shape: tuple[int, int, int],
     return groups
 
 
+def _kept_bytes(shapes: list[tuple[int, ...]], options: Options) -> int:
+    """What an input's outputs keep while its maps are made: the stack's shrunk tiles and
+    its canvas, a combined map (float32, and its pictures), the whole TIFF (the array, and
+    its bytes)."""
+    if options.format == "tiff":
+        return 2 * 4 * sum(int(np.prod(s)) for s in shapes)
+    if options.format not in PICTURES:
+        return 0
+    keep = 0
+    depth = (3 if options.colormap != "gray" else 1) * options.bits // 8
+    if _stacking(len(shapes), options):
+        for s in shapes:
+            h, w = s[-2:]
+            factor = max(1, -(-max(h, w) // options.tile))
+            keep += 2 * (h // factor) * (w // factor) * depth * (3 if len(s) == 3 else 1)
+    if options.combine or options.overlay:
+        keep += 4 * int(np.prod(shapes[0])) + 8 * int(np.prod(shapes[0][-2:]))
+    return keep
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
 def _outputs(pixels: np.ndarray, parts: _Parts, groups: list[list[int]],
              shapes: list[tuple[int, ...]], source: Source, options: Options,
-             about: dict[str, Any], thumbnails: dict[str, np.ndarray] | None = None):
+             about: dict[str, Any], thumbnails: dict[str, np.ndarray] | None = None,
+             photo: np.ndarray | None = None):
     """Every output file of one input, in order, as (file name, chunks of bytes). Maps are
     computed one filter group at a time, so memory stays within Options.max_memory. With
-    ``thumbnails``, a small picture of each map is kept there too (for contact sheets)."""
+    ``thumbnails``, a small picture of each map is kept there too (for contact sheets);
+    ``photo`` is the input image an overlay is drawn on (None for a feature-map input)."""
     bank = parts.bank
     names = [f.name for f in bank.filters]
 
@@ -624,71 +734,181 @@ def _outputs(pixels: np.ndarray, parts: _Parts, groups: list[list[int]],
                                first=parts.first, tail=parts.tail)
 
     yield from _map_files(computed, len(groups), names, [f.scale for f in bank.filters], shapes,
-                          bank.input, source, options, about, thumbnails)
+                          bank.input, source, options, about, thumbnails, photo=photo,
+                          base=pixels)
+
+
+def _same_size(names: list[str], shapes: list[tuple[int, ...]], source: Source,
+               what: str) -> None:
+    if len(set(shapes)) != 1:
+        sizes = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in zip(names, shapes))
+        raise InputError(f"{source.label}: the maps differ in size ({sizes}) and cannot "
+                         f"{what}; pick filters or use padding 'same'",
+                         settings=("filter", "padding"))
 
 
 def _map_files(computed, passes: int, names: list[str], scales: list[str],
                shapes: list[tuple[int, ...]], mode: str, source: Source, options: Options,
                about: dict[str, Any], thumbnails: dict[str, np.ndarray] | None,
-               prefix: str = ""):
-    """The files of one layer's maps, as (file name, chunks): PNGs and a stack, or an array
-    and its names. ``computed()`` yields the maps in ``passes`` lists, in the order of
-    ``names``; ``prefix`` is the subfolder they go in."""
+               prefix: str = "", photo: np.ndarray | None = None,
+               base: np.ndarray | None = None):
+    """The files of one layer's maps, as (file name, chunks): pictures and a stack, or an
+    array and its names. ``computed()`` yields the maps in ``passes`` lists, in the order
+    of ``names``; ``prefix`` is the subfolder they go in (an earlier layer's: no combined
+    map or overlay there). An overlay is drawn on ``photo``, else on ``base`` (the feature
+    maps the layer read, their mean stretched min-max to gray)."""
     bank_input = mode
+    scales = [options.scale or s for s in scales]
 
-    if options.format == "npy":
-        if len(set(shapes)) != 1:
-            sizes = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in zip(names, shapes))
-            raise InputError(f"{source.label}: the maps differ in size ({sizes}) and cannot "
-                             "share one array; pick filters or use padding 'same'",
-                             settings=("filter", "padding"))
+    if options.format in ("npy", "tiff"):
+        _same_size(names, shapes, source, "share one array")
         shape = (len(names),) + shapes[0]
 
         def blocks():
+            k = 0
             for maps in computed():
-                if thumbnails is not None:
-                    for m in maps:  # the picture the PNG output would show, made small
-                        scale = "auto" if m.scale == "global" else m.scale
-                        thumbnails[m.name] = render.thumbnail(
-                            render.to_pixels(m.data, scale, options.bits).pixels)
+                for m in maps if thumbnails is not None else ():
+                    # the picture the PNG output would show, made small
+                    scale = "minmax" if scales[k] == "global" else scales[k]
+                    k += 1
+                    assert thumbnails is not None
+                    thumbnails[m.name] = render.thumbnail(
+                        render.to_pixels(m.data, scale, options.bits).pixels)
                 yield np.stack([m.data for m in maps])
-        yield prefix + "maps.npy", images.npy_chunks(shape, blocks())
         meta = dict(about, filters=names, shape=list(shape), input_mode=bank_input,
                     dtype="float32")
+        if options.format == "npy":
+            yield prefix + "maps.npy", images.npy_chunks(shape, blocks())
+        else:
+            channels = names if len(shape) == 3 else [
+                f"{n}/{c}" for n in names for c in
+                (["red", "green", "blue"] if shape[1] == 3 else range(shape[1]))]
+            yield prefix + "maps.tif", [images.encode_tiff(
+                blocks(), shape, dict(meta, filters=channels))]
         yield prefix + "maps.json", [(json.dumps(meta, indent=2) + "\n").encode()]
         return
 
+    fmt, ext, bits, cmap = options.format, PICTURES[options.format], options.bits, \
+        options.colormap
     first = None
     global_range = None
     if "global" in scales:  # one range over all maps: a first pass
         ranges = []
+        done = 0
         for maps in computed():
             first = maps if passes == 1 else None  # one group: reuse instead of redoing
-            in_range = [m.data for m in maps if m.scale == "global"]
+            in_range = [m.data for m, s in zip(maps, scales[done:]) if s == "global"]
+            done += len(maps)
             if in_range:
                 ranges.append(render.joint_range(in_range))
         global_range = (min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
-    stacking = len(names) > 1 and (options.stack or options.out == STDOUT)
+    stacking = _stacking(len(names), options)
+    final = not prefix
+    combine = (options.combine or "max") if final and (options.combine or options.overlay) \
+        else None
+    if combine:
+        _same_size(names, shapes, source, "be combined")
     safe = dict(zip(names, safe_names(names)))
-    tiles = []
+    tiles: list[tuple[str, np.ndarray]] = []
+    legends: list[render.Legend] = []
+    boxes_meta: list[dict] = []
+    sidecar: dict[str, Any] = {}
+    combined: np.ndarray | None = None
+    k = 0
     for maps in ([first] if first is not None else computed()):
         for m in maps:
-            r = render.to_pixels(m.data, m.scale, options.bits, global_range)
-            meta = dict(about, filter=m.name, scale=m.scale, range=[r.lo, r.hi],
-                        bits=options.bits, value="lo + pixel / (2**bits - 1) * (hi - lo)")
-            yield f"{prefix}{safe[m.name]}.png", [images.encode_png(
-                r.pixels, {"convcli": json.dumps(meta)}, options.compression)]
+            scale = scales[k]
+            k += 1
+            r = render.to_pixels(m.data, scale, bits, global_range, cmap)
+            meta = _picture_meta(about, scale, r, options, m.data.ndim == 2, filter=m.name)
+            if options.maps:
+                yield f"{prefix}{safe[m.name]}.{ext}", [_encode(r.pixels, meta, options)]
+                sidecar[f"{safe[m.name]}.{ext}"] = meta
             if stacking:
-                tiles.append((m, r))
+                tile = render.shrink(r.pixels, options.tile)
+                tiles.append((m.name, tile))
+                coloured = r.pixels.ndim == 3 and m.data.ndim == 2
+                legends.append(render.Legend(r.lo, r.hi, cmap if coloured else "gray"))
+                boxes_meta.append(dict(scale=render_scale_text(scale), range=[r.lo, r.hi],
+                                       clipped=list(r.clipped),
+                                       shrunk=r.pixels.shape[0] // max(1, tile.shape[0])))
             if thumbnails is not None:
                 thumbnails[m.name] = render.thumbnail(r.pixels)
+            if combine:
+                combined = _combine(combined, m.data, combine)
+            del r
     if stacking:
-        pixels_, boxes = render.stack([(m.name, r.pixels) for m, r in tiles])
-        for box, (m, r) in zip(boxes, tiles):
-            box.update(scale=m.scale, range=[r.lo, r.hi])
-        meta = dict(about, bits=options.bits, tiles=boxes)
-        yield prefix + "stack.png", [images.encode_png(pixels_, {"convcli": json.dumps(meta)},
-                                                       options.compression)]
+        pixels_, boxes = render.stack(tiles, legends, options.columns)
+        del tiles
+        for box, more in zip(boxes, boxes_meta):
+            box.update(more)
+        meta = dict(about, bits=bits, colormap=cmap, tiles=boxes)
+        yield prefix + f"stack.{ext}", [_encode(pixels_, meta, options)]
+        sidecar[f"stack.{ext}"] = meta
+        del pixels_
+    if combine and combined is not None:
+        if combine == "magnitude":
+            np.sqrt(combined, out=combined)
+        elif combine == "mean":
+            combined /= len(names)
+        scale = options.scale or "auto"
+        r = render.to_pixels(combined, scale, bits, None, cmap)
+        meta = _picture_meta(about, scale, r, options, combined.ndim == 2, combined=combine,
+                             filters=names)
+        yield f"combined.{ext}", [_encode(r.pixels, meta, options)]
+        sidecar[f"combined.{ext}"] = meta
+        if options.overlay:
+            under = photo if photo is not None else base
+            assert under is not None
+            gray = images.as_channels(under, "gray")[0] if under.shape[0] in (1, 3) \
+                else under.mean(axis=0)
+            pixels_ = render.overlay(combined, r.lo, r.hi, gray, options.colormap,
+                                     stretch=photo is None)
+            meta = dict(meta, overlay=render.OVERLAY_NOTE,
+                        colormap=render.overlay_colormap(options.colormap))
+            yield f"overlay.{ext}", [_encode(pixels_, meta, options)]
+            sidecar[f"overlay.{ext}"] = meta
+    if fmt != "png":  # JPEG and WebP pictures' ranges, in one file beside them
+        yield prefix + "maps.json", [(json.dumps(dict(about, pictures=sidecar), indent=2)
+                             + "\n").encode()]
+
+
+def render_scale_text(scale: str) -> str:
+    return render.scale_text(render.parse_scale(scale))
+
+
+def _picture_meta(about: dict[str, Any], scale: str, r: render.Rendered, options: Options,
+                  one_channel: bool, **more: Any) -> dict[str, Any]:
+    """What a picture records so its values can be read back (up to quantisation, for the
+    pixels that were not clipped: ``clipped`` gives their fractions below lo and above hi).
+    A one-channel map drawn through a colormap records it: its value is found from the
+    table entry nearest to the pixel's colour."""
+    meta = dict(about, **more, scale=render_scale_text(scale), range=[r.lo, r.hi],
+                clipped=list(r.clipped), bits=options.bits)
+    if options.colormap != "gray" and one_channel:
+        meta["colormap"] = options.colormap
+        meta["value"] = "lo + i / 255 * (hi - lo), i the colormap entry of the pixel's colour"
+    else:
+        meta["value"] = "lo + pixel / (2**bits - 1) * (hi - lo)"
+    return meta
+
+
+def _encode(pixels: np.ndarray, meta: dict[str, Any], options: Options) -> bytes:
+    if options.format == "png":
+        return images.encode_png(pixels, {"convcli": json.dumps(meta)}, options.compression)
+    return images.encode_preview(pixels, options.format, options.quality)
+
+
+def _combine(acc: np.ndarray | None, data: np.ndarray, how: str) -> np.ndarray:
+    """Fold one map into the combined map (float32, one extra map in memory): the running
+    max (NaN-ignoring), sum (for the mean) or sum of squares (for the magnitude)."""
+    if how == "magnitude":
+        sq = np.square(data, dtype=np.float32)
+        return sq if acc is None else np.add(acc, sq, out=acc)
+    if how == "max":
+        return data.astype(np.float32, copy=True) if acc is None else \
+            np.fmax(acc, data, out=acc)
+    return data.astype(np.float32, copy=True) if acc is None else np.add(acc, data, out=acc)
 
 
 def _every_layer(pixels: np.ndarray, net: Network, about: dict[str, Any], options: Options,
@@ -709,7 +929,8 @@ def _every_layer(pixels: np.ndarray, net: Network, about: dict[str, Any], option
         made = [FeatureMap(n, data[k], scales.get(n, "auto")) for k, n in enumerate(names)]
         shapes = [m.data.shape for m in made]
         yield from _map_files(lambda: iter([made]), 1, names, [m.scale for m in made], shapes,
-                              "dense", source, options, about, thumbnails, prefix)
+                              "dense", source, options, about, thumbnails, prefix,
+                              base=pixels)
 
     def each(layer, maps) -> None:
         index = net.layers.index(layer)
