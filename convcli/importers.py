@@ -321,7 +321,7 @@ KNOWN_ATTRIBUTES: dict[str, set[str]] = {
     "AveragePool": {"auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape",
                     "pads", "strides"},
     "Identity": set(), "Dropout": {"ratio", "is_test", "seed", "consumed_inputs"},
-    "Pad": {"mode", "pads", "value"},
+    "Pad": {"mode", "pads", "value"}, "Transpose": {"perm"},
     "Add": {"broadcast", "axis", "consumed_inputs"}, "Sub": {"broadcast", "axis",
                                                             "consumed_inputs"},
     "Mul": {"broadcast", "axis", "consumed_inputs"}, "Div": {"broadcast", "axis",
@@ -637,7 +637,14 @@ class _Walker:
         self.used: list[str] = []  # names (or labels) of the nodes imported
         self.channels: int | None = None
         self.hw: tuple[int, int] | None = None
+        self.dims: list[int | None] = []  # the input's shape, as the model declares it
         self.start = ""
+
+    def size_from(self, chw: tuple) -> None:
+        """Channels and spatial size of the input, where the model fixes them."""
+        c, h, w = chw
+        self.channels = int(c) if c and c > 0 else None
+        self.hw = (int(h), int(w)) if h and w and h > 0 and w > 0 else None
 
     # -- walking -----------------------------------------------------------------------------
     def chain(self) -> str:
@@ -654,10 +661,9 @@ class _Walker:
                     for d in first.type.tensor_type.shape.dim]
         except Exception:
             dims = []
+        self.dims = dims
         if len(dims) == 4:
-            self.channels = int(dims[1]) if dims[1] and dims[1] > 0 else None
-            if dims[2] and dims[3] and dims[2] > 0 and dims[3] > 0:
-                self.hw = (int(dims[2]), int(dims[3]))
+            self.size_from((dims[1], dims[2], dims[3]))
         cur = first.name
         seen: set[int] = set()  # ids of the nodes walked (a malformed graph may loop)
         while True:
@@ -1346,6 +1352,19 @@ class _Walker:
                                 [self.g.label(n)]))
         if self.hw is not None:
             self.hw = (self.hw[0] + top + bottom, self.hw[1] + left + right)
+
+    def _Transpose(self, n: Any, cur: str, attrs: dict) -> None:
+        """Models exported from channels-last frameworks (TensorFlow, Keras) start by turning
+        their NHWC input into NCHW: convcli's inputs are (C, H, W) already, so that first
+        Transpose is skipped; any other stops the chain."""
+        self._no_params(n, cur)
+        if attrs.get("perm") != [0, 3, 1, 2] or self.used or cur != self.start:
+            raise _Stop("a Transpose is imported only as the model's first node, turning "
+                        "its NHWC input into NCHW (perm [0, 3, 1, 2])")
+        if len(self.dims) == 4:
+            self.size_from((self.dims[3], self.dims[1], self.dims[2]))
+        self.notes.append((0, f"{self.g.label(n)} skipped: it turns the model's channels-last "
+                              "input into channels-first, which convcli's inputs are already"))
 
     def _MaxPool(self, n: Any, cur: str, attrs: dict) -> None:
         self.pool(n, cur, attrs, "max")

@@ -797,6 +797,26 @@ def test_a_pad_left_last_is_not_imported(tmp_path):
             "p", "x", (0, 0, 1, 1), (0, 0, 1, 1), opset=17, inits=(i := {}))], i, 17)[0]))
 
 
+def test_a_channels_last_models_first_transpose_is_skipped(tmp_path):
+    inits = {"w": arr(4, 3, 3, 3), "b": arr(4)}
+    nodes = [node("Transpose", ["x"], "t", perm=[0, 3, 1, 2]),
+             conv("c", "t", "w", "b", pads=[1, 1, 1, 1]), node("Relu", ["c"], "r"),
+             node("Transpose", ["r"], "back", perm=[0, 2, 3, 1])]
+    path, model = save(tmp_path, nodes, inits, shape=(1, 17, 15, 3))
+    net = importers.import_network(str(path))
+    assert net.nodes == ["t", "c", "r"]
+    assert net.notes == [
+        "Transpose node 't' skipped: it turns the model's channels-last input into "
+        "channels-first, which convcli's inputs are already",
+        "stopped at Transpose node 'back': a Transpose is imported only as the model's first "
+        "node, turning its NHWC input into NCHW (perm [0, 3, 1, 2])"]
+    x = RNG.standard_normal((3, 17, 15)).astype(np.float32)  # (C, H, W), as convcli reads
+    want = reference(model, "r", x.transpose(1, 2, 0))  # the model reads (H, W, C)
+    assert_close(run_layers(net.layers, x), want)
+    check_end_to_end(net, x, want)
+    assert net.layers[0]["conv"]["defaults"]["input"] == "rgb"  # three channels, from NHWC
+
+
 def test_weights_computed_by_another_node_stop_the_chain(tmp_path):
     inits = {"w": arr(2, 3, 1, 1), "w2": arr(2, 2, 1, 1)}
     nodes = [conv("c", "x", "w"), node("Neg", ["w2"], "w2_neg"), conv("c2", "c", "w2_neg")]
