@@ -169,8 +169,8 @@ def prepare(config: EngineConfig | None = None) -> None:
     z, relu = np.zeros, activation.RELU
     jit.prepare({
         jit.correlate: (source.src, 5, 1, *dense, b, relu, out),
-        jit.correlate_unpadded: (z((1, 5, 5), np.float32), 0, 0, 5, 1, 1, 5, 1, *dense, b,
-                                 relu, out),
+        jit.correlate_unpadded: (z((1, 5, 5), np.float32), 0, 0, 5, 1, 1, 5, 1, 1, *dense,
+                                 b, relu, out),
         jit.correlate_separable: (source.src, 5, 1, *sep, b, relu, 1, out),
         jit.winograd_input: (z((1, 6, 6), np.float32), 0, 0, 0, 1, z((36, 1, 1), np.float32)),
         jit.winograd_output: (z((36, 1, 1), np.float32), b, relu, 0, 1, 1,
@@ -353,9 +353,10 @@ def _direct(x, w, b, s, d, pads, border, act, cfg, groups, plans, finite, thread
                                         lambda: ((chan * KH + i).astype(np.int64),
                                                  (j * d[1]).astype(np.int64)))
                     width = x.shape[2] + pads[2] + pads[3]
-                    chunks = min(copies * ho, 8 * threads)  # a row buffer each; room to balance
+                    # a row buffer each; room to balance
+                    chunks = min(copies * groups * ho, 8 * threads)
                     jit.call(jit.correlate_unpadded, x, pads[0], pads[2], width, s[0], d[0], KH,
-                             chunks, ptr, brows, cols, ws, b, act, out, threads=threads)
+                             groups, chunks, ptr, brows, cols, ws, b, act, out, threads=threads)
                     return
     xp = _pad(x, pads, border)
     source = _source(xp, s[1])

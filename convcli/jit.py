@@ -234,37 +234,46 @@ def correlate(src, group_rows, sy, ptr, rows, cols, ws, b, act, out):
 
 
 @_kernel(parallel=True)
-def correlate_unpadded(x, top, left, width, sy, dy, kh, chunks, ptr, brows, cols, ws, b, act,
-                       out):
+def correlate_unpadded(x, top, left, width, sy, dy, kh, groups, chunks, ptr, brows, cols, ws, b,
+                       act, out):
     """``correlate`` for a zero border, reading the image x (C, H, W) in place (no padded
-    copy; columns at stride 1). For each output row, the kh input rows its taps read from
-    each channel of its copy are first copied, with their zeros, into a row buffer (buffer
-    row c*kh + i holds row y*sy + i*dy - top of channel c, shifted right by ``left`` and
-    ``width`` wide); tap t reads buffer row brows[t] from column cols[t]. The same values as
-    ``correlate`` on the padded image. Parallel over ``chunks`` runs of (copy, output row),
-    each with its own buffer; each writes only its own rows out[g, :, y, :]."""
+    copy; columns at stride 1). Work items are (copy, channel group of torch's ``groups``,
+    output row): for each, the kh input rows its taps read from each channel of that group
+    are first copied, with their zeros, into a row buffer (buffer row c*kh + i holds row
+    y*sy + i*dy - top of the group's channel c, shifted right by ``left`` and ``width``
+    wide), then the group's filters run; tap t (whose brows[t] counts channels from the
+    copy's first, as in a buffer of every channel) reads buffer row brows[t] - g*Cg*kh from
+    column cols[t]. A group's buffer is small (Cg*kh rows: 3 for a depthwise 3x3), so it
+    stays in the first-level cache. The same values as ``correlate`` on the padded image.
+    Parallel over ``chunks`` runs of work items, each with its own buffer; each item writes
+    only its own rows out[copy, f, y, :] for the filters f of its group."""
     C, H, W = x.shape
     G, F, Ho, Wo = out.shape
     cs = C // G  # channels of one copy
-    total = G * Ho
+    cg = cs // groups  # channels of one group
+    fg = F // groups
+    total = G * groups * Ho
     for chunk in numba.prange(chunks):
-        buf = np.empty((cs * kh, width), np.float32)
-        for gy in range(chunk * total // chunks, (chunk + 1) * total // chunks):
-            g = gy // Ho
-            y = gy - g * Ho
-            for c in range(cs):
+        buf = np.empty((cg * kh, width), np.float32)
+        for item in range(chunk * total // chunks, (chunk + 1) * total // chunks):
+            gq = item // Ho  # (copy, group)
+            y = item - gq * Ho
+            g = gq // groups
+            q = gq - g * groups
+            first = g * cs + q * cg  # the group's first channel in x
+            for c in range(cg):
                 for i in range(kh):
                     r = y * sy + i * dy - top
                     row = buf[c * kh + i]
                     if 0 <= r < H:
                         row[:left] = 0.0
-                        row[left:left + W] = x[g * cs + c, r]
+                        row[left:left + W] = x[first + c, r]
                         row[left + W:] = 0.0
                     else:
                         row[:] = 0.0
-            for f in range(F):
-                _apply_taps(out[g, f, y], buf, brows, cols, ws, ptr[f], ptr[f + 1], 0, True,
-                            b[f], act)
+            for f in range(q * fg, (q + 1) * fg):
+                _apply_taps(out[g, f, y], buf, brows, cols, ws, ptr[f], ptr[f + 1],
+                            -q * cg * kh, True, b[f], act)
 
 
 @_kernel(parallel=True)
