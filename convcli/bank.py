@@ -87,7 +87,7 @@ LAYER_TYPES = ("normalize", "conv", "activation", "pool")
 LAYER_KEYS = {
     "normalize": ("name", "mean", "std"),
     "conv": ("name", "description", "defaults", "filters"),
-    "activation": ("name", "function", "min", "max", "alpha", "beta"),
+    "activation": ("name", "function") + ops.PARAMETER_NAMES,
     "pool": ("name", "mode", "kernel", "stride", "padding", "dilation", "ceil_mode",
              "count_include_pad"),
 }
@@ -619,7 +619,7 @@ class _Parser:
             return None
         takes = ops.PARAMETERS.get(function, {})
         params = dict(takes)
-        for key in ("min", "max", "alpha", "beta"):
+        for key in ops.PARAMETER_NAMES:
             if key not in body:
                 continue
             if key not in takes:

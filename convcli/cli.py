@@ -183,7 +183,8 @@ def apply(
                                          help="Override how pixels beyond the border are read."),
     activation: Optional[str] = typer.Option(
         None, metavar="NAME", help="Override every filter's activation: relu, none, abs, "
-                                   "relu6, leaky_relu, hardswish, hardsigmoid, sigmoid, tanh."),
+                                   "relu6, leaky_relu, hardswish, hardsigmoid, sigmoid, tanh, "
+                                   "silu, elu, selu, softplus, mish."),
     scale: Optional[str] = typer.Option(
         None, metavar="SCALE",
         help="Override how maps become pixels: auto (8 bits: p1,p99; 16 bits: minmax), "

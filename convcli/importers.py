@@ -315,6 +315,8 @@ KNOWN_ATTRIBUTES: dict[str, set[str]] = {
     "Tanh": {"consumed_inputs"}, "HardSwish": set(),
     "LeakyRelu": {"alpha", "consumed_inputs"},
     "HardSigmoid": {"alpha", "beta", "consumed_inputs"},
+    "Elu": {"alpha", "consumed_inputs"}, "Selu": {"alpha", "gamma", "consumed_inputs"},
+    "Softplus": set(), "Mish": set(), "PRelu": {"consumed_inputs"},
     "Clip": {"min", "max", "consumed_inputs"},
     "MaxPool": {"auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order",
                 "strides"},
@@ -671,15 +673,15 @@ class _Walker:
             if not users:
                 return (f"the chain reaches the model's output {cur!r}" if cur in g.outputs
                         else f"nothing reads {cur!r}")
-            spelled = self.spelled_hardswish(cur, users) if len(users) == 2 else None
+            spelled = self.spelled_activation(cur, users) if len(users) == 2 else None
             if spelled is not None:
-                cur, group = spelled
+                cur, group, function = spelled
                 if any(id(n) in seen for n in group):
                     raise InputError(f"{g.where(group[0])} is part of a cycle; an ONNX graph "
                                      "has none")
                 seen.update(id(n) for n in group)
                 before = len(self.layers)
-                self.activation(group[-1], "hardswish")
+                self.activation(group[-1], function)
                 self.record(group, before)
                 if self.upto is not None and group[-1].name == self.upto:
                     return f"stopped after {g.label(group[-1])}, as asked"
@@ -766,6 +768,16 @@ class _Walker:
         elif self.layers:
             self.ends[-1] = len(self.used)
 
+    def spelled_activation(self, cur: str, users: list) -> tuple[str, list, str] | None:
+        """An activation that an exporter wrote as several nodes reading cur: its output,
+        its nodes and its name, or None."""
+        for function, spelling in (("hardswish", self.spelled_hardswish),
+                                   ("silu", self.spelled_silu)):
+            found = spelling(cur, users)
+            if found is not None:
+                return found[0], found[1], function
+        return None
+
     def spelled_hardswish(self, cur: str, users: list) -> tuple[str, list] | None:
         """x * clip(x + 3, 0, 6) / 6 spelled out in Add, Clip, Mul and Div (or Mul by 1/6)
         nodes, as PaddlePaddle's exporter writes HardSwish: its output and its nodes, or None
@@ -832,6 +844,23 @@ class _Walker:
         if self.upto is not None and any(n.name == self.upto for n in group[:-1]):
             return None
         return out, group
+
+    def spelled_silu(self, cur: str, users: list) -> tuple[str, list] | None:
+        """x * sigmoid(x) as a Sigmoid and a Mul, as PyTorch exports SiLU (Swish): its
+        output and its nodes, or None (then cur is a plain branch)."""
+        g = self.g
+        sig = next((u for u in users if u.op_type == "Sigmoid" and u.domain in ONNX_DOMAINS
+                    and list(u.input) == [cur] and set(g.attrs(u)) <= {"consumed_inputs"}),
+                   None)
+        mul = next((u for u in users if u.op_type == "Mul" and u.domain in ONNX_DOMAINS
+                    and set(g.attrs(u)) <= {"consumed_inputs"}), None)
+        if sig is None or mul is None or not sig.output or \
+                sorted(mul.input) != sorted([cur, sig.output[0]]) or \
+                g.consumers.get(sig.output[0], []) != [mul]:
+            return None
+        if self.upto is not None and sig.name == self.upto:
+            return None
+        return mul.output[0], [sig, mul]
 
     def params(self, n: Any, cur: str, what: tuple[str, ...], data_at: tuple[int, ...] = (0,)
                ) -> list[np.ndarray | None]:
@@ -1242,6 +1271,35 @@ class _Walker:
         self._no_params(n, cur)
         self.activation(n, "hardsigmoid", alpha=self.number(n, attrs, "alpha", 0.2),
                         beta=self.number(n, attrs, "beta", 0.5))
+
+    def _Elu(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)
+        self.activation(n, "elu", alpha=self.number(n, attrs, "alpha", 1.0))
+
+    def _Selu(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)  # ONNX's defaults are Klambauer et al.'s, in float32
+        self.activation(n, "selu", alpha=self.number(n, attrs, "alpha", 1.67326319217681884765625),
+                        gamma=self.number(n, attrs, "gamma", 1.05070102214813232421875))
+
+    def _Softplus(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)
+        self.activation(n, "softplus")
+
+    def _Mish(self, n: Any, cur: str, attrs: dict) -> None:
+        self._no_params(n, cur)
+        self.activation(n, "mish")
+
+    def _PRelu(self, n: Any, cur: str, attrs: dict) -> None:
+        _, slope = (self.params(n, cur, ("data", "slope")) + [None])[:2]
+        if slope is None:
+            raise InputError(f"{self.g.where(n)} has no slope")
+        if slope.size != 1:
+            raise _Stop(f"it has a slope of shape {tuple(slope.shape)}; convcli's leaky_relu "
+                        "takes one slope for every channel")
+        value = float(slope.reshape(-1)[0])
+        if not abs(value) <= FLOAT32_MAX:
+            raise InputError(f"{self.g.where(n)} has a slope of {value}; want a finite number")
+        self.activation(n, "leaky_relu", alpha=value)
 
     def number(self, n: Any, attrs: dict, key: str, default: float) -> float:
         value = attrs.get(key, default)

@@ -44,13 +44,16 @@ if TYPE_CHECKING:
     from .engine import EngineConfig
 
 FUNCTIONS = ("none", "relu", "abs", "relu6", "clip", "leaky_relu", "hardswish", "hardsigmoid",
-             "sigmoid", "tanh")
-# Each function's parameters and their defaults.
+             "sigmoid", "tanh", "silu", "elu", "selu", "softplus", "mish")
+# Each function's parameters and their defaults (selu's: Klambauer et al. 2017, as torch).
 PARAMETERS: dict[str, dict[str, float]] = {
     "clip": {"min": -math.inf, "max": math.inf},
     "leaky_relu": {"alpha": 0.01},
     "hardsigmoid": {"alpha": 1 / 6, "beta": 0.5},
+    "elu": {"alpha": 1.0},
+    "selu": {"alpha": 1.6732632423543772, "gamma": 1.0507009873554805},
 }
+PARAMETER_NAMES = tuple(dict.fromkeys(k for p in PARAMETERS.values() for k in p))
 MAX_POOL_SIDE = 1025  # a pooling window's side, as a conv kernel's (bank.MAX_KERNEL_SIDE)
 
 
@@ -98,18 +101,51 @@ def _apply(out: np.ndarray, function: str, p: dict[str, float]) -> None:
         np.add(out, f32(p["beta"]), out=out)
         np.clip(out, f32(0), f32(1), out=out)
     elif function == "sigmoid":
-        # 1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below: e^-|x| never overflows, and
-        # the small values on the negative side keep their relative precision.
-        negative = out < 0
-        e = np.abs(out)
-        np.negative(e, out=e)
-        np.exp(e, out=e)
-        np.copyto(out, f32(1))
-        np.copyto(out, e, where=negative)
-        e += f32(1)
-        np.divide(out, e, out=out)  # NaN stays NaN: e is NaN there
+        _sigmoid(out)
     elif function == "tanh":
         np.tanh(out, out=out)
+    elif function == "silu":  # x * sigmoid(x)
+        gate = out.copy()
+        _sigmoid(gate)
+        np.multiply(out, gate, out=out)
+    elif function in ("elu", "selu"):  # alpha * (e^x - 1) below zero (expm1: exact near 0)
+        below = np.expm1(np.minimum(out, f32(0)))
+        np.multiply(below, f32(p["alpha"]), out=below)
+        np.copyto(out, below, where=out <= 0)
+        if function == "selu":
+            np.multiply(out, f32(p["gamma"]), out=out)
+    elif function == "softplus":
+        _softplus(out)
+    elif function == "mish":  # x * tanh(softplus(x))
+        gate = out.copy()
+        _softplus(gate)
+        np.tanh(gate, out=gate)
+        np.multiply(out, gate, out=out)
+
+
+def _sigmoid(out: np.ndarray) -> None:
+    """1 / (1 + e^-x) for x >= 0 and e^x / (1 + e^x) below, in place: e^-|x| never
+    overflows, and the small values on the negative side keep their relative precision."""
+    f32 = np.float32
+    negative = out < 0
+    e = np.abs(out)
+    np.negative(e, out=e)
+    np.exp(e, out=e)
+    np.copyto(out, f32(1))
+    np.copyto(out, e, where=negative)
+    e += f32(1)
+    np.divide(out, e, out=out)  # NaN stays NaN: e is NaN there
+
+
+def _softplus(out: np.ndarray) -> None:
+    """log(1 + e^x) in place, as max(x, 0) + log1p(e^-|x|): no overflow for large x, and
+    equal in float32 to torch's (which returns x above 20) and ONNX's Softplus."""
+    tail = np.abs(out)
+    np.negative(tail, out=tail)
+    np.exp(tail, out=tail)
+    np.log1p(tail, out=tail)
+    np.maximum(out, np.float32(0), out=out)
+    np.add(out, tail, out=out)
 
 
 def check_function(function: Any, params: dict[str, Any]) -> None:

@@ -171,7 +171,24 @@ def reference_activation(x, function, **params):
             return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
         if function == "tanh":
             return math.tanh(v)
+        if function == "silu":
+            return v * one_sigmoid(v) if not math.isinf(v) else (v if v > 0 else math.nan)
+        if function in ("elu", "selu"):
+            a = params.get("alpha", 1.0 if function == "elu" else 1.6732632423543772)
+            y = v if v > 0 else a * math.expm1(v)
+            return y * params.get("gamma", 1.0507009873554805) if function == "selu" else y
+        if function == "softplus":
+            return softplus(v)
+        if function == "mish":
+            return v * math.tanh(softplus(v)) if not math.isinf(v) else (
+                v if v > 0 else math.nan)
         raise ValueError(function)
+
+    def one_sigmoid(v):
+        return 1 / (1 + math.exp(-v)) if v >= 0 else math.exp(v) / (1 + math.exp(v))
+
+    def softplus(v):
+        return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
 
     a = np.asarray(x, np.float64)
     return np.array([one(float(v)) for v in a.ravel()]).reshape(a.shape)

@@ -507,8 +507,8 @@ def test_dense_banks_take_any_number_of_channels_the_same_for_every_filter():
      "of a dense layer spans the same input channels"),
     ("name: x\nfilters:\n  - {name: k, weights: [[1]], activation: gelu}\n",
      "b.yaml:3: filter 'k': field 'activation': activation must be one of relu, none, abs, "
-     "relu6, leaky_relu, hardswish, hardsigmoid, sigmoid, tanh; got 'gelu' (did you mean "
-     "'relu'?)"),
+     "relu6, leaky_relu, hardswish, hardsigmoid, sigmoid, tanh, silu, elu, selu, softplus, "
+     "mish; got 'gelu' (did you mean 'elu'?)"),
 ])
 def test_bad_dense_and_grouped_banks(text, expected):
     assert problems(text) == [expected]

@@ -232,6 +232,15 @@ def run_activation(x, body):
         return np.tanh(x)
     if fn == "abs":
         return np.abs(x)
+    if fn == "silu":
+        return x / (1 + np.exp(-x))
+    if fn in ("elu", "selu"):
+        y = np.where(x > 0, x, body.get("alpha", 1.0) * np.expm1(np.minimum(x, 0)))
+        return y * body["gamma"] if fn == "selu" else y
+    if fn == "softplus":
+        return np.logaddexp(0, x)
+    if fn == "mish":
+        return x * np.tanh(np.logaddexp(0, x))
     raise AssertionError(fn)
 
 
@@ -326,6 +335,12 @@ def test_a_small_cnn_with_normalisation_batch_norm_groups_and_pools(tmp_path):
     ("Clip", {}, {"lo": -0.3, "hi": 0.4}, "clip"),
     ("Clip", {}, {"lo": 0.0}, "relu"),
     ("Clip", {}, {"hi": 0.25}, "clip"),
+    ("Elu", {}, {}, "elu"),
+    ("Elu", {"alpha": 0.4}, {}, "elu"),
+    ("Selu", {}, {}, "selu"),
+    ("Selu", {"alpha": 1.5, "gamma": 1.1}, {}, "selu"),
+    ("Softplus", {}, {}, "softplus"),
+    ("Mish", {}, {}, "mish"),
 ])
 def test_every_activation_after_a_conv_and_after_a_pool(tmp_path, activation, attrs, inputs,
                                                          function):
@@ -338,7 +353,7 @@ def test_every_activation_after_a_conv_and_after_a_pool(tmp_path, activation, at
              node(activation, ["c"] + extra, "act1", **attrs),
              node("MaxPool", ["act1"], "p", kernel_shape=[2, 2], strides=[1, 1]),
              node(activation, ["p"] + extra, "act2", **attrs)]
-    path, model = save(tmp_path, nodes, inits, opset=17)
+    path, model = save(tmp_path, nodes, inits, opset=18 if activation == "Mish" else 17)
     x = RNG.standard_normal((3, 17, 15)).astype(np.float32) * 3
     net = check(path, model, x)
     layers = [(next(iter(layer)), next(iter(layer.values()))) for layer in net.layers]
@@ -349,6 +364,35 @@ def test_every_activation_after_a_conv_and_after_a_pool(tmp_path, activation, at
         assert [k for k, _ in layers] == ["conv", "activation", "pool", "activation"]
         assert layers[0][1]["defaults"]["activation"] == "none"
     assert layers[-1][1]["function"] == function
+
+
+def test_silu_spelled_as_sigmoid_and_mul_and_prelu_with_one_slope(tmp_path):
+    inits = {"w": arr(4, 3, 3, 3), "b": arr(4), "slope": np.float32(0.15).reshape(1),
+             "w2": arr(2, 4, 1, 1)}
+    nodes = [conv("c", "x", "w", "b", pads=[1, 1, 1, 1]), node("Sigmoid", ["c"], "gate"),
+             node("Mul", ["gate", "c"], "silu"), node("PRelu", ["silu", "slope"], "prelu"),
+             conv("c2", "prelu", "w2"), node("Sigmoid", ["c2"], "s2")]
+    path, model = save(tmp_path, nodes, inits)
+    x = RNG.standard_normal((3, 17, 15)).astype(np.float32) * 3
+    net = check(path, model, x)
+    kinds = [(k, body.get("function")) for layer in net.layers for k, body in layer.items()]
+    assert kinds == [("conv", None), ("activation", "silu"), ("activation", "leaky_relu"),
+                     ("conv", None), ("activation", "sigmoid")]
+    assert net.nodes == ["c", "gate", "silu", "prelu", "c2", "s2"]
+    # a Sigmoid whose output is read elsewhere too is no SiLU: the chain stops at the branch
+    inits["w3"] = arr(2, 4, 1, 1)
+    nodes = nodes[:3] + [conv("c3", "gate", "w3")]
+    path, model = save(tmp_path, nodes, inits, name="branch.onnx")
+    assert importers.import_network(str(path)).nodes == ["c"]
+
+
+def test_prelu_with_a_slope_per_channel_stops_the_chain(tmp_path):
+    inits = {"w": arr(4, 3, 3, 3), "slope": arr(4, 1, 1)}
+    nodes = [conv("c", "x", "w"), node("PRelu", ["c", "slope"], "prelu")]
+    path, model = save(tmp_path, nodes, inits)
+    net = check(path, model)
+    assert net.notes[-1] == ("stopped at PRelu node 'prelu': it has a slope of shape (4, 1, 1); "
+                             "convcli's leaky_relu takes one slope for every channel")
 
 
 def test_clip_bounds_from_attributes_in_old_opsets(tmp_path):

@@ -375,8 +375,8 @@ def test_every_layer_type_reports_its_problems_at_once():
         "n.yaml:4: layer '01-normalize': field 'std': must be numbers > 0 within float32's "
         "range, got 0",
         "n.yaml:6: layer '02-conv': field 'defaults.activation': activation must be one of "
-        "relu, none, abs, relu6, leaky_relu, hardswish, hardsigmoid, sigmoid, tanh; got "
-        "'gelu' (did you mean 'relu'?)",
+        "relu, none, abs, relu6, leaky_relu, hardswish, hardsigmoid, sigmoid, tanh, silu, "
+        "elu, selu, softplus, mish; got 'gelu' (did you mean 'elu'?)",
         "n.yaml:8: layer '02-conv': filter 'a': field 'stride': stride must be a whole number "
         ">= 1 or a pair [y, x], got 0",
         "n.yaml:6: layer '02-conv': field 'defaults.groups': groups apply to input 'dense' "
@@ -411,7 +411,8 @@ def test_every_layer_type_reports_its_problems_at_once():
         "n.yaml:24: layer '14-normalize': field 'std': has 2 values but mean has 3; give one "
         "per channel (or one for every channel)",
         "n.yaml:25: layer '15-activation': field 'function': missing (one of none, relu, abs, "
-        "relu6, clip, leaky_relu, hardswish, hardsigmoid, sigmoid, tanh)",
+        "relu6, clip, leaky_relu, hardswish, hardsigmoid, sigmoid, tanh, silu, elu, selu, "
+        "softplus, mish)",
         "n.yaml:26: layer '16-pool': field 'mode': missing (max or avg)",
     ]
 

@@ -292,9 +292,10 @@ def test_pooling_memory_is_the_output_and_one_intermediate():
      "count_include_pad must be True or False, got 'no'"),
     (lambda x: ops.max_pool2d(x, 2000), "kernel must be at most 1025, got 2000"),
     (lambda x: ops.max_pool2d(x, 3, dilation=2049), "dilation must be at most 1024, got 2049"),
-    (lambda x: ops.activate(x, "gelu"), "activation must be one of none, relu, abs, relu6, "
+    (lambda x: ops.activate(x, "rleu"), "activation must be one of none, relu, abs, relu6, "
                                         "clip, leaky_relu, hardswish, hardsigmoid, sigmoid, "
-                                        "tanh, got 'gelu' (did you mean 'relu'?)"),
+                                        "tanh, silu, elu, selu, softplus, mish, got 'rleu' "
+                                        "(did you mean 'relu'?)"),
     (lambda x: ops.activate(x, "relu", alpha=1), "relu takes no parameters, got alpha"),
     (lambda x: ops.activate(x, "leaky_relu", beta=1), "leaky_relu takes alpha, got beta"),
     (lambda x: ops.activate(x, "leaky_relu", alpha=math.inf),
@@ -330,7 +331,8 @@ SPECIAL = np.array([0.0, -0.0, 1e-30, -1e-30, 2.9999, 3.0, -3.0, -3.0001, 6.0, 6
 CASES = [("none", {}), ("relu", {}), ("abs", {}), ("relu6", {}), ("clip", {"min": -0.5}),
          ("clip", {"min": -1.0, "max": 2.5}), ("leaky_relu", {}), ("leaky_relu", {"alpha": 0.2}),
          ("hardswish", {}), ("hardsigmoid", {}), ("hardsigmoid", {"alpha": 0.2, "beta": 0.4}),
-         ("sigmoid", {}), ("tanh", {})]
+         ("sigmoid", {}), ("tanh", {}), ("silu", {}), ("elu", {}), ("elu", {"alpha": 0.3}),
+         ("selu", {}), ("softplus", {}), ("mish", {})]
 
 
 @settings(max_examples=30, deadline=None)
@@ -377,6 +379,11 @@ def test_activations_match_torch(function, params):
                                 (t * alpha + params["beta"]).clamp(0, 1)),
         "sigmoid": lambda: torch.sigmoid(t),
         "tanh": lambda: torch.tanh(t),
+        "silu": lambda: F.silu(t),
+        "elu": lambda: F.elu(t, alpha if alpha is not None else 1.0),
+        "selu": lambda: F.selu(t),
+        "softplus": lambda: F.softplus(t),
+        "mish": lambda: F.mish(t),
     }[function]().numpy()
     np.testing.assert_allclose(ops.activate(x, function, **params), want, rtol=2e-6,
                                atol=1e-6)

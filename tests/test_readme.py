@@ -93,6 +93,19 @@ def test_every_command_and_option_is_documented():
                 assert any(f"`{opt}`" in README for opt in param.opts), (name, param.opts)
 
 
+def test_every_activation_is_named_in_the_help_and_the_readme():
+    from convcli import bank, ops
+
+    accepted = set(bank.ACTIVATIONS)  # a conv's activation: ops' functions but clip
+    assert accepted == set(ops.FUNCTIONS) - {"clip"}
+    apply = typer.main.get_command(app).commands["apply"]
+    helped = next(p.help for p in apply.params if p.name == "activation")
+    named = set(re.findall(r"[a-z_0-9]+", helped)) & set(ops.FUNCTIONS)
+    assert named == accepted, accepted - named
+    row = next(line for line in README.splitlines() if line.startswith("| `--activation` |"))
+    assert set(re.findall(r"`([a-z_0-9]+)`", row)) == accepted
+
+
 def test_exit_codes_match_the_code_and_the_help():
     table = dict(re.findall(r"^\| (\d+) \| ([^|]+) \|$", README, re.M))
     assert {int(k) for k in table} == {errors.EXIT_OK, errors.EXIT_ERROR, errors.EXIT_USAGE,
