@@ -764,6 +764,7 @@ def _bank_record(b) -> dict:
                          "padding": _padding_text(f.geometry.padding),
                          "dilation": list(f.geometry.dilation), "border": f.geometry.border,
                          "activation": f.geometry.activation, "scale": f.scale,
+                         "window_norm": f.geometry.window_norm,
                          "description": f.description, "source": f.source,
                          "weights": f.weights.tolist()} for f in b.filters]}
 
@@ -778,7 +779,9 @@ def _bank_lines(b) -> list[str]:
         lines += ["", f"{printable(f.name)}  {c}x{kh}x{kw}  bias {f.bias:g}  "
                       f"stride {g.stride[0]},{g.stride[1]}  padding {_padding_text(g.padding)}  "
                       f"dilation {g.dilation[0]},{g.dilation[1]}  border {g.border}  "
-                      f"activation {g.activation}  scale {f.scale}"]
+                      f"activation {g.activation}  scale {f.scale}"
+                      + (f"  window_norm eps {g.window_norm:.6g}"
+                         if g.window_norm is not None else "")]
         lines += [f"  {printable(text)}" for text in
                   (f.description, f.source and f"source: {f.source}") if text]
         for ch in range(c):
