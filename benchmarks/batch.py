@@ -3,8 +3,8 @@
 Same run, same 50 RGB 512x512 photos (crops of the shipped samples), whole-process wall
 seconds, medians of --repeat runs:
 
-  A. the edge bank, one PNG per filter (no stack):
-     convcli apply DIR --bank edge --no-stack  vs  a Python loop: imageio.imread, cv2.cvtColor,
+  A. the edge bank, one PNG per filter (no stack, min-max scaling as the loop's):
+     convcli apply DIR --bank edge --no-stack --scale minmax  vs  a Python loop: imageio.imread, cv2.cvtColor,
      cv2.filter2D per filter (same kernels, same border, ReLU, min-max to 8 bits), cv2.imwrite
   B. one Sobel filter:
      convcli apply DIR -f sobel_x --no-stack
@@ -133,7 +133,7 @@ def stage_breakdown(photo: Path) -> None:
         t1 = time.perf_counter()
         maps = pipeline.compute_maps(img.pixels, edge)
         t2 = time.perf_counter()
-        pix = [render.to_pixels(m.data, m.scale, 8).pixels for m in maps]
+        pix = [render.to_pixels(m.data, "minmax", 8).pixels for m in maps]
         t3 = time.perf_counter()
         for p in pix:
             images.encode_png(p, level=1)
@@ -221,8 +221,10 @@ def main() -> None:
         photos = make_photos(work / "photos", args.images)
         print(f"data: {len(photos)} RGB 512x512 PNG photos (crops of samples/)")
         stage_breakdown(photos[0])
+        # min-max scaling, as the peer loop does (the default auto is a percentile stretch):
+        # the same pixels, so the same work, and _compare_outputs can check them.
         convcli = [sys.executable, "-m", "convcli", "apply", str(work / "photos"), "--no-stack",
-                   "-q"] + (["-j", str(args.jobs)] if args.jobs else [])
+                   "--scale", "minmax", "-q"] + (["-j", str(args.jobs)] if args.jobs else [])
         subprocess.run(convcli + ["-o", str(work / "warm")], check=True)  # compile once
         print(f"\n3. Whole process, {len(photos)} photos, median of {args.repeat} runs, "
               "interleaved")
