@@ -4,7 +4,8 @@ Same run, same 50 RGB 512x512 photos (crops of the shipped samples), whole-proce
 seconds, medians of --repeat runs:
 
   A. the edge bank, one PNG per filter (no stack, min-max scaling as the loop's):
-     convcli apply DIR --bank edge --no-stack --scale minmax  vs  a Python loop: imageio.imread, cv2.cvtColor,
+     convcli apply DIR --bank edge --no-stack --scale minmax
+       vs  a Python loop: imageio.imread, cv2.cvtColor,
      cv2.filter2D per filter (same kernels, same border, ReLU, min-max to 8 bits), cv2.imwrite
   B. one Sobel filter:
      convcli apply DIR -f sobel_x --no-stack

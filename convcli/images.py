@@ -1161,7 +1161,8 @@ def encode_tiff(blocks: Iterable[np.ndarray], shape: tuple[int, ...],
         data[at:at + len(flat)] = flat
         at += len(flat)
     buf = io.BytesIO()
-    tifffile.imwrite(buf, data, photometric="minisblack", planarconfig="separate",
+    tifffile.imwrite(buf, data if planes > 1 else data[0], photometric="minisblack",
+                     planarconfig="separate" if planes > 1 else None,  # one map: a plain page
                      description=json.dumps(description), metadata=None,
                      bigtiff=data.nbytes > 2**32 - 2**25)
     return buf.getvalue()

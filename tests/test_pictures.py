@@ -247,6 +247,20 @@ def test_tiff_holds_every_map_as_float32_with_names_and_reads_back(tmp_path, pho
     assert meta["shape"] == [2, 2, 96, 96] or meta["shape"][0] == 2
 
 
+def test_one_map_as_tiff_on_stdout(tmp_path, photo):
+    import io
+
+    import tifffile
+
+    p = subprocess.run([sys.executable, "-m", "convcli", "apply", str(photo), "-f", "sobel_x",
+                        "--format", "tiff", "-o", "-"], capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr.decode()
+    with tifffile.TiffFile(io.BytesIO(p.stdout)) as tf:
+        data = tf.asarray()
+        assert json.loads(tf.pages[0].description)["filters"] == ["sobel_x"]
+    np.testing.assert_array_equal(data.reshape(96, 96), edge_map(photo, "sobel_x"))
+
+
 # --- combined maps and overlays -------------------------------------------------------------
 
 def test_gradient_magnitude_of_an_x_y_pair(tmp_path, photo):
