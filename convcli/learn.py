@@ -255,7 +255,9 @@ def _to_yaml(result: Learned, *, name: str, method: str, channels: str, seed: in
     }
     return bank.dump(
         name=name, description=f"{len(filters)} filters of {size}x{size} learned by {method} "
-                               f"from {len(sources)} images",
+                               f"from {len(sources)} images"
+                               + ("; each window normalised (window_norm)"
+                                  if "window_norm" in defaults else ""),
         defaults=defaults, filters=filters, provenance=provenance,
         header="# Made by convcli learn; see provenance for how.\n")
 
