@@ -236,11 +236,19 @@ def run_textures(seeds: int, counts: list[int], per_class: int, count: int) -> N
         raw = accuracy(tr_x.reshape(len(tr_x), -1), tr_y, te_x.reshape(len(te_x), -1), te_y)
         scores.setdefault(("raw pixels (no filters)", 0), []).append(raw)
         print(f"seed {seed} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        if seed + 1 < seeds:  # what is known so far, for a long run cut short
+            print(f"\n## after {seed + 1} of {seeds} seeds", flush=True)
+            _textures_report(scores, seed + 1, counts, per_class, count)
+    _textures_report(scores, seeds, counts, per_class, count)
+
+
+def _textures_report(scores, seeds, counts, per_class, count) -> None:
     report(f"textures: {len(PHOTOS)} classes (scikit-image photos), {per_class} train and "
            f"{per_class} test patches of {PATCH}x{PATCH} per class from opposite halves, "
            f"{seeds} seeds; {TEXTURE_SIZE}x{TEXTURE_SIZE} filters (valid), ReLU, quadrant "
            f"sum-pooling; k-means and PCA from {count:,} patches; chance 6.25%",
            scores, counts, "k-means (learn's default, window_norm)")
+    sys.stdout.flush()
 
 
 def run_digits(seeds: int, k: int, count: int) -> None:
