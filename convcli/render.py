@@ -111,10 +111,30 @@ def value_range(data: np.ndarray, policy: str | Scale,
         return (-m, m) if m > 0 else (-1.0, 1.0)
     lo, hi = float(finite.min()), float(finite.max())
     if kind == "percentile" and hi > lo:
-        plo, phi = np.percentile(finite, [scale.lo, scale.hi], overwrite_input=True)
+        finite.sort()  # NumPy's sort of float32 is several times faster than its partition
+        plo, phi = (percentile_of_sorted(finite, q) for q in (scale.lo, scale.hi))
         if phi > plo:
-            return float(plo), float(phi)
+            return plo, phi
     return lo, hi
+
+
+def percentile_of_sorted(values: np.ndarray, q: float) -> float:
+    """numpy.percentile(values, q) (its default, linear method) of sorted finite values,
+    computed as NumPy does: index (n - 1) * q / 100 between two neighbours, the difference
+    of the neighbours taken in the array's own type, then interpolated from the nearer
+    end. Reading two sorted values is cheaper than NumPy's partition (tests check the two
+    agree exactly)."""
+    n = values.size
+    at = (n - 1) * (np.float64(q) / 100.0)
+    if at >= n - 1:
+        return float(values[-1])
+    if at <= 0:
+        return float(values[0])
+    i = int(math.floor(at))
+    a, b = values[i], values[i + 1]
+    diff = np.float64(b - a)  # in the values' type, as numpy's _lerp subtracts them
+    t = at - i
+    return float(b - diff * (1 - t)) if t >= 0.5 else float(a + diff * t)
 
 
 def joint_range(maps: list[np.ndarray]) -> tuple[float, float]:
@@ -137,16 +157,23 @@ def to_pixels(data: np.ndarray, policy: str | Scale, bits: int = 8,
     pix = np.zeros(data.shape, np.uint8 if bits == 8 else np.uint16)
     below = above = 0
     if hi > lo:
-        # In blocks: the float64 temporaries of a whole 4096x4096 map would cost more than
-        # the map itself several times over (the memory budget counts the maps).
+        # In blocks, through one float64 buffer used in place: the temporaries of a whole
+        # 4096x4096 map would cost more than the map itself several times over (the memory
+        # budget counts the maps), and fresh ones for every step cost 10x the time.
         flat_in, flat_out = data.reshape(-1), pix.reshape(-1)
+        buf = np.empty(min(flat_in.size, _BLOCK), np.float64)
+        step = top / (hi - lo)
         for start in range(0, flat_in.size, _BLOCK):
             block = flat_in[start:start + _BLOCK]
             below += int(np.count_nonzero(block < lo))
             above += int(np.count_nonzero(block > hi))
-            scaled = (block.astype(np.float64) - lo) * (top / (hi - lo))
-            scaled = np.nan_to_num(scaled, nan=0.0, posinf=top, neginf=0.0)
-            flat_out[start:start + _BLOCK] = np.clip(np.rint(scaled), 0, top)
+            b = buf[:block.size]
+            np.subtract(block, lo, out=b, dtype=np.float64)
+            np.multiply(b, step, out=b)
+            np.rint(b, out=b)
+            np.fmax(b, 0, out=b)  # NaN -> 0 (fmax takes the number), -inf -> 0
+            np.minimum(b, top, out=b)  # +inf -> top
+            flat_out[start:start + block.size] = b
     if pix.ndim == 3:
         pix = pix[0] if pix.shape[0] == 1 else np.moveaxis(pix, 0, 2)  # type: ignore[misc]
     if pix.ndim == 2 and colormap != "gray":

@@ -2,6 +2,9 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from convcli import render
 
@@ -272,3 +275,33 @@ def test_overlay_resizes_a_smaller_map_to_the_picture():
     out = render.overlay(np.ones((2, 2), np.float32), 0.0, 1.0, np.zeros((4, 6)), "gray")
     assert out.shape == (4, 6, 3)  # gray becomes inferno: gray on gray would not show
     assert (out == np.rint(render.lut("inferno")[255] * render.OVERLAY_ALPHA)).all()
+
+
+# --- the fast paths agree with the obvious ones ---------------------------------------------
+
+@settings(max_examples=200)
+@given(values=hnp.arrays(np.float32, st.integers(1, 300),
+                         elements=st.floats(-1e6, 1e6, width=32) | st.sampled_from([0.0, 1.0])),
+       q=st.floats(0, 100) | st.sampled_from([0.0, 1.0, 50.0, 99.0, 100.0]))
+def test_percentile_of_sorted_is_numpys_percentile(values, q):
+    got = render.percentile_of_sorted(np.sort(values), q)
+    assert got == float(np.percentile(values, [q])[0])  # a list: computed in float64
+
+
+@settings(max_examples=200)
+@given(data=hnp.arrays(np.float32, st.tuples(st.integers(1, 9), st.integers(1, 9)),
+                       elements=st.floats(allow_nan=True, allow_infinity=True, width=32)),
+       bounds=st.tuples(st.floats(-1e30, 1e30), st.floats(-1e30, 1e30)),
+       bits=st.sampled_from([8, 16]))
+def test_pixels_are_the_float64_formula(data, bounds, bits):
+    lo, hi = sorted(bounds)
+    if not hi > lo or not np.isfinite(hi - lo):
+        return
+    r = render.to_pixels(data, render.Scale("range", lo, hi), bits)
+    top = 2**bits - 1
+    with np.errstate(all="ignore"):
+        want = np.rint((data.astype(np.float64) - lo) * (top / (hi - lo)))
+    want = np.where(np.isnan(want), 0, np.clip(want, 0, top))
+    np.testing.assert_array_equal(r.pixels, want)
+    n = data.size
+    assert r.clipped == (np.count_nonzero(data < lo) / n, np.count_nonzero(data > hi) / n)
