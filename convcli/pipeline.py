@@ -128,6 +128,9 @@ def check_options(options: Options) -> None:
     if options.combine is not None and options.combine not in COMBINE:
         raise UsageError(f"maps combine by {', '.join(COMBINE)}, got {options.combine!r}",
                          settings=("combine",))
+    if options.colormap != "gray" and options.format not in PICTURES:
+        raise UsageError(f"a colormap colours pictures; {options.format} holds the float "
+                         "maps", settings=("colormap", "format"))
     if (options.combine or options.overlay) and options.format not in PICTURES:
         raise UsageError("a combined map and an overlay are pictures: they need the format "
                          "png, jpeg or webp", settings=("format",))

@@ -156,6 +156,8 @@ def test_the_stack_of_a_colormap_is_in_colour_with_its_bar(tmp_path, photo):
     (["--combine", "magnitude"], "the magnitude combines two maps (an x and a y derivative), "
                                  "but 16 are made; pick two filters (see --filter)"),
     (["--combine", "sum"], "maps combine by max, mean, magnitude, got 'sum' (see --combine)"),
+    (["--format", "tiff", "--colormap", "magma"], "a colormap colours pictures; tiff holds "
+                                                  "the float maps (see --colormap, --format)"),
     (["--format", "npy", "--overlay"], "a combined map and an overlay are pictures: they need "
                                        "the format png, jpeg or webp (see --format)"),
     (["--format", "jpeg", "--bits", "16"], "jpeg pictures have 8 bits per sample; use png for "
