@@ -448,7 +448,12 @@ def overlay(values: np.ndarray, lo: float, hi: float, under: np.ndarray, colorma
         glo, ghi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
         gray = (gray - glo) / (ghi - glo) if ghi > glo else np.zeros_like(gray)
     gray = np.nan_to_num(np.clip(gray, 0, 1), nan=0.0)
-    colours = lut(overlay_colormap(colormap))[np.rint(t * 255).astype(np.uint8)]
-    a = (OVERLAY_ALPHA * t)[:, :, None]
-    out = gray[:, :, None] * (255 * (1 - a)) + colours * a
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    table = lut(overlay_colormap(colormap)).astype(np.float32)
+    out = np.empty((h, w, 3), np.uint8)
+    for r in range(0, h, 256):  # in bands: the float RGB of a whole large photo is 12 B/px
+        tb = t[r:r + 256]
+        colours = table[np.rint(tb * 255).astype(np.uint8)]
+        a = (np.float32(OVERLAY_ALPHA) * tb)[:, :, None]
+        band = gray[r:r + 256, :, None] * (255 * (1 - a)) + colours * a
+        out[r:r + 256] = np.clip(np.rint(band), 0, 255)
+    return out
