@@ -22,11 +22,11 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from . import images, pipeline, render, workers
+from . import images, pipeline, render, storage, workers
 from .bank import KernelBank
 from .network import Network
 from .engine import EngineConfig
-from .errors import EXIT_ERROR
+from .errors import EXIT_ERROR, UsageError
 from .inputs import SHEETS_FOLDER, Source
 from .pipeline import Options, Result
 
@@ -83,6 +83,7 @@ class Backend:
     engine: str = "auto"
     fail_fast: bool = False
     verbose: bool = False  # a local Dask cluster's own log on stderr
+    ship: bool = False  # send inputs' bytes to the Dask workers and write outputs here
 
 
 def apply(sources: list[Source], bank: KernelBank | Network, options: Options,
@@ -90,13 +91,19 @@ def apply(sources: list[Source], bank: KernelBank | Network, options: Options,
     """Run a bank over many inputs on a back-end; the one entry point for batches. Returns
     a Stream of Results (see Stream), whose ``method`` says which engine method it took."""
     config = choose_engine(sources, bank, backend.engine)
-    options = replace(options, engine=config)
+    options = replace(options, engine=config, out=storage.local_path(options.out))
+    if options.thumbnails and storage.is_remote(options.out):
+        raise UsageError("contact sheets across inputs are written to a local output folder, "
+                         f"not to {options.out}")
     if backend.scheduler is not None:
         from . import cluster
 
         stream: Stream = cluster.run(backend.scheduler, sources, bank, options,
-                                     backend.fail_fast, backend.verbose)
+                                     backend.fail_fast, backend.verbose, backend.ship)
     else:
+        if backend.ship:
+            raise UsageError("shipping inputs to workers needs a cluster",
+                             settings=("ship", "scheduler"))
         stream = run(sources, bank, options, backend.jobs, backend.fail_fast)
     stream.method = config.method
     return stream
@@ -146,7 +153,7 @@ class _InProcess:
         source = self.todo.pop()
         result = Result(input=source.label, status="pending")
         try:
-            pipeline.process(source, self.bank, self.options, result)
+            storage.process(source, self.bank, self.options, result)
         except BaseException:
             self.stopped = True
             if result.status in ("ok", "skipped"):
@@ -326,7 +333,7 @@ def _worker_process(source: Source) -> Result:
     result = Result(input=source.label, status="pending")
     _WORKER["busy"] = True
     try:
-        return pipeline.process(source, _WORKER["bank"], _WORKER["options"], result)
+        return storage.process(source, _WORKER["bank"], _WORKER["options"], result)
     except _Aborted:
         if os.getppid() != _WORKER["parent"]:  # orphaned: nobody to report to
             os._exit(1)

@@ -87,7 +87,8 @@ app.add_typer(cache_app, name="cache")
 # The flags that set each library setting named by an error (ConvcliError.settings).
 FLAGS = {"max_memory": "--max-memory", "stack": "--no-stack", "max_pixels": "--max-pixels",
          "filter": "--filter", "padding": "--padding", "files_from": "--files-from",
-         "null": "-0", "scheduler": "--scheduler", "format": "--format", "bits": "--bits",
+         "null": "-0", "scheduler": "--scheduler", "ship": "--ship", "format": "--format",
+         "bits": "--bits",
          "compression": "--compression", "stride": "--stride", "dilation": "--dilation",
          "resume": "--resume", "scale": "--scale", "colormap": "--colormap",
          "maps": "--no-maps", "tile": "--tile", "columns": "--columns",
@@ -163,10 +164,11 @@ Examples:
 def apply(
     inputs: Optional[List[str]] = typer.Argument(
         None, metavar="INPUT...",
-        help="Image files, folders, quoted globs ('photos/**/*.jpg'); - reads one image "
-             "from stdin."),
+        help="Image files, folders, quoted globs ('photos/**/*.jpg'), URLs (s3://bucket/in/, "
+             "pip install 'convcli[s3]'); - reads one image from stdin."),
     output: str = typer.Option(..., "--output", "-o", metavar="FOLDER|-",
-                               help="Output folder, or - to write one result to stdout."),
+                               help="Output folder or URL (s3://bucket/out), or - to write one "
+                                    "result to stdout."),
     bank: str = typer.Option("edge", "--bank", "-b", metavar="NAME|FILE",
                              help="Built-in bank name or a .yaml file.",
                              autocompletion=_complete_bank),
@@ -249,6 +251,10 @@ def apply(
         None, "--scheduler", metavar="ADDRESS|local",
         help="Run on a Dask cluster: tcp://HOST:8786, or local for a "
                                   "LocalCluster (pip install 'convcli[dask]')."),
+    ship: bool = typer.Option(
+        False, "--ship", help="With --scheduler: send each input's bytes to the workers and "
+                              "write their outputs here (workers that see none of this "
+                              "machine's files)."),
     engine: str = typer.Option("auto", "--engine", metavar="auto|jit|numpy|fft",
                                help="The engine's path: jit and numpy give identical bits, "
                                     "fft agrees to float32 rounding; only speed differs."),
@@ -301,7 +307,7 @@ def apply(
         # the kernels it uses as it goes.
         _compile_once(quiet, eager=len(found.sources) > 1 and jobs != 1)
     backend = batch.Backend(jobs=jobs, scheduler=scheduler, engine=engine,
-                            fail_fast=fail_fast, verbose=verbose)
+                            fail_fast=fail_fast, verbose=verbose, ship=ship)
     stream = batch.apply(found.sources, kernel_bank, options, backend)
     report.detail(_engine_line(stream.method))
     results, stopped_by = _drain(stream, report)

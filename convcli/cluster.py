@@ -1,12 +1,15 @@
 """Batches on a Dask cluster (``--scheduler tcp://HOST:8786`` or ``local``). Never prints.
 
-Workers receive paths, not pixels: each one reads, convolves and writes by itself, so inputs
-and the output folder must be on storage every worker sees (a shared file system). Before
-any task, every worker limits the engine's threads to its own Dask threads, compiles or loads
-the JIT (so workers never race on the cache), and proves it can write into the output folder
-(_WorkerSetup). Tasks carry several inputs (task_sizes). A worker that dies costs a retry of
-its tasks (Dask reschedules them), and only an input that keeps killing workers is reported
-failed (_Stream); since every file is written atomically, nothing partial is left. Results
+Workers receive paths or URLs, not pixels: each one reads, convolves and writes by itself,
+so inputs and the output folder must be on storage every worker sees (a shared file system,
+or fsspec URLs such as s3://, see convcli.storage). Or, with ``ship``, the client sends each
+input's bytes with its task and writes the files that come back (for workers that see
+none of the client's storage). Before any task, every worker limits the engine's threads to
+its own Dask threads, compiles or loads the JIT (so workers never race on the cache), and
+proves it can write into the output folder (_WorkerSetup). Tasks carry several inputs
+(task_sizes). A worker that dies costs a retry of its tasks (Dask reschedules them), and
+only an input that keeps killing workers is reported failed (_Stream); since every file is
+written atomically, nothing partial is left. Results
 come back as they complete, exactly as from the local pool, so reports, --fail-fast and
 --resume behave the same; stopping (Ctrl-C) lets running inputs finish (_Stream.stop).
 """
@@ -22,7 +25,7 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .bank import KernelBank
 from .engine import EngineConfig
@@ -88,8 +91,12 @@ def connect(address: str, method: str = "auto", verbose: bool = False):
 
     # Dask's client logs to stderr (a lost scheduler, say); convcli reports such failures
     # in its own words, so the log shows only with ``verbose``. This sets the level of the
-    # "distributed" loggers of this process.
-    logging.getLogger("distributed").setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    # "distributed" loggers of this process (Dask's configuration gives some of them, such
+    # as distributed.client, a level of their own).
+    level = logging.WARNING if verbose else logging.CRITICAL
+    for name in ["distributed", *(n for n in list(logging.root.manager.loggerDict)
+                                  if n.startswith("distributed."))]:
+        logging.getLogger(name).setLevel(level)
     try:
         return Client(address, timeout="10s")
     except OSError as e:
@@ -98,24 +105,52 @@ def connect(address: str, method: str = "auto", verbose: bool = False):
                            "is it running?", settings=("scheduler",)) from None
 
 
+def _stale_plugins(dask_scheduler) -> list[str]:
+    """Run on the scheduler: set-up plugins of convcli runs whose client is gone (its
+    connection was cut before it could unregister them). Self-contained, so that it is
+    sent by value to a scheduler that has no convcli installed."""
+    prefix = "convcli-setup-"
+    return [name for name in dask_scheduler.worker_plugins if name.startswith(prefix)
+            and name[len(prefix):].rsplit("-", 1)[0] not in dask_scheduler.clients]
+
+
+def _forget_stale_plugins(client) -> None:
+    """Unregister what earlier runs cut off from this scheduler left (see _stale_plugins)."""
+    import types
+
+    try:  # a copy of the function, so that cloudpickle sends its code rather than its name
+        here = types.FunctionType(_stale_plugins.__code__, {}, "_stale_plugins")
+        for name in client.run_on_scheduler(here):
+            client.unregister_worker_plugin(name)
+    except Exception:  # noqa: BLE001  an older scheduler, or one going away: nothing to do
+        pass
+
+
 class _WorkerSetup(WorkerPlugin):
     """Run on every worker before its first task, including workers that join or are
     restarted later: what every worker needs (convcli.workers: memory thresholds, the JIT
     loaded so workers never race on the cache), and the output folder proven writable. A
     local cluster's workers also ignore Ctrl-C, which the terminal sends to the whole process
     group: the client decides how to stop (see _Stream.stop). Each task runs the engine on
-    its worker's own number of Dask threads (see _task)."""
+    its worker's own number of Dask threads (see _task). The folder is not created here:
+    the client made it, and a worker that does not see it cannot write there (nor re-create
+    a folder the user has deleted since). ``out`` is None when the outputs come back to the
+    client (ship)."""
 
-    def __init__(self, out: str, config: EngineConfig, local: bool):
+    def __init__(self, out: str | None, config: EngineConfig, local: bool):
         self.out, self.config, self.local = out, config, local
 
     def setup(self, worker) -> None:
-        from . import workers
+        from . import storage, workers
 
         if self.local and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         workers.set_up(self.config)
-        Path(self.out).mkdir(parents=True, exist_ok=True)
+        if self.out is None:
+            return
+        if storage.is_remote(self.out):
+            storage.check_folder(self.out)
+            return
         with tempfile.NamedTemporaryFile(dir=self.out, prefix=".convcli-probe-"):
             pass
 
@@ -126,33 +161,51 @@ STOP_CHECK_SECONDS = 0.25
 
 
 def _task(sources: list[Source], bank: KernelBank, options: Options, fail_fast: bool,
-          stop_event: str) -> list[Result]:
+          stop_event: str, ship: bool = False) -> list:
     """One task: a few inputs in order. Ends early after a failure with fail_fast, or when
-    the client has set the batch's stop event (then before its next input)."""
+    the batch is being stopped (then before its next input): the client has set the batch's
+    stop event, or the scheduler no longer wants this task (the client is gone), or the
+    scheduler cannot be asked. Returns Results; with ``ship``, (Result, files) pairs, the
+    files as (name, bytes) for the client to write (see storage.make_files)."""
     from distributed import Event, get_worker
 
-    from . import pipeline
+    from . import storage
 
+    worker = get_worker()
+    key = worker.get_current_task()
     # The engine gets this worker's own threads (workers of one cluster may differ).
-    options = replace(options, engine=replace(options.engine,
-                                              threads=get_worker().state.nthreads))
+    options = replace(options, engine=replace(options.engine, threads=worker.state.nthreads))
     stop, checked = Event(stop_event), None
-    results = []
+    results: list = []
     for source in sources:
         if checked is None or time.monotonic() - checked > STOP_CHECK_SECONDS:
-            if stop.is_set():
+            if _stopping(worker, key, stop):
                 break
             checked = time.monotonic()
-        if source.data is None and source.path is not None and not source.path.exists():
-            result = Result(input=source.label, status="error", exit_code=EXIT_ERROR,
-                            error=f"{source.label}: not found on the worker (inputs must be "
-                                  "on storage every worker sees)")
+        if ship:
+            results.append(storage.make_files(source, bank, options))
+            result = results[-1][0]
         else:
-            result = pipeline.process(source, bank, options)
-        results.append(result)
+            if source.data is None and source.path is not None and not source.path.exists():
+                result = Result(input=source.label, status="error", exit_code=EXIT_ERROR,
+                                error=f"{source.label}: not found on the worker (inputs must "
+                                      "be on storage every worker sees, or shipped)")
+            else:
+                result = storage.process(source, bank, options)
+            results.append(result)
         if fail_fast and result.status == "error":
             break
     return results
+
+
+def _stopping(worker, key, stop) -> bool:
+    task = worker.state.tasks.get(key)
+    if task is None or task.state not in ("executing", "long-running"):
+        return True  # released by the scheduler: nobody waits for its results
+    try:
+        return bool(stop.is_set())
+    except Exception:  # noqa: BLE001  the scheduler is unreachable: the client has lost it too
+        return True
 
 
 # Every Dask task costs a few milliseconds of scheduler, network and event-loop time on top
@@ -176,18 +229,34 @@ def task_sizes(inputs: int, threads: int) -> list[int]:
 
 
 def run(address: str, sources: list[Source], bank: KernelBank | Network, options: Options,
-        fail_fast: bool, verbose: bool = False) -> "_Stream":
+        fail_fast: bool, verbose: bool = False, ship: bool = False) -> "_Stream":
     """Connect to the scheduler at ``address`` (or start a LocalCluster for "local"), submit
     every input, and return the stream of Results as they complete (see batch.Stream). The
-    stream owns the connection: its close() ends it, and the cluster if it started one."""
-    if any(s.data is not None for s in sources):
-        raise UsageError("an image on stdin cannot go to a cluster; give a path")
+    stream owns the connection: its close() ends it, and the cluster if it started one.
+    ``ship``: send each input's bytes with its task and write the outputs here."""
+    from . import storage
+
+    if any(s.data is not None for s in sources) and not ship:
+        raise UsageError("an image on stdin cannot go to a cluster's workers unless its bytes "
+                         "are sent with the task; give a path, or ship the inputs",
+                         settings=("ship",))
     if options.out == "-":
         raise UsageError("a cluster writes to an output folder, not to stdout")
+    if ship and storage.is_remote(options.out):
+        raise UsageError(f"{options.out}: shipped outputs are written by this machine into "
+                         "a local folder; workers write to a URL themselves, without "
+                         "shipping", settings=("ship",))
     client = connect(address, options.engine.method, verbose)
+    # Named after the client, so that a later run can tell it stale (_stale_plugins).
+    plugin = f"convcli-setup-{client.id}-{uuid.uuid4().hex[:8]}"
     try:
-        return _Stream(client, sources, bank, options, fail_fast, address == "local")
-    except BaseException:
+        return _Stream(client, sources, bank, options, fail_fast, address == "local", ship,
+                       plugin)
+    except BaseException:  # e.g. Ctrl-C while waiting for workers: nothing of ours stays
+        try:
+            client.unregister_worker_plugin(plugin)
+        except Exception:  # noqa: BLE001  not registered yet, or the scheduler is gone
+            pass
         _disconnect(client, address == "local")
         raise
 
@@ -232,31 +301,39 @@ class _Stream:
 
     method = "auto"  # set by batch.apply
 
-    def __init__(self, client, sources, bank, options, fail_fast, local):
-        from distributed import as_completed
+    def __init__(self, client, sources, bank, options, fail_fast, local, ship=False,
+                 plugin=""):
+        from . import storage
 
-        self.client, self.fail_fast, self.local = client, fail_fast, local
+        self.client, self.fail_fast, self.local, self.ship = client, fail_fast, local, ship
         # Reports name outputs as the local pool does, from the -o given.
-        self.given_out, self.out = options.out, os.path.abspath(options.out)
+        self.remote = storage.is_remote(options.out)
+        self.given_out = options.out
+        self.out = options.out if self.remote else os.path.abspath(options.out)
         sources = [s if s.path is None else replace(s, path=Path(os.path.abspath(s.path)))
                    for s in sources]
         self.options = replace(options, out=self.out)
         self.bank, self.stop_event = bank, f"convcli-stop-{uuid.uuid4().hex}"
-        self.plugin: str | None = f"convcli-setup-{uuid.uuid4().hex}"
+        self.plugin: str | None = plugin or f"convcli-setup-{client.id}-{uuid.uuid4().hex}"
         self.sources, self.started_ns = sources, time.time_ns()
+        self.by_label = {s.label: s for s in sources}
         self.scheduler_address = str(getattr(client.scheduler, "address", None) or "the scheduler")
         self.reported: set[str] = set()
+        _forget_stale_plugins(client)
         _wait_for_workers(client, self.address(), NO_WORKERS_SECONDS)
         try:
-            client.register_plugin(_WorkerSetup(self.out, options.engine, local),
-                                   name=self.plugin)
-        except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+            client.register_plugin(_WorkerSetup(None if ship else self.out, options.engine,
+                                                local), name=self.plugin)
+        except (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                OutputError) as e:
             try:  # nothing of this run stays on the scheduler
                 client.unregister_worker_plugin(self.plugin)
             except Exception:  # noqa: BLE001
                 pass
-            raise OutputError(f"{self.out}: a worker cannot write there ({e}); the output "
-                              "folder must be on storage every worker sees") from None
+            why = str(e) if isinstance(e, OutputError) else \
+                f"{self.out}: a worker cannot write there ({e})"
+            raise OutputError(f"{why}; the output folder must be on storage every worker "
+                              "sees, or the data shipped", settings=("ship",)) from None
         except Exception:  # noqa: BLE001  a worker that died during its set-up: Dask
             pass           # restarts it, and the plugin (registered) sets up the new one
         self.tasks: dict = {}  # future -> its inputs
@@ -265,17 +342,32 @@ class _Stream:
         self.tried_alone: set[str] = set()
         self.stopping = False
         threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
-        futures, start = [], 0
+        self.pending: list[list[Source]] = []  # chunks not submitted yet (ship)
+        start = 0
         for size in task_sizes(len(sources), threads):
-            futures.append(self._submit(sources[start:start + size]))
+            self.pending.append(sources[start:start + size])
             start += size
+        self.pending.reverse()
+        # Shipped inputs travel in their tasks: only a few tasks' worth of bytes is read
+        # and held at a time. Paths cost nothing, so every task is submitted at once.
+        self.window = 2 * max(1, threads) if ship else len(self.pending)
+        self.done: Any = None  # as_completed, from the first next(): see _start
+
+    def _start(self) -> None:
+        """Submit the first tasks. Not done before the caller iterates, so that nothing
+        runs on the cluster until someone is there to report it and to stop it."""
+        from distributed import as_completed
+
+        futures = [self._submit(self.pending.pop())
+                   for _ in range(min(self.window, len(self.pending)))]
         self.done = as_completed(futures, with_results=True, raise_errors=False)
 
     def _submit(self, chunk: list[Source]):
         # The bank travels inside every task (a few kB; it is not scattered once, because
         # scattered data dies with the workers holding it, and its tasks with it).
-        future = self.client.submit(_task, chunk, self.bank, self.options, self.fail_fast,
-                                    self.stop_event, pure=False, retries=1)
+        sent = [_with_bytes(s) for s in chunk] if self.ship else chunk
+        future = self.client.submit(_task, sent, self.bank, self.options, self.fail_fast,
+                                    self.stop_event, self.ship, pure=False, retries=1)
         self.tasks[future] = chunk
         return future
 
@@ -289,6 +381,8 @@ class _Stream:
         """The next finished task, waiting for it; when the scheduler is lost instead, the
         inputs whose files are complete on disk are reported and the run ends with one
         error (a lost scheduler would otherwise leave Dask waiting forever)."""
+        if self.done is None:
+            self._start()
         while not self.done.has_ready():
             if self.client.status not in ("running", "connecting", "newly-created"):
                 self._lost()
@@ -296,6 +390,29 @@ class _Stream:
                 raise StopIteration
             time.sleep(0.05)
         return next(self.done)
+
+    def _commit(self, pairs: list) -> list[Result]:
+        """Shipped outputs: write each input's files into the output folder here, all of
+        them moved into place together (pipeline's staging), as a local run does."""
+        from . import pipeline
+
+        results = []
+        root = Path(self.out)
+        for result, files in pairs:
+            if result.status == "ok":
+                source = self.by_label[result.input]
+                staging = pipeline._Staging(root, pipeline.output_folder(source, self.options))
+                try:
+                    for name, data in files:
+                        staging.write(name, data)
+                    staging.commit(root, result)
+                except OutputError as e:
+                    result.status, result.error, result.exit_code = "error", str(e), EXIT_ERROR
+                    result.outputs = []
+                finally:
+                    staging.discard()
+            results.append(result)
+        return results
 
     def _lost(self) -> None:
         from . import pipeline
@@ -305,16 +422,26 @@ class _Stream:
                 continue
             outputs = pipeline.done_before(source, self.bank, self.options, self.started_ns)
             if outputs is not None:
-                self.ready.append(Result(input=source.label, outputs=[
-                    os.path.join(self.given_out, os.path.relpath(p, self.out))
-                    for p in outputs]))
+                self.ready.append(Result(input=source.label,
+                                         outputs=[self._given(p) for p in outputs]))
                 self.reported.add(source.label)
         self.lost = True
         if not self.ready:
-            raise SchedulerLost(f"{self.address()}: lost the Dask scheduler; the inputs whose "
-                                "files were complete are reported, resuming does the rest",
-                                settings=("scheduler", "resume"))
+            if self.stopping:  # asked to stop anyway: that is how the run ends
+                raise StopIteration
+            raise self._lost_error()
         raise _Drain()
+
+    def _lost_error(self) -> SchedulerLost:
+        return SchedulerLost(f"{self.address()}: lost the connection to the Dask scheduler; "
+                             "the inputs whose files were complete are reported, resuming "
+                             "does the rest", settings=("scheduler", "resume"))
+
+    def _given(self, path: str) -> str:
+        """An output as reports name it: below the output folder as it was given."""
+        if self.remote:
+            return path
+        return os.path.join(self.given_out, os.path.relpath(path, self.out))
 
     def __next__(self) -> Result:
         from distributed import KilledWorker
@@ -322,9 +449,9 @@ class _Stream:
         if getattr(self, "lost", False):
             if self.ready:
                 return self._take(self.ready.pop(0))
-            raise SchedulerLost(f"{self.address()}: lost the Dask scheduler; the inputs whose "
-                                "files were complete are reported, resuming does the rest",
-                                settings=("scheduler", "resume"))
+            if self.stopping:  # asked to stop anyway: that is how the run ends
+                raise StopIteration
+            raise self._lost_error()
         while not self.ready:
             try:
                 future, results = self._next_done()
@@ -348,6 +475,8 @@ class _Stream:
             # results would make Dask compute them again.
             chunk = self.tasks.pop(future)
             future.release()
+            if self.pending and not self.stopping:
+                self.done.add(self._submit(self.pending.pop()))
             if not isinstance(results, list):  # an error, as (type, value, traceback), or
                 if self.stopping:              # cancelled by stop()
                     continue
@@ -364,9 +493,13 @@ class _Stream:
                     why = "every worker that ran it died (see the workers' logs)"
                 results = [Result(input=chunk[0].label, status="error", exit_code=EXIT_ERROR,
                                   error=f"{chunk[0].label}: failed on the cluster: {why}")]
+            elif self.ship:
+                from . import pipeline
+
+                with pipeline.signals_held():  # the files and their report go together
+                    results = self._commit(results)
             for result in results:
-                result.outputs = [os.path.join(self.given_out, os.path.relpath(p, self.out))
-                                  for p in result.outputs]
+                result.outputs = [self._given(p) for p in result.outputs]
             self.ready.extend(results)
         return self._take(self.ready.pop(0))
 
@@ -384,9 +517,15 @@ class _Stream:
         if self.stopping or getattr(self, "lost", False):
             return
         self.stopping = True
-        Event(self.stop_event, client=self.client).set()
-        running = {key for keys in self.client.processing().values() for key in keys}
-        self.client.cancel([f for f in self.tasks if f.key not in running])
+        self.pending.clear()
+        if self.client.status != "running":  # reconnecting to a lost scheduler: the
+            return                            # stream ends with what is on disk
+        try:
+            Event(self.stop_event, client=self.client).set()
+            running = {key for keys in self.client.processing().values() for key in keys}
+            self.client.cancel([f for f in self.tasks if f.key not in running])
+        except Exception:  # noqa: BLE001  the scheduler went away meanwhile (see _next_done)
+            pass
 
     def abort(self) -> None:
         """Asked twice to stop: as stop(); inputs that tasks have begun still finish (a
@@ -396,13 +535,34 @@ class _Stream:
     def close(self) -> None:
         if self.plugin is None:  # closed already
             return
+        from distributed import Event
+
         try:
             self.client.cancel(list(self.tasks))
             self.client.unregister_worker_plugin(self.plugin)
-        except Exception:  # e.g. the scheduler is gone: nothing is left to tidy
+            if self.stopping:  # a set event stays on the scheduler until it is cleared
+                Event(self.stop_event, client=self.client).clear()
+        except Exception:  # noqa: BLE001  e.g. the scheduler is gone: nothing is left to tidy
             pass
         self.plugin = None
         _disconnect(self.client, self.local)
         from . import pipeline
 
-        pipeline.sweep_staging(self.out)  # what workers of this machine that died had begun
+        if not self.remote:
+            pipeline.sweep_staging(self.out)  # what workers of this machine that died began
+
+
+def _with_bytes(source: Source) -> Source:
+    """A source to ship: its bytes read here (a file, or a URL this machine can read); one
+    that cannot be read goes as a known problem, reported by the worker like any other."""
+    if source.data is not None or source.problem is not None:
+        return source
+    try:
+        data = source.content()
+        if not isinstance(data, bytes):
+            data = Path(data).read_bytes()
+    except ConvcliError as e:
+        return replace(source, problem=str(e))
+    except OSError as e:
+        return replace(source, problem=f"{source.label}: cannot read: {e.strerror or e}")
+    return replace(source, data=data, path=None, url=None)

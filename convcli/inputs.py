@@ -36,11 +36,16 @@ class Source:
     path: Path | None = None
     data: bytes | None = None
     problem: str | None = None  # known to fail before reading (e.g. a glob matching nothing)
+    url: str | None = None  # an fsspec URL (s3://...), read by the process that runs it
 
     def content(self) -> Path | bytes:
-        """What to read: the bytes given, or the file."""
+        """What to read: the bytes given, the file, or the URL's bytes (read now)."""
         if self.data is not None:
             return self.data
+        if self.url is not None:
+            from . import storage
+
+            return storage.read_bytes(self.url, self.label)
         if self.path is None:
             raise ValueError(f"{self.label}: a source with neither a path nor bytes")
         return self.path
@@ -109,6 +114,13 @@ def expand(args: Iterable[str], *, files_from: str | None = None, null_separated
                 skipped.append(str(path))
 
     for arg in args + (_read_list(files_from, null_separated, read_stdin) if files_from else []):
+        if _is_url(arg):
+            from . import storage
+
+            if storage.is_remote(arg):
+                _expand_url(arg, recursive, found, skipped)
+                continue
+            arg = storage.local_path(arg)  # file://: a path like any other
         if arg == STDIN:
             if read_stdin is None:
                 raise UsageError("- (an image on stdin) is not available here")
@@ -130,6 +142,54 @@ def expand(args: Iterable[str], *, files_from: str | None = None, null_separated
         else:
             found.append((Source.from_path(arg), None))
     return Expansion(_name_outputs(_unique_paths(found)), warnings, skipped)
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text and text.split("://", 1)[0].replace("+", "").replace(".", "") \
+        .replace("-", "").isalnum()
+
+
+def _expand_url(url: str, recursive: bool, found: list, skipped: list[str]) -> None:
+    """A remote input (convcli.storage): a file, a folder (its images; ``recursive``
+    descends) or a glob pattern, listed here and read later by the process that runs it.
+    Output folders mirror what is below the folder or the pattern's fixed part."""
+    from . import storage
+
+    fs, path = storage.filesystem(url)
+    protocol = url.split("://", 1)[0]
+
+    def whole(p: str) -> str:
+        return f"{protocol}://{p.lstrip('/')}" if not p.startswith(f"{protocol}://") else p
+
+    try:
+        if _is_pattern(path):
+            base = _glob_root(path).as_posix()
+            listed = sorted(p for p in fs.glob(path) if not fs.isdir(p))
+            if not listed:
+                found.append((Source(label=url, problem=f"{url}: no files match this pattern"),
+                              None))
+                return
+        elif fs.isdir(path):
+            base = path.rstrip("/")
+            listed = sorted(fs.find(path, maxdepth=None if recursive else 1))
+        else:
+            found.append((Source(label=url, url=url,
+                                 rel=safe_rel([path.rstrip("/").rsplit("/", 1)[-1]])), None))
+            return
+    except UsageError:
+        raise
+    except Exception as e:  # noqa: BLE001  each store raises its own kinds
+        found.append((Source(label=url, problem=f"{url}: cannot list: "
+                             f"{' '.join(str(e).split())[:200] or type(e).__name__}"), None))
+        return
+    for p in listed:
+        parts = p[len(base):].strip("/").split("/") if p.startswith(base) else [p.rsplit("/")[-1]]
+        if any(part.startswith(".") for part in parts):
+            continue  # hidden, as in a folder scan
+        if not p.lower().endswith(IMAGE_SUFFIXES):
+            skipped.append(whole(p))
+            continue
+        found.append((Source(label=whole(p), url=whole(p), rel=safe_rel(parts)), None))
 
 
 def _read_list(files_from: str, null_separated: bool, read_stdin) -> list[str]:
@@ -193,7 +253,7 @@ def _name_outputs(found: list[tuple[Source, Path | None]]) -> list[Source]:
     base = Path(os.path.commonpath(holders)) if holders else None
     named = []
     for source, _ in found:
-        if source.path is None:
+        if source.path is None:  # bytes, or a URL named by _expand_url
             named.append(source if source.rel else replace(source, rel="input"))
             continue
         absolute = Path(os.path.abspath(source.path))
@@ -244,7 +304,9 @@ def _dedupe(sources: list[Source]) -> list[Source]:
     for s in sources:
         rel = s.rel
         head, _, tail = rel.partition("/")
-        suffix = s.path.suffix.lstrip(".").lower() if s.path is not None else ""
+        named = s.path if s.path is not None else Path(s.url.rsplit("/", 1)[-1]) if s.url \
+            else None
+        suffix = named.suffix.lstrip(".").lower() if named is not None else ""
         if key(head) in reserved and (tail or not suffix):
             rel = f"_{rel}"  # a folder, or a file without extension, named like ours
         elif (counts[key(rel)] > 1 or key(rel) in reserved) and suffix:

@@ -336,7 +336,14 @@ def settings_key(bank: KernelBank | Network, options: Options) -> str:
 def done_before(source: Source, bank: KernelBank | Network, options: Options,
                 since_ns: int | None = None) -> list[str] | None:
     """The input's output files when every one is present and was made with these settings
-    (and, with ``since_ns``, written at or after that time); else None."""
+    (and, with ``since_ns``, written at or after that time); else None. For a remote
+    output folder, what its completion marker says (see convcli.storage)."""
+    if "://" in options.out:
+        from . import storage
+
+        if storage.is_remote(options.out):
+            return storage.done_before(source, bank, options, since_ns)
+        options = replace(options, out=storage.local_path(options.out))
     folder = output_folder(source, options)
     key = settings_key(bank, options)
     paths = [folder / name for name in output_names(bank, options)]
@@ -965,6 +972,13 @@ def check_output_folder(out: str) -> None:
     """Fail before any work if the output folder cannot be used."""
     if out == STDOUT:
         return
+    if "://" in out:
+        from . import storage
+
+        if storage.is_remote(out):
+            storage.check_folder(out)  # object stores have no folders to create
+            return
+        out = storage.local_path(out)
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{out}: exists and is not a folder; give -o a folder (or - for stdout)")

@@ -134,7 +134,7 @@ def test_a_worker_that_cannot_write_the_output_folder_stops_the_run(tmp_path, ph
     assert r.exit_code == 1
     assert r.stderr == (f"convcli: error: {tmp_path / 'o'}: a worker cannot write there "
                         "([Errno 13] Permission denied); the output folder must be on storage "
-                        "every worker sees\n")
+                        "every worker sees, or the data shipped (see --ship)\n")
     assert r.stdout == "" and not list((tmp_path / "o").rglob("*.png"))
 
 
@@ -234,82 +234,4 @@ def test_a_killed_worker_costs_only_a_retry(tmp_path):
         with Image.open(p) as im:
             im.load()
 
-
-# --- a real scheduler and real `dask worker` processes, killed --------------------------------
-
-def _start_scheduler(tmp_path) -> tuple[subprocess.Popen, str]:
-    log = open(tmp_path / "scheduler.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
-                             "127.0.0.1", "--port", "0", "--dashboard-address", ":0"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        found = re.search(r"Scheduler at:\s+(tcp://\S+)", (tmp_path / "scheduler.log").read_text())
-        if found:
-            return proc, found.group(1)
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the scheduler did not start")
-
-
-def _start_worker(address: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
-                             "--nthreads", "1", "--no-dashboard"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-
-
-def _kill(*procs) -> None:
-    for p in procs:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        p.wait(timeout=30)
-
-
-def test_a_dead_scheduler_ends_the_run_with_exact_reports(tmp_path):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(24):
-        os.symlink(ROOT / "samples" / ["astronaut.png", "coffee.png"][i % 2], folder / f"i{i}.png")
-    scheduler, address = _start_scheduler(tmp_path)
-    worker = _start_worker(address)
-    out = tmp_path / "o"
-    try:
-        run_ = subprocess.Popen([sys.executable, "-m", "convcli", "apply", str(folder), "-o",
-                                 str(out), "--scheduler", address, "--json"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
-        while time.time() < deadline and len(list(out.glob("*/stack.png"))) < 2:
-            time.sleep(0.05)
-        _kill(scheduler)
-        killed = time.time()
-        stdout, stderr = run_.communicate(timeout=120)
-        assert time.time() - killed < 60  # the reconnect timeout and a little more
-    finally:
-        _kill(scheduler, worker)
-    assert run_.returncode == 1, stderr
-    lines = stderr.splitlines()
-    assert lines[-2] == (f"convcli: error: {address}: lost the Dask scheduler; the inputs whose "
-                         "files were complete are reported, resuming does the rest "
-                         "(see --scheduler, --resume)")
-    assert lines[-1].startswith("convcli: interrupted after ") and "Traceback" not in stderr
-    complete = {p.name for p in out.iterdir()
-                if not p.name.startswith(".") and len(list(p.iterdir())) == 17}
-    assert all(len(list(p.iterdir())) == 17 for p in out.iterdir() if not p.name.startswith("."))
-    reported = {Path(json.loads(line)["outputs"][0]).parent.name for line in stdout.splitlines()}
-    assert reported == complete and complete
-
-
-def test_a_scheduler_without_workers_says_so(tmp_path, photos):
-    scheduler, address = _start_scheduler(tmp_path)
-    try:
-        r = subprocess.run([sys.executable, "-m", "convcli", "apply", str(photos), "-o",
-                            str(tmp_path / "o"), "--scheduler", address],
-                           capture_output=True, text=True, timeout=120)
-    finally:
-        _kill(scheduler)
-    assert r.returncode == 1
-    assert r.stderr == (f"convcli: error: {address}: the Dask scheduler has no workers (waited "
-                        f"10 s); start some with: dask worker {address} (see --scheduler)\n")
+# Real `dask scheduler` and `dask worker` processes, killed: tests/test_cluster_real.py.
