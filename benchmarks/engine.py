@@ -5,7 +5,8 @@ result is checked against a float64 reference before it is timed. Zero padding (
 odd kernels), bias, ReLU. Times are medians of interleaved runs (convcli, torch, ... in turn,
 so a slow spell of a shared machine hits all alike). Prints milliseconds, GFLOP/s
 (2*F*(C/groups)*KH*KW*H'*W' useful operations per call, whatever the algorithm: Winograd does
-fewer and can pass the peak), the fraction of the machine's float32 peak, and each peer's time
+fewer and can pass the peak), the fraction of the machine's float32 peak (measured in this
+run, which a busy machine lowers, and theoretical), and each peer's time
 over convcli's (> 1: convcli is faster), then the goals of the engine issues, met or not.
 
     python benchmarks/engine.py [--repeat 7] [--threads 1,2] [--only vgg,wide] [--no-extras]
@@ -400,7 +401,8 @@ def main() -> None:
                 gf = gflop(w, ref.shape) / t
                 ratio = "" if name == "convcli" or base is None else f"  {t / base:6.2f}x"
                 print(f"   {name:16s} {t * 1000:9.2f} ms  {gf:7.2f} GFLOP/s "
-                      f"({100 * gf / peak:4.0f}% of peak){ratio}")
+                      f"({100 * gf / peak:4.0f}% of measured, {100 * gf / theory:4.0f}% of "
+                      f"theoretical peak){ratio}")
                 if base is not None:
                     ratios[(w.name, name, threads)] = t / base
             for note in notes:

@@ -28,8 +28,9 @@ the executor or earlier calls):
   transforms.
 
 Each algorithm sums in its own order, so they agree to float32 rounding, not bit for bit:
-within 1e-5 of sum |w x| (plus |bias|) for direct, gemm and fft, 1e-4 for winograd (the
-test suite checks both bounds against a float64 oracle).
+within 1e-5 of sum |w x| (plus |bias|) for direct, gemm and fft; for winograd 1e-4 of that
+sum taken over the output's 4x4 tile with each filter's largest |w| (see convcli.winograd;
+the test suite checks both bounds against a float64 oracle).
 
 Executors (``EngineConfig.method``): ``jit`` (numba kernels) or ``numpy`` (whole-array NumPy
 operations in the same order of float32 operations): for every algorithm the two give
