@@ -29,15 +29,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SOBEL_BANK = "name: sobel\nfilters:\n  - name: sobel_x\n    generator: {type: sobel, axis: x}\n"
 
 
-def interleaved_ms(rows: dict[str, list[str]], repeat: int) -> dict[str, float]:
+def interleaved_ms(rows: dict[str, list[str]], repeat: int, env: dict[str, str]
+                   ) -> dict[str, float]:
     """Median milliseconds of each command, the commands taking turns."""
     for cmd in rows.values():
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)  # warm the caches
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)  # warm the caches
     times: dict[str, list[float]] = {name: [] for name in rows}
     for _ in range(repeat):
         for name, cmd in rows.items():
             t = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
             times[name].append(time.perf_counter() - t)
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
@@ -95,7 +96,14 @@ def main() -> None:
         else:
             print("ImageMagick's convert is missing (apt-get install imagemagick): the goal "
                   "(apply within 3x of convert) is not measured")
-        times = interleaved_ms(rows, args.repeat)
+        # Python's bytecode cache as an installed package has it (pip compiles on install):
+        # PYTHONDONTWRITEBYTECODE, if set, would make every run compile convcli's modules
+        # again. The cache goes to the temporary folder, not into the package.
+        env = dict(os.environ, PYTHONPYCACHEPREFIX=str(work / "pycache"))
+        if env.pop("PYTHONDONTWRITEBYTECODE", None):
+            print("(PYTHONDONTWRITEBYTECODE is set here; the runs keep a bytecode cache "
+                  "anyway, as an installed package has)")
+        times = interleaved_ms(rows, args.repeat, env)
         for name, ms in times.items():
             print(f"   {name:26s} {ms:7.0f} ms")
         if "ImageMagick convert" in times:
