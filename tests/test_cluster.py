@@ -97,10 +97,10 @@ def test_an_input_that_kills_its_workers_fails_alone(tmp_path, photos, monkeypat
     crash = tmp_path / "crash_on_p1.py"
     crash.write_text("import os\nfrom convcli import pipeline\n\n"
                      "real = getattr(pipeline, 'real_process', pipeline.process)\n\n\n"
-                     "def process(source, bank, options):\n"
+                     "def process(source, bank, options, *rest):\n"
                      "    if source.label.endswith('p1.png'):\n"
                      "        os._exit(1)  # as a crashing decoder would\n"
-                     "    return real(source, bank, options)\n\n\n"
+                     "    return real(source, bank, options, *rest)\n\n\n"
                      "pipeline.real_process, pipeline.process = real, process\n")
     monkeypatch.setattr(cluster, "TASK_SHARE", 1)  # p1 shares a task with broken and p0
     with dask.config.set({"distributed.scheduler.allowed-failures": 0,
