@@ -33,7 +33,7 @@ from .errors import InputError, UsageError
 NORM_EPS = localnorm.DEFAULT_EPS  # Coates et al.'s +10 on 0-255 variances, pixels in [0, 1]
 ZCA_EPS = 0.1  # their whitening regulariser (on normalised patches)
 KMEANS_ITERATIONS = 10
-DEFAULT_FILTERS = 16
+DEFAULT_FILTERS = 64
 DEFAULT_SIZE = 7
 DEFAULT_PATCHES = 20000
 METHODS = ("kmeans", "pca")
