@@ -120,6 +120,15 @@ def test_each_config_takes_its_executor(monkeypatch):
     # auto takes numba once it is loaded in the process (the same bits, see convcli.engine)
     assert np.array_equal(ops.avg_pool2d(x, 3, 2, 1), ops.avg_pool2d(x, 3, 2, 1, config=NUMPY))
     assert ran == [jit.pool_pass] * 4
+    # any thread count, the same bits; a 2-D input stays 2-D
+    big = np.random.default_rng(5).normal(size=(3, 61, 47)).astype(np.float32)
+    one = EngineConfig(method="jit", threads=1)
+    for pool in (lambda c: ops.max_pool2d(big, (3, 2), (2, 1), [1, 0, 0, 1], (1, 2), True,
+                                          config=c),
+                 lambda c: ops.avg_pool2d(big, 4, 3, 1, True, False, config=c)):
+        assert pool(one).view(np.uint32).tolist() == pool(JIT).view(np.uint32).tolist()
+        assert np.array_equal(pool(JIT), pool(NUMPY))
+    assert ops.max_pool2d(big[0], 2, config=JIT).shape == (30, 23)
 
 
 @FAST
