@@ -272,3 +272,26 @@ layers:
                                                  bank.network_layers(net)))
     assert [layer.bank.filters[0].geometry for layer in again.layers] == \
         [layer.bank.filters[0].geometry for layer in net.layers]
+
+
+def test_bank_show_tells_the_setting(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from convcli.cli import app
+
+    path = tmp_path / "wn.yaml"
+    path.write_text(BANK.format(extra=", window_norm: {eps: 0.25}"))
+    shown = CliRunner().invoke(app, ["bank", "show", str(path)])
+    assert shown.exit_code == 0 and "window_norm eps 0.25" in shown.output
+    record = json.loads(CliRunner().invoke(app, ["bank", "show", str(path), "--json"]).output)
+    assert record["filters"][0]["window_norm"] == 0.25
+    path.write_text(BANK.format(extra=""))
+    assert "window_norm" not in CliRunner().invoke(app, ["bank", "show", str(path)]).output
+
+
+def test_the_shipped_learned_bank_normalises_each_window():
+    shipped = bank.load("learned")
+    assert {f.geometry.window_norm for f in shipped.filters} == {localnorm.DEFAULT_EPS}
+    assert "--window-norm" in shipped.provenance["command"]
