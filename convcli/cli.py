@@ -92,7 +92,7 @@ FLAGS = {"max_memory": "--max-memory", "stack": "--no-stack", "max_pixels": "--m
          "compression": "--compression", "stride": "--stride", "dilation": "--dilation",
          "resume": "--resume", "scale": "--scale", "colormap": "--colormap",
          "maps": "--no-maps", "tile": "--tile", "columns": "--columns",
-         "combine": "--combine"}
+         "combine": "--combine", "shared": "--scale-shared"}
 
 
 def _with_flags(message: str, settings: tuple[str, ...]) -> str:
@@ -216,6 +216,11 @@ def apply(
         None, metavar="max|mean|magnitude",
         help="Also write combined.png, one map of all: their max, mean, or the gradient "
              "magnitude sqrt(x^2 + y^2) of two (e.g. -f sobel_x -f sobel_y --activation none)."),
+    scale_shared: bool = typer.Option(
+        False, "--scale-shared",
+        help="One range per filter for the whole batch, so a value is the same pixel in "
+             "every input's picture: the union of the inputs' ranges, found in a first pass "
+             "(the maps are computed twice)."),
     overlay: bool = typer.Option(False, "--overlay",
                                  help="Also write overlay.png: the combined map (max unless "
                                       "--combine) in colour over the input."),
@@ -278,7 +283,7 @@ def apply(
                                thumbnails=stack_by == "filter", all_layers=all_layers,
                                scale=scale, colormap=colormap, maps=maps, tile=tile,
                                columns=columns, combine=combine, overlay=overlay,
-                               quality=quality)
+                               quality=quality, shared=scale_shared)
     pipeline.check_options(options)
     # A bank's own words (auto, global, clip, symmetric) also go to its filters, so every
     # reader of the bank (contact sheets from earlier runs) sees the same policy.
@@ -308,6 +313,8 @@ def apply(
         _compile_once(quiet, eager=len(found.sources) > 1 and jobs != 1)
     backend = batch.Backend(jobs=jobs, scheduler=scheduler, engine=engine,
                             fail_fast=fail_fast, verbose=verbose, ship=ship)
+    if options.shared and len(found.sources) > 1:
+        options = _shared_ranges(found.sources, kernel_bank, options, backend, report)
     stream = batch.apply(found.sources, kernel_bank, options, backend)
     report.detail(_engine_line(stream.method))
     results, stopped_by = _drain(stream, report)
@@ -315,6 +322,24 @@ def apply(
         for sheet in batch.write_filter_sheets(results, found.sources, kernel_bank, options):
             report.detail(f"contact sheet: {sheet}")
     raise typer.Exit(_finish(report, output, stopped_by, fail_fast))
+
+
+def _shared_ranges(sources, kernel_bank, options, backend, report):
+    """--scale-shared: a first pass over every input that only finds each map's range; the
+    options of the second pass, which draws every input with their union. An input that
+    fails here is reported by the second pass."""
+    from dataclasses import replace
+
+    from . import batch, pipeline
+
+    report.detail(f"shared ranges: a first pass over {len(sources)} inputs")
+    first = replace(options, ranges_only=True, resume=False, thumbnails=False)
+    stream = batch.apply(sources, kernel_bank, first, replace(backend, fail_fast=False))
+    try:
+        results = [r for r in stream if r.status == "ok"]
+    finally:
+        stream.close()
+    return replace(options, ranges=pipeline.shared_ranges(results))
 
 
 def _finish(report: "_Report", output: str, stopped_by: BaseException | None,

@@ -64,6 +64,9 @@ class Options:
     combine: str | None = None  # max | mean | magnitude: also write combined.<ext>
     overlay: bool = False  # also write overlay.<ext>: the combined map over the input
     quality: int = 90  # JPEG/WebP quality
+    shared: bool = False  # one range per filter for the whole batch (see shared_ranges)
+    ranges: tuple[tuple[str, float, float], ...] | None = None  # (map, lo, hi) found for it
+    ranges_only: bool = False  # the first pass: find each map's range, write nothing
     compression: int = 1  # zlib level for PNGs: 1 is ~4x faster than 6 for ~10% more bytes
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     stack: bool = True  # write OUT/REL/stack.png
@@ -94,6 +97,7 @@ class Result:
     payload: bytes | None = None  # the data for stdout when Options.out == "-"
     settings: tuple[str, ...] = ()  # settings that can fix the error (see ConvcliError)
     thumbnails: dict[str, np.ndarray] | None = None  # filter name -> small picture of its map
+    ranges: dict[str, tuple[float, float]] | None = None  # with Options.ranges_only
 
 
 def check_options(options: Options) -> None:
@@ -131,6 +135,9 @@ def check_options(options: Options) -> None:
     if options.colormap != "gray" and options.format not in PICTURES:
         raise UsageError(f"a colormap colours pictures; {options.format} holds the float "
                          "maps", settings=("colormap", "format"))
+    if options.shared and options.format not in PICTURES:
+        raise UsageError(f"shared ranges are for pictures; {options.format} holds the float "
+                         "maps", settings=("shared", "format"))
     if (options.combine or options.overlay) and options.format not in PICTURES:
         raise UsageError("a combined map and an overlay are pictures: they need the format "
                          "png, jpeg or webp", settings=("format",))
@@ -319,7 +326,7 @@ def settings_key(bank: KernelBank | Network, options: Options) -> str:
                          options.compression, options.stack, options.all_layers,
                          options.scale, options.colormap, options.maps, options.tile,
                          options.columns, options.combine, options.overlay,
-                         options.quality]).encode())
+                         options.quality, options.ranges]).encode())
     for layer in net.layers:
         if not isinstance(layer, network.Conv):
             h.update(repr(layer).encode())
@@ -597,6 +604,8 @@ def process(source: Source, bank: KernelBank | Network, options: Options,
                                  "bank": net.name, "settings": settings_key(net, options)}
         if options.thumbnails:
             result.thumbnails = {}
+        if options.ranges_only:
+            result.ranges = {}
         if options.all_layers:
             files = _every_layer(tensor.data, net, about, options, result, tensor.names)
         else:
@@ -621,8 +630,13 @@ def process(source: Source, bank: KernelBank | Network, options: Options,
             if parts.tail is not None and _joint(parts.tail):
                 groups = [sum(groups, [])]  # every map at once (see _joint)
             files = _outputs(x, parts, groups, shapes, source, options, about,
-                             result.thumbnails, tensor.data if tensor.image else None)
-        if options.out == STDOUT:
+                             result.thumbnails, tensor.data if tensor.image else None,
+                             result.ranges)
+        if options.ranges_only:  # the first pass of shared ranges: nothing is written
+            for _ in files:
+                pass
+            result.status = "ok"
+        elif options.out == STDOUT:
             wanted = stdout_name(net, options)
             for name, chunks in files:
                 if name == wanted:
@@ -730,7 +744,8 @@ def _mib(n: int) -> str:
 def _outputs(pixels: np.ndarray, parts: _Parts, groups: list[list[int]],
              shapes: list[tuple[int, ...]], source: Source, options: Options,
              about: dict[str, Any], thumbnails: dict[str, np.ndarray] | None = None,
-             photo: np.ndarray | None = None):
+             photo: np.ndarray | None = None,
+             ranges: dict[str, tuple[float, float]] | None = None):
     """Every output file of one input, in order, as (file name, chunks of bytes). Maps are
     computed one filter group at a time, so memory stays within Options.max_memory. With
     ``thumbnails``, a small picture of each map is kept there too (for contact sheets);
@@ -745,7 +760,7 @@ def _outputs(pixels: np.ndarray, parts: _Parts, groups: list[list[int]],
 
     yield from _map_files(computed, len(groups), names, [f.scale for f in bank.filters], shapes,
                           bank.input, source, options, about, thumbnails, photo=photo,
-                          base=pixels)
+                          base=pixels, ranges=ranges)
 
 
 def _same_size(names: list[str], shapes: list[tuple[int, ...]], source: Source,
@@ -761,12 +776,15 @@ def _map_files(computed, passes: int, names: list[str], scales: list[str],
                shapes: list[tuple[int, ...]], mode: str, source: Source, options: Options,
                about: dict[str, Any], thumbnails: dict[str, np.ndarray] | None,
                prefix: str = "", photo: np.ndarray | None = None,
-               base: np.ndarray | None = None):
+               base: np.ndarray | None = None,
+               ranges: dict[str, tuple[float, float]] | None = None):
     """The files of one layer's maps, as (file name, chunks): pictures and a stack, or an
     array and its names. ``computed()`` yields the maps in ``passes`` lists, in the order
     of ``names``; ``prefix`` is the subfolder they go in (an earlier layer's: no combined
     map or overlay there). An overlay is drawn on ``photo``, else on ``base`` (the feature
-    maps the layer read, their mean stretched min-max to gray)."""
+    maps the layer read, their mean stretched min-max to gray). With Options.ranges_only
+    nothing is made: each map's range goes into ``ranges`` (the combined map's under
+    COMBINED_KEY); with Options.ranges, the maps named there are drawn with those ranges."""
     bank_input = mode
     scales = [options.scale or s for s in scales]
 
@@ -802,18 +820,20 @@ def _map_files(computed, passes: int, names: list[str], scales: list[str],
         options.colormap
     first = None
     global_range = None
-    if "global" in scales:  # one range over all maps: a first pass
-        ranges = []
+    final = not prefix
+    fixed = {name: (lo, hi) for name, lo, hi in options.ranges or ()} if final else {}
+    if "global" in scales and not (fixed and set(names) <= set(fixed)):
+        # one range over all maps: a first pass
+        found: list[tuple[float, float]] = []
         done = 0
         for maps in computed():
             first = maps if passes == 1 else None  # one group: reuse instead of redoing
             in_range = [m.data for m, s in zip(maps, scales[done:]) if s == "global"]
             done += len(maps)
             if in_range:
-                ranges.append(render.joint_range(in_range))
-        global_range = (min(lo for lo, _ in ranges), max(hi for _, hi in ranges))
-    stacking = _stacking(len(names), options)
-    final = not prefix
+                found.append(render.joint_range(in_range))
+        global_range = (min(lo for lo, _ in found), max(hi for _, hi in found))
+    stacking = _stacking(len(names), options) and not options.ranges_only
     combine = (options.combine or "max") if final and (options.combine or options.overlay) \
         else None
     if combine:
@@ -829,8 +849,18 @@ def _map_files(computed, passes: int, names: list[str], scales: list[str],
         for m in maps:
             scale = scales[k]
             k += 1
-            r = render.to_pixels(m.data, scale, bits, global_range, cmap)
+            if options.ranges_only:
+                if ranges is not None and final:
+                    ranges[m.name] = render.value_range(m.data, scale, global_range, bits)
+                if combine:
+                    combined = _combine(combined, m.data, combine)
+                continue
+            shared = fixed.get(m.name)
+            r = render.to_pixels(m.data, render.Scale("range", *shared) if shared else scale,
+                                 bits, global_range, cmap)
             meta = _picture_meta(about, scale, r, options, m.data.ndim == 2, filter=m.name)
+            if shared:
+                meta["scale"] += " shared"
             if options.maps:
                 yield f"{prefix}{safe[m.name]}.{ext}", [_encode(r.pixels, meta, options)]
                 sidecar[f"{safe[m.name]}.{ext}"] = meta
@@ -862,9 +892,17 @@ def _map_files(computed, passes: int, names: list[str], scales: list[str],
         elif combine == "mean":
             combined /= len(names)
         scale = options.scale or "auto"
-        r = render.to_pixels(combined, scale, bits, None, cmap)
+        if options.ranges_only:
+            if ranges is not None:
+                ranges[COMBINED_KEY] = render.value_range(combined, scale, None, bits)
+            return
+        shared = fixed.get(COMBINED_KEY)
+        r = render.to_pixels(combined, render.Scale("range", *shared) if shared else scale,
+                             bits, None, cmap)
         meta = _picture_meta(about, scale, r, options, combined.ndim == 2, combined=combine,
                              filters=names)
+        if shared:
+            meta["scale"] += " shared"
         yield f"combined.{ext}", [_encode(r.pixels, meta, options)]
         sidecar[f"combined.{ext}"] = meta
         if options.overlay:
@@ -878,9 +916,24 @@ def _map_files(computed, passes: int, names: list[str], scales: list[str],
                         colormap=render.overlay_colormap(options.colormap))
             yield f"overlay.{ext}", [_encode(pixels_, meta, options)]
             sidecar[f"overlay.{ext}"] = meta
-    if fmt != "png":  # JPEG and WebP pictures' ranges, in one file beside them
+    if fmt != "png" and not options.ranges_only:  # JPEG and WebP: ranges beside them
         yield prefix + "maps.json", [(json.dumps(dict(about, pictures=sidecar), indent=2)
                              + "\n").encode()]
+
+
+COMBINED_KEY = "\0combined"  # the combined map's entry in shared ranges (no filter's name)
+
+
+def shared_ranges(results: list[Result]) -> tuple[tuple[str, float, float], ...]:
+    """One range per map for a whole batch from its first pass (Options.ranges_only): the
+    union of every input's own range under its policy (the least lo, the greatest hi), so
+    that a value is the same pixel in every input's picture."""
+    union: dict[str, tuple[float, float]] = {}
+    for r in results:
+        for name, (lo, hi) in (r.ranges or {}).items():
+            old = union.get(name)
+            union[name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    return tuple((name, lo, hi) for name, (lo, hi) in union.items())
 
 
 def render_scale_text(scale: str) -> str:
@@ -934,13 +987,14 @@ def _every_layer(pixels: np.ndarray, net: Network, about: dict[str, Any], option
                           else layer.name for i, layer in enumerate(net.layers)])
     source = Source(label=str(about["input"]))
 
-    def files_of(maps: network.Maps, prefix: str, scales: dict[str, str], thumbnails=None):
+    def files_of(maps: network.Maps, prefix: str, scales: dict[str, str], thumbnails=None,
+                 ranges=None):
         data, names = maps
         made = [FeatureMap(n, data[k], scales.get(n, "auto")) for k, n in enumerate(names)]
         shapes = [m.data.shape for m in made]
         yield from _map_files(lambda: iter([made]), 1, names, [m.scale for m in made], shapes,
                               "dense", source, options, about, thumbnails, prefix,
-                              base=pixels)
+                              base=pixels, ranges=ranges)
 
     def each(layer, maps) -> None:
         index = net.layers.index(layer)
@@ -956,7 +1010,7 @@ def _every_layer(pixels: np.ndarray, net: Network, about: dict[str, Any], option
     data, names = final[0][1]
     result.shape = tuple(data.shape)
     yield from layer_files
-    yield from files_of((data, names), "", scales, result.thumbnails)
+    yield from files_of((data, names), "", scales, result.thumbnails, result.ranges)
 
 
 def _expand_depthwise(bank: KernelBank, channels: list[str]) -> KernelBank:

@@ -97,6 +97,45 @@ def test_an_explicit_range_is_shared_by_every_input_of_a_batch(tmp_path, photo, 
         np.testing.assert_array_equal(pixels, want)
 
 
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_scale_shared_draws_every_input_with_the_union_of_their_ranges(tmp_path, photo,
+                                                                       samples, jobs):
+    other = tmp_path / "other.png"
+    Image.open(samples / "brick.png").crop((0, 0, 64, 80)).save(other)
+    args = ["-f", "sobel_x", "-f", "log_2", "--combine", "mean"]
+    r = run("apply", photo, other, *args, "-o", tmp_path / "own")
+    assert r.exit_code == 0, r.output
+    r = run("apply", photo, other, *args, "--scale-shared", "-j", jobs, "-o", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    for name in ("sobel_x", "log_2", "combined"):
+        own = [png_meta(tmp_path / "own" / p.stem / f"{name}.png")[1]["range"]
+               for p in (photo, other)]
+        union = [min(lo for lo, _ in own), max(hi for _, hi in own)]
+        assert own[0] != own[1]
+        for path in (photo, other):
+            pixels, meta = png_meta(tmp_path / "s" / path.stem / f"{name}.png")
+            assert meta["range"] == union and meta["scale"] == "auto shared"
+            if name == "sobel_x":
+                want = edge_map(path, name).astype(np.float64)
+                want = np.clip(np.rint((want - union[0]) * (255 / (union[1] - union[0]))),
+                               0, 255)
+                np.testing.assert_array_equal(pixels, want)
+
+
+def test_scale_shared_with_the_global_policy(tmp_path, photo, samples):
+    other = tmp_path / "other.png"
+    Image.open(samples / "brick.png").crop((0, 0, 64, 80)).save(other)
+    args = ["-f", "sobel_x", "-f", "log_2", "--scale", "global", "-j", "1"]
+    run("apply", photo, other, *args, "-o", tmp_path / "own")
+    r = run("apply", photo, other, *args, "--scale-shared", "-o", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    own = [png_meta(tmp_path / "own" / p.stem / "log_2.png")[1]["range"] for p in (photo, other)]
+    union = [min(lo for lo, _ in own), max(hi for _, hi in own)]
+    for path in (photo, other):
+        for name in ("sobel_x", "log_2"):
+            assert png_meta(tmp_path / "s" / path.stem / f"{name}.png")[1]["range"] == union
+
+
 def test_percentiles_are_per_map(tmp_path, photo):
     r = run("apply", photo, "-f", "sobel_x", "-f", "laplacian", "--scale", "p5,p95",
             "-o", tmp_path)
@@ -164,6 +203,8 @@ def test_the_stack_of_a_colormap_is_in_colour_with_its_bar(tmp_path, photo):
                                           "16 (see --bits, --format)"),
     (["--no-maps", "--no-stack"], "with neither per-filter maps nor a stack there is nothing "
                                   "to write (see --no-maps, --no-stack)"),
+    (["--scale-shared", "--format", "npy"], "shared ranges are for pictures; npy holds the "
+                                            "float maps (see --scale-shared, --format)"),
     (["--tile", "8"], "the stack's tile size must be at least 16 pixels, got 8 (see --tile)"),
 ])
 def test_picture_usage_errors(tmp_path, photo, args, message):
