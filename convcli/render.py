@@ -90,6 +90,18 @@ def value_range(data: np.ndarray, policy: str | Scale,
                 global_range: tuple[float, float] | None = None, bits: int = 8
                 ) -> tuple[float, float]:
     """The [lo, hi] a policy maps to black..white for this map."""
+    return _range(data, policy, global_range, bits, _extent(data))
+
+
+def _extent(data: np.ndarray) -> tuple[float, float]:
+    """min and max of a map as they are (NaN if it holds one): two passes, no copy."""
+    if data.size == 0:
+        return math.nan, math.nan
+    return float(data.min()), float(data.max())
+
+
+def _range(data: np.ndarray, policy: str | Scale, global_range: tuple[float, float] | None,
+           bits: int, extent: tuple[float, float]) -> tuple[float, float]:
     scale = parse_scale(policy) if isinstance(policy, str) else policy
     kind = scale.kind
     if kind == "auto":
@@ -103,16 +115,20 @@ def value_range(data: np.ndarray, policy: str | Scale,
         if global_range is None:
             raise ValueError("the global policy needs the range of all maps")
         return global_range
-    finite = data[np.isfinite(data)]  # a copy: percentiles may then reorder it in place
-    if finite.size == 0:
-        return 0.0, 0.0
+    lo, hi = extent
+    if math.isfinite(lo) and math.isfinite(hi):  # the usual case: every value finite
+        finite = data.reshape(-1)
+    else:
+        finite = data[np.isfinite(data)]
+        if finite.size == 0:
+            return 0.0, 0.0
+        lo, hi = float(finite.min()), float(finite.max())
     if kind == "symmetric":
-        m = float(np.abs(finite).max())
+        m = max(-lo, hi, 0.0)  # the largest |value|
         return (-m, m) if m > 0 else (-1.0, 1.0)
-    lo, hi = float(finite.min()), float(finite.max())
     if kind == "percentile" and hi > lo:
-        finite.sort()  # NumPy's sort of float32 is several times faster than its partition
-        plo, phi = (percentile_of_sorted(finite, q) for q in (scale.lo, scale.hi))
+        ordered = np.sort(finite)  # NumPy's sort of float32 is faster than its partition
+        plo, phi = (percentile_of_sorted(ordered, q) for q in (scale.lo, scale.hi))
         if phi > plo:
             return plo, phi
     return lo, hi
@@ -152,10 +168,14 @@ def to_pixels(data: np.ndarray, policy: str | Scale, bits: int = 8,
     """One map, (H, W) or (C, H, W) with C in (1, 3), to pixels under a policy. A colormap
     other than gray turns a one-channel map into 8-bit RGB through its look-up table
     (a 3-channel map keeps its own colours)."""
-    lo, hi = value_range(data, policy, global_range, bits)
+    extent = _extent(data)
+    lo, hi = _range(data, policy, global_range, bits, extent)
     top = 2**bits - 1
     pix = np.zeros(data.shape, np.uint8 if bits == 8 else np.uint16)
     below = above = 0
+    # Nothing lies outside [lo, hi] when the map's own min and max lie inside (a NaN
+    # extent fails the test): the two counting passes are skipped.
+    count = not (lo <= extent[0] and extent[1] <= hi)
     if hi > lo:
         # In blocks, through one float64 buffer used in place: the temporaries of a whole
         # 4096x4096 map would cost more than the map itself several times over (the memory
@@ -165,8 +185,9 @@ def to_pixels(data: np.ndarray, policy: str | Scale, bits: int = 8,
         step = top / (hi - lo)
         for start in range(0, flat_in.size, _BLOCK):
             block = flat_in[start:start + _BLOCK]
-            below += int(np.count_nonzero(block < lo))
-            above += int(np.count_nonzero(block > hi))
+            if count:
+                below += int(np.count_nonzero(block < lo))
+                above += int(np.count_nonzero(block > hi))
             b = buf[:block.size]
             np.subtract(block, lo, out=b, dtype=np.float64)
             np.multiply(b, step, out=b)

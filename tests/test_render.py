@@ -305,3 +305,40 @@ def test_pixels_are_the_float64_formula(data, bounds, bits):
     np.testing.assert_array_equal(r.pixels, want)
     n = data.size
     assert r.clipped == (np.count_nonzero(data < lo) / n, np.count_nonzero(data > hi) / n)
+
+
+def reference_range(data, kind, bits=8):
+    """The policies written the obvious way (finite values, numpy.percentile)."""
+    finite = data[np.isfinite(data)].astype(np.float64)
+    if finite.size == 0:
+        return 0.0, 0.0
+    if kind == "symmetric":
+        m = np.abs(finite).max()
+        return (-m, m) if m > 0 else (-1.0, 1.0)
+    lo, hi = finite.min(), finite.max()
+    if kind == "auto" and bits == 8 and hi > lo:
+        plo, phi = np.percentile(data[np.isfinite(data)], [1, 99])
+        if phi > plo:
+            return plo, phi
+    return lo, hi
+
+
+@settings(max_examples=300)
+@given(data=hnp.arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(1, 12)),
+                       elements=st.floats(width=32, allow_nan=True, allow_infinity=True)
+                       | st.sampled_from([0.0, 1.0, -1.0])),
+       kind=st.sampled_from(["auto", "minmax", "symmetric"]), bits=st.sampled_from([8, 16]))
+def test_policies_match_the_obvious_implementation(data, kind, bits):
+    want_lo, want_hi = reference_range(data, kind, bits)
+    r = render.to_pixels(data, kind, bits)
+    assert (r.lo, r.hi) == (float(want_lo), float(want_hi))
+    n = data.size
+    if r.hi > r.lo:
+        assert r.clipped == (np.count_nonzero(data < r.lo) / n, np.count_nonzero(data > r.hi) / n)
+        top = 2**bits - 1
+        with np.errstate(all="ignore"):
+            want = np.rint((data.astype(np.float64) - r.lo) * (top / (r.hi - r.lo)))
+        want = np.where(np.isnan(want), 0, np.clip(want, 0, top))
+        np.testing.assert_array_equal(r.pixels, want)
+    else:
+        assert not r.pixels.any() and r.clipped == (0.0, 0.0)
