@@ -17,7 +17,8 @@ from convcli import bank, conv2d, images, render
 from convcli.cli import app
 
 runner = CliRunner()
-SHARED_SAMPLES = Path("/work/shared/samples")
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_SAMPLES = ROOT.parent / "shared" / "samples"  # the team's shared/ beside the checkout
 
 
 def run(*args):
@@ -49,7 +50,7 @@ def edge_map(path, name, activation="relu"):
 
 # --- the default shows structure ------------------------------------------------------------
 
-SAMPLE_SETS = [Path(__file__).resolve().parent.parent / "samples"] + (
+SAMPLE_SETS = [ROOT / "samples"] + (
     [SHARED_SAMPLES] if SHARED_SAMPLES.is_dir() else [])
 
 
