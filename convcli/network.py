@@ -247,7 +247,7 @@ def run(x: Any, net: Network, *, config: EngineConfig | None = None,
                 data = ops.activate(data, layer.function, out=data if inplace else None,
                                     **dict(layer.params))
             elif isinstance(layer, Pool):
-                data = _pool(data, layer)
+                data = _pool(data, layer, config)
             elif isinstance(layer, Conv):
                 data, chan = _conv(data, chan, layer.bank, config, first)
                 first = False
@@ -372,13 +372,13 @@ def passes(bank: KernelBank, c: int) -> list[tuple[slice, int, list[int]]]:
 _passes = passes  # the name pipeline.compute_maps first used
 
 
-def _pool(x: np.ndarray, layer: Pool) -> np.ndarray:
+def _pool(x: np.ndarray, layer: Pool, config: EngineConfig | None = None) -> np.ndarray:
     if layer.mode == "max":
         return ops.max_pool2d(x, layer.kernel, layer.stride, _padding(layer.padding),
-                              layer.dilation, layer.ceil_mode)
+                              layer.dilation, layer.ceil_mode, config=config)
     if layer.mode == "avg":
         return ops.avg_pool2d(x, layer.kernel, layer.stride, _padding(layer.padding),
-                              layer.ceil_mode, layer.count_include_pad)
+                              layer.ceil_mode, layer.count_include_pad, config=config)
     raise UsageError(f"pooling mode must be max or avg, got {layer.mode!r}")
 
 
