@@ -326,7 +326,7 @@ def settings_key(bank: KernelBank | Network, options: Options) -> str:
                          options.compression, options.stack, options.all_layers,
                          options.scale, options.colormap, options.maps, options.tile,
                          options.columns, options.combine, options.overlay,
-                         options.quality, options.ranges]).encode())
+                         options.quality, options.ranges, options.ranges_only]).encode())
     for layer in net.layers:
         if not isinstance(layer, network.Conv):
             h.update(repr(layer).encode())
