@@ -218,11 +218,12 @@ def test_multi_frame_warning_and_quiet(tmp_path):
                               "got 'full'"),
     (["--border", "mirror"], 2, "convcli: error: --border: border must be one of zero, reflect, "
                                "replicate, wrap; got 'mirror'"),
-    (["--scale", "log"], 2, "convcli: error: --scale: scale must be one of auto, global, clip, "
-                           "symmetric; got 'log'"),
+    (["--scale", "log"], 2, "convcli: error: the scale must be auto, minmax, global, clip, "
+                           "symmetric, a range LO,HI (e.g. 0,0.25) or percentiles pA,pB (e.g. "
+                           "p1,p99); got 'log' (see --scale)"),
     (["--bits", "12"], 2, "convcli: error: bits per sample must be 8 or 16, got 12 (see --bits)"),
-    (["--format", "jpg"], 2, "convcli: error: the output format must be png or npy, got 'jpg' "
-                              "(see --format)"),
+    (["--format", "jpg"], 2, "convcli: error: the output format must be png, jpeg, webp, tiff "
+                              "or npy, got 'jpg' (see --format)"),
     (["--compression", "10"], 2, "convcli: error: the compression level must be 0-9, got 10 "
                                   "(see --compression)"),
 ])
