@@ -373,7 +373,8 @@ def _recorded_key(path: Path) -> str | None:
     if path.suffix == ".png":
         text = _png_text(path).get("convcli")
         return json.loads(text).get("settings") if text else None
-    if path.suffix == ".npy":  # no room for metadata: its maps.json (committed with it) has it
+    if path.suffix in (".npy", ".tif", ".jpg", ".webp"):
+        # no text chunk of ours: the maps.json committed with them has it
         return _recorded_key(path.with_name("maps.json"))
     return None
 

@@ -404,3 +404,15 @@ def test_peak_memory_of_a_4096_photo_stays_within_the_budget(tmp_path):
         assert max(im.size) <= 4 * (render.TILE + render.GAP) + 200
     with Image.open(tmp_path / "out" / "big" / "sobel_x.png") as im:
         assert im.size == (side, side)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp", "tiff", "npy"])
+def test_resume_skips_what_every_format_wrote_and_redoes_other_settings(tmp_path, photo, fmt):
+    args = ["apply", photo, "-f", "sobel_x", "-f", "sobel_y", "--format", fmt, "-o", tmp_path,
+            "--json"]
+    assert run(*args).exit_code == 0
+    again = run(*args, "--resume")
+    assert again.exit_code == 0
+    assert [json.loads(line)["status"] for line in again.stdout.splitlines()] == ["skipped"]
+    other = run(*args, "--resume", "--stride", "2")  # other settings: done again
+    assert [json.loads(line)["status"] for line in other.stdout.splitlines()] == ["ok"]
