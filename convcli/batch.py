@@ -373,11 +373,39 @@ def write_filter_sheets(results: list[Result], sources: list[Source],
 
 
 def _map_pixels(source: Source, index: int, safe: str, scale: str, options: Options) -> np.ndarray:
-    """The picture of one map of an input done in an earlier run, from its files."""
+    """The picture of one map of an input done in an earlier run, from its files: the
+    arrays (npy, tiff) drawn again, else the map's picture, else (with --no-maps) its tile
+    in the stack."""
     folder = pipeline.output_folder(source, options)
-    if options.format == "npy":
-        data = np.load(folder / "maps.npy", mmap_mode="r", allow_pickle=False)[index]
-        return render.to_pixels(np.asarray(data), "auto" if scale == "global" else scale,
+    if options.format in ("npy", "tiff"):
+        if options.format == "npy":
+            data = np.load(folder / "maps.npy", mmap_mode="r", allow_pickle=False)[index]
+        else:
+            from . import features
+
+            shape = json.loads((folder / "maps.json").read_bytes()[:1 << 20])["shape"]
+            planes = features.read_input(folder / "maps.tif", source.label, options.max_pixels)
+            data = planes.data.reshape(shape)[index]
+        # as the thumbnails of a fresh run are drawn (pipeline._map_files)
+        return render.to_pixels(np.asarray(data), "minmax" if scale == "global" else scale,
                                 options.bits).pixels
-    image = images.read_image(folder / f"{safe}.png")
-    return render.to_pixels(image.pixels, "clip", options.bits).pixels
+    ext = pipeline.PICTURES[options.format]
+    picture = folder / f"{safe}.{ext}"
+    if picture.is_file():
+        return _as_drawn(images.read_image(picture).pixels, options)
+    stack = folder / f"stack.{ext}"
+    if ext == "png":
+        meta = json.loads(pipeline.png_text(stack).get("convcli", "{}"))
+    else:
+        meta = json.loads((folder / "maps.json").read_bytes()[:1 << 20])["pictures"][
+            f"stack.{ext}"]
+    x, y, w, h = meta["tiles"][index]["box"]
+    return _as_drawn(images.read_image(stack).pixels[:, y:y + h, x:x + w], options)
+
+
+def _as_drawn(pixels: np.ndarray, options: Options) -> np.ndarray:
+    """A picture read back as the pixels it was drawn from: WebP keeps gray as three equal
+    channels (near equal, when lossy), so those become gray again."""
+    if len(pixels) == 3 and np.abs(pixels - pixels.mean(axis=0)).max() <= 2 / 255:
+        pixels = pixels.mean(axis=0, keepdims=True)
+    return render.to_pixels(pixels, "clip", options.bits).pixels

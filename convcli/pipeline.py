@@ -371,7 +371,7 @@ def _recorded_key(path: Path) -> str | None:
         with open(path, "rb") as fh:
             return json.loads(fh.read(1 << 20)).get("settings")
     if path.suffix == ".png":
-        text = _png_text(path).get("convcli")
+        text = png_text(path).get("convcli")
         return json.loads(text).get("settings") if text else None
     if path.suffix in (".npy", ".tif", ".jpg", ".webp"):
         # no text chunk of ours: the maps.json committed with them has it
@@ -379,7 +379,7 @@ def _recorded_key(path: Path) -> str | None:
     return None
 
 
-def _png_text(path: Path) -> dict[str, str]:
+def png_text(path: Path) -> dict[str, str]:
     """tEXt chunks before the image data of a PNG that convcli wrote (read from its head)."""
     out: dict[str, str] = {}
     with open(path, "rb") as fh:

@@ -196,6 +196,31 @@ def test_contact_sheet_has_one_tile_per_input(tmp_path, photos):
     assert [t["name"] for t in meta["tiles"]] == ["a", "b", "trip/c", "trip/deep/d"]
 
 
+@pytest.mark.parametrize("extra", [["--format", "npy"], ["--format", "tiff"], ["--no-maps"],
+                                   ["--format", "jpeg"], ["--format", "webp", "--no-maps"]])
+def test_contact_sheets_after_resume_of_every_output_kind(tmp_path, photos, extra):
+    """Skipped inputs bring their sheet tiles from whatever the first run wrote: the arrays,
+    the pictures, or (stack only) their tiles in the stack."""
+    args = ("apply", photos, "-r", "-f", "log_2", "-f", "sobel_x", "-o", tmp_path / "o",
+            "--stack-by", "filter", *extra)
+    assert run(*args).exit_code == 0
+    sheet = tmp_path / "o" / "by-filter" / "sobel_x.png"
+    with Image.open(sheet) as im:
+        first, boxes = np.asarray(im), json.loads(im.text["convcli"])["tiles"]
+    sheet.unlink()
+    r = run(*args, "--resume")
+    assert r.exit_code == 0, r.output
+    with Image.open(sheet) as im:
+        again, boxes_again = np.asarray(im), json.loads(im.text["convcli"])["tiles"]
+    assert [b["name"] for b in boxes_again] == [b["name"] for b in boxes] == [
+        "a", "b", "trip/c", "trip/deep/d"]
+    if extra[0] == "--format" and extra[1] in ("npy", "tiff"):
+        np.testing.assert_array_equal(again, first)  # drawn again from the same floats
+    else:  # from a lossy or shrunk picture: close to the fresh thumbnails
+        assert again.shape == first.shape
+        assert np.abs(again.astype(int) - first.astype(int)).mean() < 8
+
+
 def test_contact_sheet_tiles_are_the_maps_made_small_also_after_resume(tmp_path, photos):
     from convcli import render
 
