@@ -40,7 +40,8 @@ def same_output(a: bytes, b: bytes) -> bool:
         meta = [json.loads(im.text["convcli"]) for im in (x, y)]
         for m in meta:
             m.pop("input")
-        return meta[0] == meta[1] and np.array_equal(np.asarray(x), np.asarray(y))
+        assert meta[0] == meta[1]
+        return np.array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +98,15 @@ def check_against_local(fs, bucket: str, local_out: Path) -> None:
 @pytest.mark.parametrize("backend", [["-j", "2"], ["--scheduler", "local"]])
 def test_s3_in_and_out_same_bytes_as_local_files(s3, tmp_path, backend):
     fs, bucket, local = s3
-    mine = run("apply", local, *FILTERS, "-o", tmp_path / "o", "-j", "1")
-    # In a subprocess: the pool forks from it, the cluster's workers too.
-    r = subprocess.run([sys.executable, "-m", "convcli", "apply", f"s3://{bucket}/in", *FILTERS,
-                        "-o", f"s3://{bucket}/out", "--json", *backend],
-                       capture_output=True, text=True, timeout=600)
-    assert mine.exit_code == r.returncode == 3, r.stderr  # broken.png fails in both
+
+    def convcli(*args):  # in a subprocess: the pool forks from it, the cluster's workers too
+        return subprocess.run([sys.executable, "-m", "convcli", "apply", *map(str, args),
+                               *FILTERS, "--json", *backend],
+                              capture_output=True, text=True, timeout=600)
+
+    mine = convcli(local, "-o", tmp_path / "o")
+    r = convcli(f"s3://{bucket}/in", "-o", f"s3://{bucket}/out")
+    assert mine.returncode == r.returncode == 3, r.stderr  # broken.png fails in both
     check_against_local(fs, bucket, tmp_path / "o")
     report = rows(r.stdout)
     assert report["broken.png"]["status"] == "error" and \
