@@ -143,8 +143,10 @@ def done_before(source: Source, bank: KernelBank | Network, options: Options,
     except Exception:  # noqa: BLE001  absent, unreadable or not ours: not done
         return None
     names = pipeline.output_names(bank, options)
+    # The marker lists every file uploaded (also each layer's, with all layers written).
     if not isinstance(marker, dict) or marker.get("settings") != \
-            pipeline.settings_key(bank, options) or marker.get("files") != names:
+            pipeline.settings_key(bank, options) or \
+            not set(names) <= set(marker.get("files") or ()):
         return None
     if since_ns is not None and int(marker.get("written_ns", 0)) < since_ns:
         return None

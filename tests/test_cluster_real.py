@@ -331,6 +331,7 @@ def test_a_cut_connection_ends_the_run_and_the_next_run_tidies_up(tmp_path, phot
     assert done <= complete_folders(out) and len(done) >= 2, stderr
     # The cut client could not unregister its set-up; the next run on that scheduler does,
     # and --resume finishes with the local pool's bytes.
+    assert len(left_on(address)["plugins"]) == 1
     proc = convcli("apply", photos, "-o", out, "--scheduler", address, "--json", "-q",
                    "--resume")
     stdout, stderr = proc.communicate(timeout=600)
