@@ -257,5 +257,5 @@ def test_the_pool_takes_file_urls(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert sorted(files(tmp_path / "o")) == [f"c{i}/sobel_x.png" for i in range(3)]
-    assert [json.loads(line)["input"] for line in r.stdout.splitlines()] == \
+    assert sorted(json.loads(line)["input"] for line in r.stdout.splitlines()) == \
         [str(folder / f"c{i}.png") for i in range(3)]
