@@ -341,6 +341,18 @@ class _Stream:
         self.suspects: list[Source] = []  # inputs whose own task failed, to try alone
         self.tried_alone: set[str] = set()
         self.stopping = False
+        if ship and options.resume:  # the outputs are here: so is what --resume skips
+            from . import pipeline
+
+            todo = []
+            for source in sources:
+                done = pipeline.done_before(source, bank, self.options)
+                if done is None:
+                    todo.append(source)
+                else:
+                    self.ready.append(Result(input=source.label, status="skipped",
+                                             outputs=[self._given(p) for p in done]))
+            sources = todo
         threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
         self.pending: list[list[Source]] = []  # chunks not submitted yet (ship)
         start = 0

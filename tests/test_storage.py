@@ -229,6 +229,16 @@ def test_shipping_works_with_workers_that_see_no_files(tmp_path, monkeypatch):
     assert rows["broken.png"]["status"] == "error"
     assert rows["camera.png"]["outputs"] == [str(tmp_path / "c" / "camera" / n)
                                              for n in ("sobel_x.png", "log_2.png", "stack.png")]
+    # --resume looks at the client's folder: done inputs are not shipped again.
+    (tmp_path / "c" / "coffee" / "stack.png").unlink()
+    with dask.config.set({"distributed.worker.preload": [str(blind)]}):
+        again = run("apply", photos, "-f", "sobel_x", "-f", "log_2", "-o", tmp_path / "c",
+                    "--scheduler", "local", "--ship", "--json", "--resume")
+    statuses = {Path(row["input"]).name: row["status"]
+                for row in map(json.loads, again.stdout.splitlines())}
+    assert statuses == {"camera.png": "skipped", "chelsea.png": "skipped", "coffee.png": "ok",
+                        "broken.png": "error"}
+    assert files(tmp_path / "a") == files(tmp_path / "c")
 
 
 def test_stdin_can_be_shipped(tmp_path):
