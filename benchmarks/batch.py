@@ -5,8 +5,12 @@ seconds, medians of --repeat runs:
 
   A. the edge bank, one PNG per filter (no stack, min-max scaling as the loop's):
      convcli apply DIR --bank edge --no-stack --scale minmax
-       vs  a Python loop: imageio.imread, cv2.cvtColor,
+       vs  a Python loop on as many processes as convcli uses: imageio.imread, cv2.cvtColor,
      cv2.filter2D per filter (same kernels, same border, ReLU, min-max to 8 bits), cv2.imwrite
+       vs  the floor for that work: the same processes decoding the inputs with convcli's
+     decoder and encoding and writing the same PNG pixels with convcli's encoder and level
+     (the maps' pixels are read from convcli's own output before the clock starts; the
+     floor's time is that work plus a bare interpreter's start-up with NumPy)
   B. one Sobel filter:
      convcli apply DIR -f sobel_x --no-stack
        vs  mogrify -colorspace gray -morphology Convolve Sobel
@@ -64,15 +68,25 @@ def make_photos(folder: Path, n: int, size: int = 512) -> list[Path]:
 
 # --- the peer: a hand-written loop ----------------------------------------------------------
 
-def peer_loop(src: Path, out: Path) -> None:
-    """What a user would write by hand with imageio and OpenCV for the edge bank."""
+def peer_loop(src: Path, out: Path, jobs: int) -> None:
+    """What a user would write by hand with imageio and OpenCV for the edge bank, on
+    ``jobs`` processes (each with one OpenCV thread, as one would on a process pool)."""
+    import multiprocessing
+
+    paths = sorted(src.glob("*.png"))
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        pool.starmap(_peer_part, [(paths[k::jobs], out) for k in range(jobs)])
+
+
+def _peer_part(paths: list[Path], out: Path) -> None:
     import cv2
     import imageio.v3 as iio
 
     from convcli import bank
 
+    cv2.setNumThreads(1)
     kernels = [(f.name, f.weights[0]) for f in bank.load("edge").filters]
-    for path in sorted(src.glob("*.png")):
+    for path in paths:
         rgb = iio.imread(path)
         gray = cv2.cvtColor(rgb.astype(np.float32) * np.float32(1 / 255), cv2.COLOR_RGB2GRAY)
         folder = out / path.stem
@@ -86,6 +100,61 @@ def peer_loop(src: Path, out: Path) -> None:
             px = np.zeros(m.shape, np.uint8) if hi <= lo else \
                 np.rint((m - lo) * (255.0 / (hi - lo))).astype(np.uint8)
             cv2.imwrite(str(folder / f"{name}.png"), px)
+
+
+# --- the floor: decoding the inputs, encoding and writing the same PNGs ----------------------
+
+def floor_loop(src: Path, made: Path, out: Path, jobs: int, level: int) -> None:
+    """Decode every input with convcli's reader and encode and write the pixels of the
+    maps convcli made for it (read beforehand, with their text chunks) with convcli's PNG
+    encoder at its level, on ``jobs`` forked processes; prints the seconds that work took."""
+    import multiprocessing
+
+    from PIL import Image
+
+    work = []
+    for path in sorted(src.glob("*.png")):
+        maps = []
+        for png in sorted((made / path.stem).glob("*.png")):
+            with Image.open(png) as im:
+                maps.append((png.name, np.asarray(im), dict(im.text)))
+        work.append((path, path.stem, maps))
+    _FLOOR_WORK[:] = work  # forked workers see it: nothing is pickled to them
+    t = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        pool.starmap(_floor_part, [(k, jobs, out, level) for k in range(jobs)])
+    print(f"{time.perf_counter() - t:.6f}")
+
+
+_FLOOR_WORK: list = []
+
+
+def _floor_part(first: int, step: int, out: Path, level: int) -> None:
+    from convcli import images
+
+    for path, stem, maps in _FLOOR_WORK[first::step]:
+        images.read_image(path)
+        folder = out / stem
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, pixels, text in maps:
+            images.write_atomic(folder / name, images.encode_png(pixels, text, level))
+
+
+def floor_seconds(src: Path, made: Path, out: Path, jobs: int, repeat: int) -> float:
+    """The floor's work time (median) plus a bare interpreter's start with NumPy (median)."""
+    from convcli import pipeline
+
+    level = pipeline.Options.__dataclass_fields__["compression"].default  # convcli's default
+    works, starts = [], []
+    for _ in range(repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        p = subprocess.run([sys.executable, __file__, "--floor-loop", str(src), str(made),
+                            str(out), str(jobs), str(level)], capture_output=True, check=True)
+        works.append(float(p.stdout.decode().split()[-1]))
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import numpy"], check=True)
+        starts.append(time.perf_counter() - t)
+    return statistics.median(works) + statistics.median(starts)
 
 
 # --- measuring ------------------------------------------------------------------------------
@@ -210,11 +279,21 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=None)
-    ap.add_argument("--peer-loop", nargs=2, metavar=("SRC", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--peer-loop", nargs=3, metavar=("SRC", "OUT", "JOBS"),
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--floor-loop", nargs=5, metavar=("SRC", "MADE", "OUT", "JOBS", "LEVEL"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.peer_loop:
-        peer_loop(Path(args.peer_loop[0]), Path(args.peer_loop[1]))
+        peer_loop(Path(args.peer_loop[0]), Path(args.peer_loop[1]), int(args.peer_loop[2]))
         return
+    if args.floor_loop:
+        src, made, out, jobs, level = args.floor_loop
+        floor_loop(Path(src), Path(made), Path(out), int(jobs), int(level))
+        return
+    from convcli.batch import cpu_count
+
+    jobs = args.jobs or cpu_count()  # convcli's default: one process per core
 
     print(f"machine: {machine()}")
     work = Path(tempfile.mkdtemp(prefix="convcli-bench-"))
@@ -225,16 +304,17 @@ def main() -> None:
         # min-max scaling, as the peer loop does (the default auto is a percentile stretch):
         # the same pixels, so the same work, and _compare_outputs can check them.
         convcli = [sys.executable, "-m", "convcli", "apply", str(work / "photos"), "--no-stack",
-                   "--scale", "minmax", "-q"] + (["-j", str(args.jobs)] if args.jobs else [])
+                   "--scale", "minmax", "-q", "-j", str(jobs)]
         subprocess.run(convcli + ["-o", str(work / "warm")], check=True)  # compile once
         print(f"\n3. Whole process, {len(photos)} photos, median of {args.repeat} runs, "
-              "interleaved")
+              f"interleaved, {jobs} processes each; load average before: "
+              f"{os.getloadavg()[0]:.1f}")
         runs = {"convcli edge": (convcli + ["--bank", "edge", "-o", str(work / "o")],
                                  work / "o", False)}
         try:
             import cv2  # noqa: F401
             runs["loop edge"] = ([sys.executable, __file__, "--peer-loop", str(work / "photos"),
-                                  str(work / "p")], work / "p", False)
+                                  str(work / "p"), str(jobs)], work / "p", False)
         except ImportError:
             print("   imageio + OpenCV loop skipped: opencv-python-headless is not installed")
         runs["convcli sobel"] = (convcli + ["-f", "sobel_x", "-o", str(work / "s")], work / "s",
@@ -248,6 +328,9 @@ def main() -> None:
             print("   ImageMagick mogrify skipped: not installed (apt-get install imagemagick)")
         results = interleaved(runs, args.repeat)
         _compare_outputs(work / "o", work / "p")
+        results["floor edge"] = floor_seconds(work / "photos", work / "o", work / "f", jobs,
+                                              args.repeat)
+        print(f"   load average after: {os.getloadavg()[0]:.1f}")
         for name, t in results.items():
             if t is not None:
                 print(f"   {name:14s} {t:7.2f} s  {len(photos) / t:6.1f} images/s")
@@ -258,6 +341,10 @@ def main() -> None:
                 ratio = results[peer] / results[mine]
                 print(f"   {peer} / {mine}: {ratio:5.2f}x  (goal {goal}x: "
                       f"{'met' if ratio >= goal else 'NOT met'})")
+        if results.get("convcli edge") and results.get("floor edge"):
+            over = results["convcli edge"] / results["floor edge"]
+            print(f"   convcli edge / floor edge: {over:5.2f}x  (goal: within 1.5x: "
+                  f"{'met' if over <= 1.5 else 'NOT met'})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

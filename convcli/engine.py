@@ -181,6 +181,8 @@ def prepare(config: EngineConfig | None = None) -> None:
         jit.activate: (z((1, 1), np.float32), 0, 1, relu),
         jit.pool_pass: (z((1, 1, 1), np.float32), True, 1, 1, 1, 0, True, z(0, np.int64),
                         z(0, np.int64), z((1, 1, 1), np.float32)),
+        jit.to_pixels: (z(1, np.float32), 0.0, 1.0, np.float32(0), np.float32(1), 1.0, 255.0,
+                        True, z(1, np.uint16)),
     })
 
 

@@ -469,8 +469,33 @@ def pool_pass(a, down, k, s, d, before, is_max, rdiv, cdiv, out):
                     row[x] = row[x] / dv
 
 
+@_kernel()
+def to_pixels(a, lo, hi, lo32, hi32, step, top, count, out):
+    """out[i] = rint((float64(a[i]) - lo) * step), NaN and values below 0 made 0 and values
+    above ``top`` made top: the same float64 steps as convcli.render's NumPy passes, so the
+    same pixels. When ``count``, also how many values lie below lo and above hi, compared in
+    float32 (lo32, hi32) as NumPy compares a float32 array with a Python float. One pass,
+    no temporaries: a map's pixels in about a tenth of the NumPy passes' time."""
+    below = 0
+    above = 0
+    for i in range(a.shape[0]):
+        v = a[i]
+        if count:
+            if v < lo32:
+                below += 1
+            elif v > hi32:
+                above += 1
+        p = np.rint((np.float64(v) - lo) * step)
+        if not p > 0.0:  # NaN, -inf and what lies below lo: 0, as fmax(p, 0)
+            p = 0.0
+        elif p > top:  # +inf and what lies above hi: top
+            p = top
+        out[i] = np.uint16(p)
+    return below, above
+
+
 KERNELS = (correlate, correlate_unpadded, correlate_separable, winograd_input,
-           winograd_output, im2col, activate, pool_pass)
+           winograd_output, im2col, activate, pool_pass, to_pixels)
 
 
 def call(kernel, *args, threads: int | None = None) -> None:

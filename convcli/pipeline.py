@@ -802,7 +802,8 @@ def _map_files(computed, passes: int, names: list[str], scales: list[str],
                     k += 1
                     assert thumbnails is not None
                     thumbnails[m.name] = render.thumbnail(
-                        render.to_pixels(m.data, scale, options.bits).pixels)
+                        render.to_pixels(m.data, scale, options.bits,
+                                         config=options.engine).pixels)
                 yield np.stack([m.data for m in maps])
         meta = dict(about, filters=names, shape=list(shape), input_mode=bank_input,
                     dtype="float32")
@@ -858,7 +859,7 @@ def _map_files(computed, passes: int, names: list[str], scales: list[str],
                 continue
             shared = fixed.get(m.name)
             r = render.to_pixels(m.data, render.Scale("range", *shared) if shared else scale,
-                                 bits, global_range, cmap)
+                                 bits, global_range, cmap, config=options.engine)
             meta = _picture_meta(about, scale, r, options, m.data.ndim == 2, filter=m.name)
             if shared:
                 meta["scale"] += " shared"
@@ -899,7 +900,7 @@ def _map_files(computed, passes: int, names: list[str], scales: list[str],
             return
         shared = fixed.get(COMBINED_KEY)
         r = render.to_pixels(combined, render.Scale("range", *shared) if shared else scale,
-                             bits, None, cmap)
+                             bits, None, cmap, config=options.engine)
         meta = _picture_meta(about, scale, r, options, combined.ndim == 2, combined=combine,
                              filters=names)
         if shared:

@@ -24,10 +24,14 @@ import functools
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import printable
+
+if TYPE_CHECKING:
+    from .engine import EngineConfig
 
 POLICIES = ("auto", "minmax", "global", "clip", "symmetric")
 AUTO_PERCENTILES = (1.0, 99.0)  # the 8-bit default: at most 1% of a map's pixels clipped each side
@@ -164,10 +168,12 @@ _BLOCK = 1 << 18  # values scaled at a time by to_pixels
 
 def to_pixels(data: np.ndarray, policy: str | Scale, bits: int = 8,
               global_range: tuple[float, float] | None = None,
-              colormap: str = "gray") -> Rendered:
+              colormap: str = "gray", config: EngineConfig | None = None) -> Rendered:
     """One map, (H, W) or (C, H, W) with C in (1, 3), to pixels under a policy. A colormap
     other than gray turns a one-channel map into 8-bit RGB through its look-up table
-    (a 3-channel map keeps its own colours)."""
+    (a 3-channel map keeps its own colours). config: the engine's choice of executor
+    (convcli.engine.executor): numba's one-pass kernel or the NumPy passes, the same
+    pixels either way."""
     extent = _extent(data)
     lo, hi = _range(data, policy, global_range, bits, extent)
     top = 2**bits - 1
@@ -181,8 +187,16 @@ def to_pixels(data: np.ndarray, policy: str | Scale, bits: int = 8,
         # 4096x4096 map would cost more than the map itself several times over (the memory
         # budget counts the maps), and fresh ones for every step cost 10x the time.
         flat_in, flat_out = data.reshape(-1), pix.reshape(-1)
-        buf = np.empty(min(flat_in.size, _BLOCK), np.float64)
         step = top / (hi - lo)
+        if data.dtype == np.float32:
+            from . import engine
+
+            with engine.executor(config, flat_in.size) as jit:
+                if jit is not None:
+                    below, above = _scaled_by_jit(jit, flat_in, lo, hi, step, top, count,
+                                                  flat_out)
+                    flat_in = flat_in[:0]  # done: the NumPy passes below have nothing to do
+        buf = np.empty(min(flat_in.size, _BLOCK), np.float64)
         for start in range(0, flat_in.size, _BLOCK):
             block = flat_in[start:start + _BLOCK]
             if count:
@@ -203,6 +217,19 @@ def to_pixels(data: np.ndarray, policy: str | Scale, bits: int = 8,
         pix = lut(colormap)[pix]
     n = max(1, data.size)
     return Rendered(np.ascontiguousarray(pix), lo, hi, (below / n, above / n))
+
+
+def _scaled_by_jit(jit, flat_in: np.ndarray, lo: float, hi: float, step: float, top: int,
+                   count: bool, flat_out: np.ndarray) -> tuple[int, int]:
+    """to_pixels' scaling by numba's kernel (one specialisation: float32 in, uint16 out)."""
+    out = flat_out if flat_out.dtype == np.uint16 else np.empty(flat_out.shape, np.uint16)
+    with np.errstate(over="ignore"):  # a bound beyond float32 compares as inf, as in NumPy
+        lo32, hi32 = np.float32(lo), np.float32(hi)
+    below, above = jit.call(jit.to_pixels, np.ascontiguousarray(flat_in), float(lo), float(hi),
+                            lo32, hi32, float(step), float(top), bool(count), out)
+    if out is not flat_out:
+        flat_out[:] = out  # 8 bits: every value is at most 255
+    return int(below), int(above)
 
 
 def recover(pixels: np.ndarray, lo: float, hi: float, bits: int) -> np.ndarray:

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from convcli import render
+from convcli.engine import EngineConfig
 
 
 def test_minmax_maps_min_to_black_and_max_to_white_and_recovers():
@@ -292,12 +293,14 @@ def test_percentile_of_sorted_is_numpys_percentile(values, q):
 @given(data=hnp.arrays(np.float32, st.tuples(st.integers(1, 9), st.integers(1, 9)),
                        elements=st.floats(allow_nan=True, allow_infinity=True, width=32)),
        bounds=st.tuples(st.floats(-1e30, 1e30), st.floats(-1e30, 1e30)),
-       bits=st.sampled_from([8, 16]))
-def test_pixels_are_the_float64_formula(data, bounds, bits):
+       bits=st.sampled_from([8, 16]), method=st.sampled_from(["numpy", "jit"]))
+def test_pixels_are_the_float64_formula(data, bounds, bits, method):
+    """On either executor (numba's one-pass kernel, or NumPy's passes)."""
     lo, hi = sorted(bounds)
     if not hi > lo or not np.isfinite(hi - lo):
         return
-    r = render.to_pixels(data, render.Scale("range", lo, hi), bits)
+    r = render.to_pixels(data, render.Scale("range", lo, hi), bits,
+                         config=EngineConfig(method=method))
     top = 2**bits - 1
     with np.errstate(all="ignore"):
         want = np.rint((data.astype(np.float64) - lo) * (top / (hi - lo)))
@@ -327,10 +330,11 @@ def reference_range(data, kind, bits=8):
 @given(data=hnp.arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(1, 12)),
                        elements=st.floats(width=32, allow_nan=True, allow_infinity=True)
                        | st.sampled_from([0.0, 1.0, -1.0])),
-       kind=st.sampled_from(["auto", "minmax", "symmetric"]), bits=st.sampled_from([8, 16]))
-def test_policies_match_the_obvious_implementation(data, kind, bits):
+       kind=st.sampled_from(["auto", "minmax", "symmetric"]), bits=st.sampled_from([8, 16]),
+       method=st.sampled_from(["numpy", "jit"]))
+def test_policies_match_the_obvious_implementation(data, kind, bits, method):
     want_lo, want_hi = reference_range(data, kind, bits)
-    r = render.to_pixels(data, kind, bits)
+    r = render.to_pixels(data, kind, bits, config=EngineConfig(method=method))
     assert (r.lo, r.hi) == (float(want_lo), float(want_hi))
     n = data.size
     if r.hi > r.lo:
@@ -342,3 +346,21 @@ def test_policies_match_the_obvious_implementation(data, kind, bits):
         np.testing.assert_array_equal(r.pixels, want)
     else:
         assert not r.pixels.any() and r.clipped == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("method", ["numpy", "jit"])
+def test_clipped_counts_compare_in_float32_on_both_executors(method):
+    """A bound between two float32 values counts as NumPy compares a float32 map with a
+    Python float (the bound rounded to float32 first)."""
+    v = np.float32(0.1)
+    above_v = float(np.nextafter(v, np.float32(1))) * 0.5 + float(v) * 0.5  # between
+    data = np.full((3, 4), v, np.float32)
+    data[0, 0], data[0, 1] = -1.0, 2.0
+    r = render.to_pixels(data, render.Scale("range", above_v, 1.5), 8,
+                         config=EngineConfig(method=method))
+    n = data.size
+    assert r.clipped == (np.count_nonzero(data < above_v) / n,
+                         np.count_nonzero(data > 1.5) / n)
+    big = render.to_pixels(data, render.Scale("range", -1e300, 1e300), 16,
+                           config=EngineConfig(method=method))
+    assert big.clipped == (0.0, 0.0)
