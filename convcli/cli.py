@@ -967,8 +967,8 @@ def bank_check(
 
 
 # convcli learn's defaults (learn.DEFAULT_*), here as numbers so that --help needs no import.
-# 64 filters: on benchmarks/learned.py's natural textures k-means features gain ~14 points
-# from 16 to 64 filters and ~4 more at 256, for four times the cost (see the README).
+# 64 filters: on benchmarks/learned.py's natural textures k-means features gain 11 points
+# from 16 to 64 filters and 5 more at 256, for four times the cost (see the README).
 LEARN_FILTERS, LEARN_SIZE, LEARN_PATCHES = 64, 7, 20000
 
 
