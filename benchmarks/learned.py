@@ -36,7 +36,7 @@ the mean paired difference, a paired t-test across seeds and the number of seeds
 
     pip install -e ".[bench]"
     python benchmarks/learned.py [--set textures|digits|both] [--seeds 5]
-                                 [--filters 16,64,256] [--per-class 100]
+                                 [--filters 16,64,256] [--per-class 50]
 """
 
 from __future__ import annotations
@@ -291,7 +291,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--filters", default="16,64,256",
                     help="filter counts for the textures (digits: the first after 16, or 32)")
-    ap.add_argument("--per-class", type=int, default=100)
+    ap.add_argument("--per-class", type=int, default=50)
     ap.add_argument("--patches", type=int, default=20000, help="patches k-means and PCA see")
     args = ap.parse_args()
     counts = [int(k) for k in args.filters.split(",")]
