@@ -208,10 +208,22 @@ class _Pool:
 
     def _step(self) -> bool:
         from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
 
         while not self.stopping and self.queue and len(self.running) < 2 * self.workers:
             source, tries = self.queue.pop()
-            self.running[self.pool.submit(_worker_process, source)] = (source, tries)
+            try:
+                future = self.pool.submit(_worker_process, source)
+            except BrokenProcessPool:
+                # A worker died since the last collection: this input never ran. The
+                # inputs in flight fail with the pool and are collected below; with none,
+                # a fresh pool takes over at once.
+                self.queue.append((source, tries))
+                if self.running:
+                    break
+                self._renew_pool()
+                continue
+            self.running[future] = (source, tries)
         if not self.running:
             return False
         done, _ = wait(self.running, return_when=FIRST_COMPLETED)
@@ -251,12 +263,16 @@ class _Pool:
                 self.stop()
             self.ready.append(result)
         if broken and not self.aborted:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            pipeline.sweep_staging(self.options.out)  # what the dead worker had begun
-            for source, tries in self.running.values():  # all of them failed with the pool
-                self.queue.append((source, tries))
-            self.running.clear()
-            self.pool = self.new_pool()
+            self._renew_pool()
+
+    def _renew_pool(self) -> None:
+        """A fresh pool after a worker died; the inputs in flight go back to the queue."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        pipeline.sweep_staging(self.options.out)  # what the dead worker had begun
+        for source, tries in self.running.values():  # all of them failed with the pool
+            self.queue.append((source, tries))
+        self.running.clear()
+        self.pool = self.new_pool()
 
     def _from_disk(self, source: Source) -> None:
         """After an abort: an input whose files were moved into place during this run is
