@@ -83,13 +83,14 @@ DEFAULT_KEYS = GEOMETRY_KEYS + ("input", "scale", "groups", "window_norm")
 TOP_KEYS = ("convcli", "name", "description", "defaults", "filters", "provenance")
 # A bank file of several layers has ``layers`` in place of ``defaults`` and ``filters``.
 NETWORK_KEYS = ("convcli", "name", "description", "provenance", "layers")
-LAYER_TYPES = ("normalize", "conv", "activation", "pool")
+LAYER_TYPES = ("normalize", "conv", "activation", "pool", "lrn")
 LAYER_KEYS = {
     "normalize": ("name", "mean", "std"),
     "conv": ("name", "description", "defaults", "filters"),
     "activation": ("name", "function") + ops.PARAMETER_NAMES,
     "pool": ("name", "mode", "kernel", "stride", "padding", "dilation", "ceil_mode",
              "count_include_pad"),
+    "lrn": ("name", "size", "alpha", "beta", "bias"),
 }
 FILTER_KEYS = ("name", "description", "source", "weights", "generator", "bias", "divisor",
                "scale") + GEOMETRY_KEYS
@@ -576,6 +577,29 @@ class _Parser:
                          f"{len(mean)}; give one per channel (or one for every channel)")
             return None
         return Normalize(name, mean, std)
+
+    def _lrn_layer(self, body: dict, name: str):
+        from .network import LRN
+
+        if "size" not in body:
+            self.problem(_node_line(body), None, "size", "missing (the channels each window "
+                         "spans)")
+            return None
+        size = body["size"]
+        if not (geometry.is_int(size) and 1 <= size <= ops.MAX_LRN_SIZE):
+            self.problem(_line(body, "size"), None, "size", "must be a whole number of "
+                         f"channels from 1 to {ops.MAX_LRN_SIZE}, got {_show(size)}")
+            return None
+        numbers = {}
+        for key, default in (("alpha", 1e-4), ("beta", 0.75), ("bias", 1.0)):
+            v = body.get(key, default)
+            number = _as_float(v) if _is_number(v) else math.nan
+            if not (math.isfinite(number) and abs(number) <= FLOAT32_MAX):
+                self.problem(_line(body, key), None, key, "must be a finite number within "
+                             f"float32's range, got {_show(v)}")
+                return None
+            numbers[key] = number
+        return LRN(name, int(size), **numbers)
 
     def _values(self, body: dict, key: str, positive: bool) -> tuple[float, ...] | None:
         """A number or a non-empty list of numbers (one per channel), within float32."""
@@ -1351,10 +1375,13 @@ def network_layers(net: "Network") -> list[dict]:
     dump_network(net.name, net.description, network_layers(net), net.provenance) loads as
     ``net`` again. ValueError for a grouped conv layer whose filters were selected so that
     they no longer line up with its groups (a file cannot say that)."""
-    from .network import Activation, Conv, Normalize, Pool
+    from .network import Activation, Conv, LRN, Normalize, Pool
 
     out: list[dict] = []
     for layer in net.layers:
+        if isinstance(layer, LRN):
+            out.append({"lrn": {"name": layer.name, "size": layer.size, "alpha": layer.alpha,
+                                "beta": layer.beta, "bias": layer.bias}})
         if isinstance(layer, Normalize):
             out.append({"normalize": {"name": layer.name, "mean": list(layer.mean),
                                       "std": list(layer.std)}})

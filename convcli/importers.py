@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from . import bank, geometry
+from . import bank, geometry, ops
 from .errors import InputError, UsageError
 
 CHANNEL_MODES = {1: "gray", 3: "rgb"}
@@ -324,6 +324,7 @@ KNOWN_ATTRIBUTES: dict[str, set[str]] = {
                     "pads", "strides"},
     "Identity": set(), "Dropout": {"ratio", "is_test", "seed", "consumed_inputs"},
     "Pad": {"mode", "pads", "value"}, "Transpose": {"perm"},
+    "LRN": {"alpha", "beta", "bias", "size"},
     "Add": {"broadcast", "axis", "consumed_inputs"}, "Sub": {"broadcast", "axis",
                                                             "consumed_inputs"},
     "Mul": {"broadcast", "axis", "consumed_inputs"}, "Div": {"broadcast", "axis",
@@ -1423,6 +1424,19 @@ class _Walker:
             self.size_from((self.dims[3], self.dims[1], self.dims[2]))
         self.notes.append((0, f"{self.g.label(n)} skipped: it turns the model's channels-last "
                               "input into channels-first, which convcli's inputs are already"))
+
+    def _LRN(self, n: Any, cur: str, attrs: dict) -> None:
+        where = self.g.where(n)
+        self._no_params(n, cur)
+        size: Any = attrs.get("size")
+        if not (geometry.is_int(size) and 1 <= size <= ops.MAX_LRN_SIZE):
+            raise InputError(f"{where} has size={geometry.brief(size)}; LRN needs a whole "
+                             f"number of channels from 1 to {ops.MAX_LRN_SIZE}")
+        body = {"name": self.layer_name(n, "lrn"), "size": int(size),
+                "alpha": self.number(n, attrs, "alpha", 1e-4),
+                "beta": self.number(n, attrs, "beta", 0.75),
+                "bias": self.number(n, attrs, "bias", 1.0)}
+        self.layers.append({"lrn": body})
 
     def _MaxPool(self, n: Any, cur: str, attrs: dict) -> None:
         self.pool(n, cur, attrs, "max")

@@ -79,7 +79,19 @@ class Pool:
     count_include_pad: bool = True  # avg only
 
 
-Layer = Union[Normalize, Conv, Activation, Pool]
+@dataclass(frozen=True)
+class LRN:
+    """ONNX's LRN (AlexNet's local response normalisation across channels); see
+    convcli.ops.local_response_norm."""
+
+    name: str
+    size: int
+    alpha: float = 1e-4
+    beta: float = 0.75
+    bias: float = 1.0
+
+
+Layer = Union[Normalize, Conv, Activation, Pool, LRN]
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,8 @@ class Network:
                     * copies * h2 * w2
             elif isinstance(layer, Pool):
                 total += float(c2) * h2 * w2 * layer.kernel[0] * layer.kernel[1]
+            elif isinstance(layer, LRN):
+                total += float(c2) * h2 * w2 * (layer.size + 3)
             else:
                 total += float(c2) * h2 * w2
             c, h, w = c2, h2, w2
@@ -196,6 +210,8 @@ class Network:
                 scratch = max(4 * c * h * w2, 4 * c * h2 * w)
             elif isinstance(layer, Activation):
                 scratch = out + out // 4
+            elif isinstance(layer, LRN):
+                scratch = 2 * inp + 2 * 4 * h * w  # the float64 squares, a window's sum
             # The first layer reads the given input itself; later ones hold their own.
             peak = max(peak, given + (inp if i else 0) + out + scratch)
             c, h, w = c2, h2, w2
@@ -248,6 +264,9 @@ def run(x: Any, net: Network, *, config: EngineConfig | None = None,
                                     **dict(layer.params))
             elif isinstance(layer, Pool):
                 data = _pool(data, layer, config)
+            elif isinstance(layer, LRN):
+                data = ops.local_response_norm(data, layer.size, layer.alpha, layer.beta,
+                                               layer.bias)
             elif isinstance(layer, Conv):
                 data, chan = _conv(data, chan, layer.bank, config, first)
                 first = False

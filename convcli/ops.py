@@ -191,6 +191,45 @@ def normalize(x: Any, mean: Any, std: Any) -> np.ndarray:
     return out.reshape(np.shape(x)) if np.ndim(x) == 2 else out
 
 
+MAX_LRN_SIZE = 4096  # channels in one local response normalisation window
+
+
+def local_response_norm(x: Any, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                        bias: float = 1.0) -> np.ndarray:
+    """ONNX's LRN of x (C, H, W) (or (H, W)): y[c] = x[c] / (bias + alpha / size * s[c])
+    ** beta, where s[c] sums x[i]² over the channels i from c - floor((size - 1) / 2) to
+    c + ceil((size - 1) / 2) that exist. torch.nn.functional.local_response_norm is the
+    same for odd sizes (for even ones torch puts the extra channel before c, ONNX after).
+    Computed in float64, float32 out."""
+    check_lrn(size, alpha, beta, bias)
+    a = as_input(x)
+    c = a.shape[0]
+    before = (size - 1) // 2
+    after = size - 1 - before
+    squares = np.square(a, dtype=np.float64)
+    out = np.empty(a.shape, np.float32)
+    scale = np.float64(alpha) / size
+    with np.errstate(all="ignore"):  # inf and NaN are values here, as in the references
+        for k in range(c):
+            window = squares[max(0, k - before):min(c, k + after + 1)].sum(axis=0)
+            np.multiply(window, scale, out=window)
+            window += bias
+            np.power(window, beta, out=window)
+            np.divide(a[k], window, out=out[k], casting="unsafe")
+    return out.reshape(np.shape(x)) if np.ndim(x) == 2 else out
+
+
+def check_lrn(size: Any, alpha: Any, beta: Any, bias: Any) -> None:
+    """UsageError unless the LRN settings are usable: a whole size of 1 to MAX_LRN_SIZE
+    channels and finite alpha, beta and bias."""
+    if not (geometry.is_int(size) and 1 <= size <= MAX_LRN_SIZE):
+        raise UsageError(f"size must be a whole number of channels from 1 to {MAX_LRN_SIZE}, "
+                         f"got {geometry.brief(size)}")
+    for key, value in (("alpha", alpha), ("beta", beta), ("bias", bias)):
+        if not math.isfinite(_number(value)):
+            raise UsageError(f"{key} must be a finite number, got {geometry.brief(value)}")
+
+
 def _per_channel(v: Any, what: str) -> np.ndarray:
     try:
         arr = np.asarray(v, np.float64).reshape(-1)

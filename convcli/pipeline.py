@@ -209,10 +209,13 @@ def compute_maps(pixels: np.ndarray, bank: KernelBank,
 
 def _joint(tail: Network) -> bool:
     """Whether the layers after the last conv need all its maps at once (a normalisation
-    with one value per channel); the others work channel by channel."""
+    with one value per channel, a local response normalisation across channels); the
+    others work channel by channel."""
     from . import network
 
-    return any(isinstance(layer, network.Normalize) and max(len(layer.mean), len(layer.std)) > 1
+    return any(isinstance(layer, network.LRN)
+               or (isinstance(layer, network.Normalize)
+                   and max(len(layer.mean), len(layer.std)) > 1)
                for layer in tail.layers)
 
 

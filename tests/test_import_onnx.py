@@ -85,8 +85,8 @@ def reference(model, tensor: str, x: np.ndarray) -> np.ndarray:
     del prefix.graph.output[:]
     prefix.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
     opset = next(o.version for o in prefix.opset_import if o.domain in ("", "ai.onnx"))
-    evaluator = ReferenceEvaluator(prefix, new_ops=[BatchNormalization] if 9 <= opset <= 13
-                                   else None)
+    evaluator = ReferenceEvaluator(prefix, new_ops=[LRN] + (
+        [BatchNormalization] if 9 <= opset <= 13 else []))
     out = cast(list, evaluator.run([tensor], {"x": x[None]}))
     return np.asarray(out[0])[0]
 
@@ -104,6 +104,23 @@ class BatchNormalization(OpRun):
         y = (x - mean.reshape(c)) / np.sqrt(var.reshape(c) + eps) * scale.reshape(c) \
             + bias.reshape(c)
         return (y.astype(x.dtype),)
+
+
+class LRN(OpRun):
+    """LRN as the ONNX operator's text defines it: onnx.reference's own (1.23) loops over
+    the batch axis where it means the channels, so every channel but the first is divided
+    by bias ** beta alone."""
+
+    op_domain = ""
+
+    def _run(self, x, alpha=1e-4, beta=0.75, bias=1.0, size=None):
+        c = x.shape[1]
+        square_sum = np.zeros(x.shape, np.float64)
+        for k in range(c):
+            lo, hi = max(0, k - math.floor((size - 1) / 2)), \
+                min(c, k + math.ceil((size - 1) / 2) + 1)
+            square_sum[:, k] = (x[:, lo:hi].astype(np.float64) ** 2).sum(axis=1)
+        return ((x / (bias + alpha / size * square_sum) ** beta).astype(x.dtype),)
 
 
 def output_of(model, net) -> str:
@@ -158,7 +175,7 @@ def run_layers(layers, x):
     for item in layers:
         (kind, body), = item.items()
         y = {"conv": run_conv, "pool": run_pool, "activation": run_activation,
-             "normalize": run_normalize}[kind](y, body)
+             "normalize": run_normalize, "lrn": run_lrn}[kind](y, body)
     return y
 
 
@@ -242,6 +259,16 @@ def run_activation(x, body):
     if fn == "mish":
         return x * np.tanh(np.logaddexp(0, x))
     raise AssertionError(fn)
+
+
+def run_lrn(x, body):
+    size, c = body["size"], x.shape[0]
+    out = np.empty_like(x)
+    for k in range(c):
+        lo, hi = max(0, k - (size - 1) // 2), min(c, k + size // 2 + 1)
+        s = (x[lo:hi] ** 2).sum(axis=0)
+        out[k] = x[k] / (body["bias"] + body["alpha"] / size * s) ** body["beta"]
+    return out
 
 
 def run_normalize(x, body):
@@ -859,6 +886,29 @@ def test_a_channels_last_models_first_transpose_is_skipped(tmp_path):
     assert_close(run_layers(net.layers, x), want)
     check_end_to_end(net, x, want)
     assert net.layers[0]["conv"]["defaults"]["input"] == "rgb"  # three channels, from NHWC
+
+
+def test_an_alexnet_like_chain_with_local_response_normalisation(tmp_path):
+    inits = {"w": arr(6, 3, 5, 5), "b": arr(6), "w2": arr(8, 6, 3, 3), "b2": arr(8)}
+    nodes = [conv("c1", "x", "w", "b", pads=[2, 2, 2, 2]), node("Relu", ["c1"], "r1"),
+             node("LRN", ["r1"], "n1", size=5, alpha=1e-2, beta=0.75, bias=2.0),
+             node("MaxPool", ["n1"], "p1", kernel_shape=[3, 3], strides=[2, 2]),
+             conv("c2", "p1", "w2", "b2", pads=[1, 1, 1, 1]), node("Relu", ["c2"], "r2"),
+             node("LRN", ["r2"], "n2", size=4, alpha=5e-2, beta=0.5),
+             node("Flatten", ["n2"], "flat")]
+    path, model = save(tmp_path, nodes, inits)
+    x = RNG.standard_normal((3, 17, 15)).astype(np.float32) * 3
+    net = check(path, model, x)
+    kinds = [next(iter(layer)) for layer in net.layers]
+    assert kinds == ["conv", "lrn", "pool", "conv", "lrn"]
+    assert net.layers[1]["lrn"] == {"name": "n1", "size": 5, "alpha": float(np.float32(1e-2)),
+                                    "beta": 0.75, "bias": 2.0}  # ONNX stores float32
+    assert net.notes[-1] == ("stopped at Flatten node 'flat': Flatten is not an operation "
+                             "convcli imports")
+    path, model = save(tmp_path, [conv("c", "x", "w"), node("LRN", ["c"], "n", size=0)],
+                       inits, name="bad.onnx")
+    with pytest.raises(InputError, match="LRN node 'n' has size=0; LRN needs a whole number"):
+        importers.import_network(str(path))
 
 
 def test_weights_computed_by_another_node_stop_the_chain(tmp_path):

@@ -385,7 +385,7 @@ def test_every_layer_type_reports_its_problems_at_once():
         "n.yaml:9: layer '03-activation': field 'beta': does not apply to leaky_relu "
         "(leaky_relu takes alpha)",
         "n.yaml:10: layer '#4': unknown layer type 'activaton' (did you mean 'activation'?); "
-        "known: normalize, conv, activation, pool",
+        "known: normalize, conv, activation, pool, lrn",
         "n.yaml:11: layer '05-pool': field 'mode': must be max or avg, got 'maxx' (did you "
         "mean 'max'?)",
         "n.yaml:11: layer '05-pool': field 'kernel': kernel must be a whole number >= 1 or a "
@@ -399,7 +399,7 @@ def test_every_layer_type_reports_its_problems_at_once():
         "[y, x], got [1, 2, 3]",
         "n.yaml:13: layer 'p': field 'count_include_pad': applies to average pooling only",
         "n.yaml:14: layer '#8': a layer must be a mapping with exactly one key naming its type "
-        "(normalize, conv, activation, pool), e.g. {pool: {mode: max, kernel: 2}}",
+        "(normalize, conv, activation, pool, lrn), e.g. {pool: {mode: max, kernel: 2}}",
         "n.yaml:15: layer '09-conv': a conv layer must be a mapping of its settings, got 3",
         "n.yaml:16: layer '10-normalize': field 'bogus': unknown key; allowed: name, mean, std",
         "n.yaml:17: layer '11-activation': field 'min': clip needs min <= max, got min 2 and "
@@ -420,7 +420,7 @@ def test_every_layer_type_reports_its_problems_at_once():
 @pytest.mark.parametrize("text, expected", [
     ("name: x\nlayers: []\n", ["n.yaml:2: field 'layers': must be a non-empty list of layers, "
                                "each a mapping with one key naming its type (normalize, conv, "
-                               "activation, pool)"]),
+                               "activation, pool, lrn)"]),
     ("name: x\nlayers:\n  - conv: {filters: []}\n",
      ["n.yaml:3: layer '01-conv': field 'filters': must be a non-empty list of filters"]),
     ("name: x\nlayers:\n  - conv:\n      defaults: {input: dense, groups: 3}\n      filters:\n"
@@ -433,7 +433,7 @@ def test_every_layer_type_reports_its_problems_at_once():
       "1, got 0"]),
     ("name: x\nlayers:\n  - {pool: {mode: max, kernel: 2}, conv: {}}\n",
      ["n.yaml:3: layer '#1': a layer must be a mapping with exactly one key naming its type "
-      "(normalize, conv, activation, pool), e.g. {pool: {mode: max, kernel: 2}}"]),
+      "(normalize, conv, activation, pool, lrn), e.g. {pool: {mode: max, kernel: 2}}"]),
     ("name: x\nlayers:\n  - pool: {mode: max, kernel: 3, dilation: 2049}\n",
      ["n.yaml:3: layer '01-pool': field 'dilation': dilation must be at most 1024, got 2049"]),
     ("name: x\nlayers:\n  - pool: {mode: max, kernel: [3, 1025], dilation: 5}\n",
@@ -576,3 +576,34 @@ def test_ops_and_the_network_model_agree_on_sizes_and_work():
     assert net.work((4, 9, 11)) == 4 * 9 * 11 + 4 * 18 * 48 + 4 * 48 + 4 * 20 * 6
     assert ops.avg_pool2d(np.zeros((4, 8, 6)), (2, 3), 2, 1, ceil_mode=True).shape == \
         shapes[-1]
+
+
+def test_lrn_layers_load_run_and_check_their_settings(tmp_path):
+    from convcli import ops
+
+    path = tmp_path / "n.yaml"
+    path.write_text("convcli: 1\nname: n\nlayers:\n"
+                    "  - conv: {defaults: {input: gray, activation: none}, filters: "
+                    "[{name: a, weights: [[1]]}, {name: b, weights: [[-2]]}, "
+                    "{name: c, weights: [[0.5]]}]}\n"
+                    "  - lrn: {size: 3, alpha: 0.5, beta: 0.6, bias: 1.5}\n")
+    net = bank.load_network(str(path))
+    x = np.random.default_rng(0).normal(size=(1, 4, 5)).astype(np.float32)
+    got, names = network.run(x, net)
+    maps = np.concatenate([x, -2 * x, 0.5 * x])
+    np.testing.assert_array_equal(got, ops.local_response_norm(maps, 3, 0.5, 0.6, 1.5))
+    assert names == ["a", "b", "c"]
+    again = tmp_path / "again.yaml"
+    again.write_text(bank.dump_network(net.name, net.description, bank.network_layers(net),
+                                       net.provenance))
+    assert bank.load_network(str(again)).layers[1] == net.layers[1]
+    path.write_text("name: n\nlayers:\n  - lrn: {alpha: 1}\n  - lrn: {size: 0}\n"
+                    "  - lrn: {size: 3, beta: .nan}\n")
+    with pytest.raises(BankError) as info:
+        bank.load_network(str(path))
+    assert [str(p) for p in info.value.problems] == [
+        f"{path}:3: layer '01-lrn': field 'size': missing (the channels each window spans)",
+        f"{path}:4: layer '02-lrn': field 'size': must be a whole number of channels from 1 "
+        "to 4096, got 0",
+        f"{path}:5: layer '03-lrn': field 'beta': must be a finite number within float32's "
+        "range, got nan"]

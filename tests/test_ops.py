@@ -419,3 +419,49 @@ def test_normalize_is_torchvisions_bit_for_bit():
     t = torch.from_numpy(x.copy())
     want = t.sub_(torch.tensor(mean)[:, None, None]).div_(torch.tensor(std)[:, None, None])
     assert np.array_equal(ops.normalize(x, mean, std), want.numpy())
+
+
+# --- local response normalisation -----------------------------------------------------------
+
+def reference_lrn(x, size, alpha, beta, bias):
+    """ONNX's LRN formula, value by value in float64."""
+    c = x.shape[0]
+    out = np.empty(x.shape)
+    for k in range(c):
+        lo, hi = max(0, k - (size - 1) // 2), min(c - 1, k + math.ceil((size - 1) / 2))
+        s = sum(x[i].astype(np.float64) ** 2 for i in range(lo, hi + 1))
+        out[k] = x[k] / (bias + alpha / size * s) ** beta
+    return out
+
+
+@FAST
+@given(st.integers(1, 9), st.integers(1, 7), st.floats(1e-5, 1.0), st.floats(0.1, 1.5),
+       st.floats(0.5, 3.0), st.integers(0, 999))
+def test_local_response_norm_matches_the_oracle(c, size, alpha, beta, bias, seed):
+    x = (np.random.default_rng(seed).normal(size=(c, 3, 4)) * 4).astype(np.float32)
+    got = ops.local_response_norm(x, size, alpha, beta, bias)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_allclose(got, reference_lrn(x, size, alpha, beta, bias), rtol=1e-6,
+                               atol=1e-7)
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 7])
+def test_local_response_norm_matches_torch_for_odd_sizes(size):
+    torch = pytest.importorskip("torch")
+    x = (np.random.default_rng(size).normal(size=(9, 6, 5)) * 3).astype(np.float32)
+    want = torch.nn.functional.local_response_norm(torch.from_numpy(x)[None], size, 2e-3,
+                                                   0.75, 2.0)[0].numpy()
+    np.testing.assert_allclose(ops.local_response_norm(x, size, 2e-3, 0.75, 2.0), want,
+                               rtol=2e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((0, 1e-4, 0.75, 1.0), "size must be a whole number of channels from 1 to 4096, got 0"),
+    ((2.5, 1e-4, 0.75, 1.0), "size must be a whole number of channels from 1 to 4096, got 2.5"),
+    ((3, math.nan, 0.75, 1.0), "alpha must be a finite number, got nan"),
+    ((3, 1e-4, math.inf, 1.0), "beta must be a finite number, got inf"),
+])
+def test_local_response_norm_settings_are_checked(args, message):
+    with pytest.raises(UsageError) as info:
+        ops.local_response_norm(np.ones((2, 2, 2), np.float32), *args)
+    assert str(info.value) == message
