@@ -60,6 +60,9 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             _say("convcli: interrupted")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Terminated:  # SIGTERM before a batch's run loop (connecting, compiling)
+            _say("convcli: terminated")
+            raise typer.Exit(EXIT_TERMINATED) from None
         except BrokenPipeError:
             _quiet_broken_pipe()
             raise typer.Exit(EXIT_OK) from None
@@ -307,17 +310,27 @@ def apply(
     pipeline.check_output_folder(output)
     report = _Report(len(found.sources), quiet=quiet, verbose=verbose, json_lines=json_report)
     report.found(found)
-    if batch.choose_engine(found.sources, kernel_bank, engine).method == "jit":
-        # A pool compiles every kernel before its workers start; one process compiles
-        # the kernels it uses as it goes.
-        _compile_once(quiet, eager=len(found.sources) > 1 and jobs != 1)
-    backend = batch.Backend(jobs=jobs, scheduler=scheduler, engine=engine,
-                            fail_fast=fail_fast, verbose=verbose, ship=ship)
-    if options.shared and len(found.sources) > 1:
-        options = _shared_ranges(found.sources, kernel_bank, options, backend, report)
-    stream = batch.apply(found.sources, kernel_bank, options, backend)
-    report.detail(_engine_line(stream.method))
-    results, stopped_by = _drain(stream, report)
+    # From here on SIGTERM stops the run as Ctrl-C does (exit 143, no traceback), also
+    # while the kernels compile or a cluster is reached, before the run loop takes over.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        if batch.choose_engine(found.sources, kernel_bank, engine).method == "jit":
+            # A pool compiles every kernel before its workers start; one process compiles
+            # the kernels it uses as it goes.
+            _compile_once(quiet, eager=len(found.sources) > 1 and jobs != 1)
+        backend = batch.Backend(jobs=jobs, scheduler=scheduler, engine=engine,
+                                fail_fast=fail_fast, verbose=verbose, ship=ship)
+        if options.shared and len(found.sources) > 1:
+            options = _shared_ranges(found.sources, kernel_bank, options, backend, report)
+        stream = batch.apply(found.sources, kernel_bank, options, backend)
+        try:
+            report.detail(_engine_line(stream.method))
+        except BaseException:
+            stream.close()
+            raise
+        results, stopped_by = _drain(stream, report)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if stack_by == "filter" and stopped_by is None:
         for sheet in batch.write_filter_sheets(results, found.sources, kernel_bank, options):
             report.detail(f"contact sheet: {sheet}")

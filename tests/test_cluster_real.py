@@ -375,7 +375,9 @@ def test_a_signal_while_the_scheduler_is_being_reconnected(tmp_path, photos, sig
     assert reported(stdout) == complete_folders(out)
 
 
-def test_a_signal_while_waiting_for_workers(tmp_path, photos):
+@pytest.mark.parametrize("sig, code, line", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_while_waiting_for_workers(tmp_path, photos, sig, code, line):
     scheduler, address = start_scheduler(tmp_path)
     try:
         proc = convcli("apply", photos, "-o", tmp_path / "o", "--scheduler", address)
@@ -384,9 +386,9 @@ def test_a_signal_while_waiting_for_workers(tmp_path, photos):
                 "Receive client connection", "".join(p.read_text()
                                                       for p in tmp_path.glob("scheduler-*"))):
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
-        assert (proc.returncode, stdout, stderr) == (130, "", "convcli: interrupted\n")
+        assert (proc.returncode, stdout, stderr) == (code, "", f"convcli: {line}\n")
         assert left_on(address) == NOTHING
     finally:
         kill(scheduler)
