@@ -161,7 +161,8 @@ def process(source: Source, bank: KernelBank | Network, options: Options,
     from . import pipeline
 
     result = result if result is not None else pipeline.Result(input=source.label)
-    if not is_remote(options.out):
+    # The first pass of shared ranges writes nothing: no upload and no marker for it.
+    if not is_remote(options.out) or options.ranges_only:
         if getattr(source, "url", None) is not None:
             try:
                 source = fetched(source)

@@ -269,3 +269,28 @@ def test_the_pool_takes_file_urls(tmp_path):
     assert sorted(files(tmp_path / "o")) == [f"c{i}/sobel_x.png" for i in range(3)]
     assert sorted(json.loads(line)["input"] for line in r.stdout.splitlines()) == \
         [str(folder / f"c{i}.png") for i in range(3)]
+
+
+def test_shared_ranges_first_pass_uploads_nothing(memory, tmp_path, monkeypatch):
+    """--scale-shared's first pass only finds ranges: no file and no marker reaches the
+    store before the second pass writes each input once."""
+    for name in ("camera", "brick"):
+        memory.pipe_file(f"/in/{name}.png", (ROOT / "samples" / f"{name}.png").read_bytes())
+    written: list[str] = []
+    pipe = type(memory).pipe_file
+
+    def recording(self, path, *args, **kwargs):
+        written.append(str(path))
+        return pipe(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(type(memory), "pipe_file", recording)
+    args = ["-f", "sobel_x", "-f", "sobel_y", "--scale-shared", "-j", "1"]
+    r = run("apply", "memory://in", *args, "-o", "memory://out", "--json")
+    assert r.exit_code == 0, r.output
+    markers = [p for p in written if p.endswith(storage.MARKER)]
+    assert sorted(markers) == ["/out/brick/" + storage.MARKER, "/out/camera/" + storage.MARKER]
+    local = run("apply", ROOT / "samples" / "camera.png", ROOT / "samples" / "brick.png",
+                *args, "-o", tmp_path / "o")
+    assert local.exit_code == 0, local.output
+    for name, data in files(tmp_path / "o" / "camera").items():
+        assert same_output(memory.cat_file(f"/out/camera/{name}"), data), name
