@@ -1,4 +1,5 @@
-"""Killing a worker process while it is provably inside an input, for the retry tests."""
+"""Killing a worker process while it is provably inside an input, for the retry tests, and
+finding a process's descendants (its workers)."""
 
 import os
 import signal
@@ -23,3 +24,20 @@ def kill_a_worker_inside_an_input(out: Path, proc, is_worker: Callable[[int], bo
                 return pid
         time.sleep(0.005)
     return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out

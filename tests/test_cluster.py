@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from stopping import kill_a_worker_inside_an_input
+from stopping import descendants, kill_a_worker_inside_an_input
 
 from convcli.cli import app
 
@@ -164,20 +164,6 @@ def test_without_dask_the_option_says_how_to_get_it(tmp_path, photos, monkeypatc
                         "'convcli[dask]' (see --scheduler)\n")
 
 
-def _descendants(pid: int) -> list[int]:
-    children = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 @pytest.mark.parametrize("sig, group, code", [(signal.SIGINT, True, 130),
@@ -222,7 +208,7 @@ def test_a_killed_worker_costs_only_a_retry(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Kill a worker while it is provably inside an input: its staging folder, named with
     # its process id, exists.
-    victim = kill_a_worker_inside_an_input(out, proc, lambda pid: pid in _descendants(proc.pid))
+    victim = kill_a_worker_inside_an_input(out, proc, lambda pid: pid in descendants(proc.pid))
     assert victim is not None, "never saw a worker inside an input"
     stdout, stderr = proc.communicate(timeout=300)
     assert (proc.returncode, stderr) == (0, "")  # -q, and Dask's log stays out of the way

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from stopping import kill_a_worker_inside_an_input
+from stopping import descendants, kill_a_worker_inside_an_input
 
 pytest.importorskip("distributed")
 
@@ -78,20 +78,6 @@ def wait_for_workers(address: str, n: int) -> None:
         client.wait_for_workers(n, timeout=120)
 
 
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def _what_is_left(dask_scheduler):  # runs on the scheduler (sent by value: a nested name)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from outputs import files, same_output
+
 from convcli import storage
 from convcli.cli import app
 from convcli.errors import OutputError
@@ -25,24 +27,6 @@ def run(*args, **kwargs):
     return CliRunner().invoke(app, [str(a) for a in args], **kwargs)
 
 
-def files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
-
-
-def same_output(a: bytes, b: bytes) -> bool:
-    """Two output PNGs hold the same pixels and metadata, but for the input's name (a URL
-    in one, a path in the other)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(io.BytesIO(a)) as x, Image.open(io.BytesIO(b)) as y:
-        meta = [json.loads(im.text["convcli"]) for im in (x, y)]
-        for m in meta:
-            m.pop("input")
-        return meta[0] == meta[1] and np.array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ s3fs = pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.moto_server.threaded_moto_server")
 pytest.importorskip("flask_cors")  # moto's server needs it
 
+from outputs import same_output  # noqa: E402
+
 from convcli import storage  # noqa: E402
 from convcli.cli import app  # noqa: E402
 
@@ -23,25 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 FILTERS = ["-f", "sobel_x", "-f", "log_2"]
 
 
-def files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
-
-
-def same_output(a: bytes, b: bytes) -> bool:
-    """Two output PNGs hold the same pixels and metadata, but for the input's name (a URL
-    in one, a path in the other)."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(io.BytesIO(a)) as x, Image.open(io.BytesIO(b)) as y:
-        meta = [json.loads(im.text["convcli"]) for im in (x, y)]
-        for m in meta:
-            m.pop("input")
-        assert meta[0] == meta[1]
-        return np.array_equal(np.asarray(x), np.asarray(y))
 
 
 @pytest.fixture(scope="module")
