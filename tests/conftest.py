@@ -19,3 +19,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture
 def samples() -> Path:
     return SAMPLES
+
+
+@pytest.fixture
+def photo(tmp_path, samples):
+    """A small real photo (a crop of the astronaut) so the tests stay fast."""
+    from PIL import Image
+
+    path = tmp_path / "face.png"
+    Image.open(samples / "astronaut.png").crop((150, 40, 246, 136)).save(path)
+    return path

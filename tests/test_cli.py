@@ -21,14 +21,6 @@ def run(*args, input=None):
     return runner.invoke(app, [str(a) for a in args], input=input)
 
 
-@pytest.fixture
-def photo(tmp_path, samples):
-    """A small real photo (a crop of the astronaut) so the tests stay fast."""
-    img = Image.open(samples / "astronaut.png").crop((150, 40, 246, 136))
-    path = tmp_path / "face.png"
-    img.save(path)
-    return path
-
 
 def luminance(path):
     return images.as_channels(images.read_image(path).pixels, "gray")

@@ -30,13 +30,6 @@ def png_meta(path):
         return np.asarray(im), json.loads(im.text["convcli"])
 
 
-@pytest.fixture
-def photo(tmp_path, samples):
-    img = Image.open(samples / "astronaut.png").crop((150, 40, 246, 136))
-    path = tmp_path / "face.png"
-    img.save(path)
-    return path
-
 
 def luminance(path):
     return images.as_channels(images.read_image(path).pixels, "gray")
