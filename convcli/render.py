@@ -203,8 +203,9 @@ def to_pixels(data: np.ndarray, policy: str | Scale, bits: int = 8,
                 below += int(np.count_nonzero(block < lo))
                 above += int(np.count_nonzero(block > hi))
             b = buf[:block.size]
-            np.subtract(block, lo, out=b, dtype=np.float64)
-            np.multiply(b, step, out=b)
+            with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN clip below
+                np.subtract(block, lo, out=b, dtype=np.float64)
+                np.multiply(b, step, out=b)
             np.rint(b, out=b)
             np.fmax(b, 0, out=b)  # NaN -> 0 (fmax takes the number), -inf -> 0
             np.minimum(b, top, out=b)  # +inf -> top

@@ -9,6 +9,8 @@ from hypothesis.extra import numpy as hnp
 from convcli import render
 from convcli.engine import EngineConfig
 
+pytestmark = pytest.mark.filterwarnings("error")  # no raw warning may escape the renderer
+
 
 def test_minmax_maps_min_to_black_and_max_to_white_and_recovers():
     data = np.linspace(-3, 5, 64, dtype=np.float32).reshape(8, 8)
@@ -364,3 +366,11 @@ def test_clipped_counts_compare_in_float32_on_both_executors(method):
     big = render.to_pixels(data, render.Scale("range", -1e300, 1e300), 16,
                            config=EngineConfig(method=method))
     assert big.clipped == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("method", ["numpy", "jit"])
+def test_values_far_outside_the_range_clip_without_a_warning(method):
+    data = np.array([[3e38, -3e38, np.inf, np.nan, 0.5]], np.float32)
+    r = render.to_pixels(data, render.Scale("range", -1e-30, 1e-30), 8,
+                         config=EngineConfig(method=method))
+    assert r.pixels.tolist() == [[255, 0, 255, 0, 255]]
