@@ -371,6 +371,6 @@ def test_clipped_counts_compare_in_float32_on_both_executors(method):
 @pytest.mark.parametrize("method", ["numpy", "jit"])
 def test_values_far_outside_the_range_clip_without_a_warning(method):
     data = np.array([[3e38, -3e38, np.inf, np.nan, 0.5]], np.float32)
-    r = render.to_pixels(data, render.Scale("range", -1e-30, 1e-30), 8,
+    r = render.to_pixels(data, render.Scale("range", -1e-300, 1e-300), 8,  # step ~1e302
                          config=EngineConfig(method=method))
     assert r.pixels.tolist() == [[255, 0, 255, 0, 255]]
