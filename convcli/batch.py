@@ -10,10 +10,12 @@ inputs finish their (atomic) writes, and reports what was done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -213,7 +215,8 @@ class _Pool:
         while not self.stopping and self.queue and len(self.running) < 2 * self.workers:
             source, tries = self.queue.pop()
             try:
-                future = self.pool.submit(_worker_process, source)
+                with _stops_deferred():  # a stop between the two would lose a running input
+                    self.running[self.pool.submit(_worker_process, source)] = (source, tries)
             except BrokenProcessPool:
                 # A worker died since the last collection: this input never ran. The
                 # inputs in flight fail with the pool and are collected below; with none,
@@ -223,7 +226,6 @@ class _Pool:
                     break
                 self._renew_pool()
                 continue
-            self.running[future] = (source, tries)
         if not self.running:
             return False
         done, _ = wait(self.running, return_when=FIRST_COMPLETED)
@@ -343,6 +345,27 @@ def _die_with(parent: int) -> None:
         return
     if os.getppid() != parent:  # the parent died before the request was made
         os._exit(1)
+
+
+@contextlib.contextmanager
+def _stops_deferred():
+    """Ctrl-C and SIGTERM held until the block ends, then delivered to the handlers they
+    would have met. Done by swapping the handlers in the main thread rather than by masking
+    the signals (pipeline.signals_held): a worker the pool forks inside the block must not
+    inherit blocked signals (its own set-up installs its handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    stops = (signal.SIGINT, signal.SIGTERM)
+    before = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in stops}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _worker_process(source: Source) -> Result:
