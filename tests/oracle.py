@@ -43,6 +43,16 @@ def same_pads(n: int, k: int, s: int, d: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def explicit_pads(padding, h: int, w: int, kh: int, kw: int, stride, dilation):
+    """(top, bottom, left, right) for "same", "valid" or explicit pads."""
+    if padding == "same":
+        return same_pads(h, kh, stride[0], dilation[0]) + same_pads(w, kw, stride[1],
+                                                                    dilation[1])
+    if padding == "valid":
+        return (0, 0, 0, 0)
+    return tuple(padding)
+
+
 def reference_conv2d(image, weights, bias=None, stride=(1, 1), padding=(0, 0, 0, 0),
                      dilation=(1, 1), border="zero", activation="relu", groups=1,
                      magnitude=False):
@@ -55,13 +65,7 @@ def reference_conv2d(image, weights, bias=None, stride=(1, 1), padding=(0, 0, 0,
     assert x.shape[0] == C * groups and F % groups == 0
     sy, sx = stride
     dy, dx = dilation
-    if padding == "same":
-        pt, pb = same_pads(H, KH, sy, dy)
-        pl, pr = same_pads(W, KW, sx, dx)
-    elif padding == "valid":
-        pt = pb = pl = pr = 0
-    else:
-        pt, pb, pl, pr = padding
+    pt, pb, pl, pr = explicit_pads(padding, H, W, KH, KW, stride, dilation)
     Ho = (H + pt + pb - dy * (KH - 1) - 1) // sy + 1
     Wo = (W + pl + pr - dx * (KW - 1) - 1) // sx + 1
     b = np.zeros(F) if bias is None else np.asarray(bias, np.float64)

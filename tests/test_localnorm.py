@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from convcli import bank, localnorm, network, pipeline
 from convcli.engine import EngineConfig
 from convcli.errors import BankError
-from oracle import same_pads, source_index
+from oracle import explicit_pads, source_index
 
 BORDERS = ["zero", "reflect", "replicate", "wrap"]
 ACTIVATIONS = ["none", "relu", "abs", "tanh"]
@@ -27,12 +27,7 @@ def explicit(x, w, b, stride, padding, dilation, border, groups, eps, activation
     F, Cg, KH, KW = w.shape
     C, H, W = x.shape
     (sy, sx), (dy, dx) = stride, dilation
-    if padding == "same":
-        (pt, pb), (pl, pr) = same_pads(H, KH, sy, dy), same_pads(W, KW, sx, dx)
-    elif padding == "valid":
-        pt = pb = pl = pr = 0
-    else:
-        pt, pb, pl, pr = padding
+    pt, pb, pl, pr = explicit_pads(padding, H, W, KH, KW, stride, dilation)
     ho = (H + pt + pb - dy * (KH - 1) - 1) // sy + 1
     wo = (W + pl + pr - dx * (KW - 1) - 1) // sx + 1
     copies = C if depthwise else 1
